@@ -1,0 +1,51 @@
+# The README's two commands: `make demo` (a whole backup window on the local stack) and
+# `make test` (ruff, mypy, pytest). Both install what they need: Debian packages when run as
+# root, then a virtualenv with the Python dependencies.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-backup
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest system venv bench clean
+
+demo: system venv
+	$(BIN)/python -m local.demo $(DEMO_ARGS)
+
+test: system venv lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: system venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: system venv
+	$(BIN)/python -m bench.window_overhead
+
+# Installs only what is missing, and only as root; otherwise says what to install.
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	    echo "missing system packages: $$missing (run as root, or: sudo apt-get install $$missing)" >&2; exit 1; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt host_client/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt -e ./host_client
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Settings of the control plane, read once per container from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from chalicelib.window import Timing
+
+DEFAULT_OPEN_SCHEDULE = "cron(0 2 * * ? *)"
+DEFAULT_RECONCILE_RATE = "rate(5 minutes)"
+
+
+class MissingSettingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str
+    instance_id: str
+    topic_arn: str
+    deadline_target_arn: str
+    scheduler_role_arn: str
+    schedule_group: str = "default"
+    instance_types: tuple[str, ...] = ()
+    window_hours: float = 3.6
+    retention_days: int = 20
+    timing: Timing = Timing()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise MissingSettingError(f"environment variable {name} is not set")
+            return value
+
+        types = tuple(t.strip() for t in env.get("INSTANCE_TYPES", "").split(",") if t.strip())
+        return cls(
+            table_name=need("TABLE_NAME"),
+            instance_id=need("INSTANCE_ID"),
+            topic_arn=need("TOPIC_ARN"),
+            deadline_target_arn=need("DEADLINE_TARGET_ARN"),
+            scheduler_role_arn=need("SCHEDULER_ROLE_ARN"),
+            schedule_group=env.get("SCHEDULE_GROUP", "default"),
+            instance_types=types,
+            window_hours=float(env.get("WINDOW_HOURS", "3.6")),
+            retention_days=int(env.get("RETENTION_DAYS", "20")),
+            timing=Timing(
+                boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
+                stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),
+            ),
+        )
+
+
+def open_schedule_expression(env: Mapping[str, str] | None = None) -> str:
+    """The daily open's schedule: the stage's OPEN_SCHEDULE, read when app.py is packaged."""
+    env = os.environ if env is None else env
+    return env.get("OPEN_SCHEDULE") or DEFAULT_OPEN_SCHEDULE
+
+
+def reconcile_rate_expression(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("RECONCILE_SCHEDULE") or DEFAULT_RECONCILE_RATE

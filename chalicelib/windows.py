@@ -1,0 +1,360 @@
+"""Use cases of the backup window: gather state, ask `window.decide`, apply what it answers.
+
+Only the Lambda that wins a transition's conditional write carries out its actions, so a
+duplicated event, an event racing the reconciler, or four hosts reporting at once lead to one
+stop and one round of snapshots.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.adapters.compute import (
+    TAG_COMPLETE,
+    TAG_HOST,
+    TAG_WINDOW,
+    Compute,
+    StartFailedError,
+)
+from chalicelib.adapters.metrics import Metrics
+from chalicelib.adapters.notifier import Notifier
+from chalicelib.adapters.scheduler import DeadlineScheduler
+from chalicelib.adapters.store import WindowStore
+from chalicelib.payloads import OpenRequest, ReportRequest
+from chalicelib.records import Report, SnapshotRecord
+from chalicelib.retention import choose_deletions
+from chalicelib.settings import Settings
+from chalicelib.window import (
+    Action,
+    AdminClose,
+    DeadlineReached,
+    Decision,
+    Event,
+    HostReported,
+    InstanceRunning,
+    InstanceStopped,
+    SnapshotSettled,
+    SnapshotStatus,
+    StartFailed,
+    State,
+    Tick,
+    Window,
+    decide,
+)
+
+logger = Logger(service="offsite", child=True)
+
+# A Lambda that claimed a snapshot and has not recorded its id after this long is gone
+# (Lambda's own limit is 15 minutes), so the reconciler may look for it or take it again.
+CLAIM_TIMEOUT = timedelta(minutes=16)
+
+
+class UnknownWindowError(LookupError):
+    pass
+
+
+class UnknownHostError(LookupError):
+    pass
+
+
+class NoHostsError(Exception):
+    pass
+
+
+class WindowNotOpenError(Exception):
+    pass
+
+
+class HostNotExpectedError(Exception):
+    pass
+
+
+class NotClosableError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    store: WindowStore
+    compute: Compute
+    scheduler: DeadlineScheduler
+    notifier: Notifier
+    metrics: Metrics
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_window_id(now: datetime, token: str | None = None) -> str:
+    return f"w-{now:%Y%m%dT%H%M%SZ}-{token or secrets.token_hex(3)}"
+
+
+class WindowService:
+    def __init__(self, settings: Settings, ports: Ports,
+                 clock: Callable[[], datetime] = utc_now,
+                 new_id: Callable[[datetime], str] = new_window_id) -> None:
+        self.settings = settings
+        self.ports = ports
+        self._clock = clock
+        self._new_id = new_id
+
+    # opening ---------------------------------------------------------------------------
+    def open_window(self, trigger: str, request: OpenRequest = OpenRequest(None, None)) -> Window:
+        store, now = self.ports.store, self._clock()
+        enabled = {h.name for h in store.list_hosts() if h.enabled}
+        expected = enabled if request.hosts is None else request.hosts
+        unknown = sorted(expected - enabled)
+        if unknown:
+            raise UnknownHostError(f"not enrolled or revoked: {', '.join(unknown)}")
+        if not expected:
+            raise NoHostsError("no enabled host to back up")
+        hours = request.duration_hours or self.settings.window_hours
+        window = Window(
+            window_id=self._new_id(now), state=State.OPENING, opened_at=now,
+            deadline=now + timedelta(hours=hours), expected=frozenset(expected),
+            instance_id=self.settings.instance_id, trigger=trigger, updated_at=now,
+            reason=f"opened by {trigger} for {len(expected)} hosts", entered={"OPENING": now})
+        store.create_window(window)
+        logger.info("window transition", extra=_log(window, None, State.OPENING, window.reason))
+        try:
+            started_as = self.ports.compute.start(window.instance_id,
+                                                  self.settings.instance_types)
+        except StartFailedError as exc:
+            self._apply(window, StartFailed(str(exc)))
+        else:
+            logger.info("instance starting", extra={"window_id": window.window_id,
+                                                    "instance_type": started_as})
+            self.ports.scheduler.create_deadline(window.window_id, window.deadline)
+        return self._window(window.window_id)
+
+    # events ----------------------------------------------------------------------------
+    def on_instance_state(self, instance_id: str, state: str) -> Decision | None:
+        """An EC2 state-change notification. Acts on what EC2 says now, not on the event
+        alone, so a stale 'stopped' from an earlier window cannot close this one."""
+        window = self._active()
+        if instance_id != self.settings.instance_id or window is None:
+            return None
+        view = self.ports.compute.describe(instance_id)
+        if view.state != state:
+            logger.info("stale instance event ignored",
+                        extra={"window_id": window.window_id, "event_state": state,
+                               "instance_state": view.state})
+            return None
+        if state == "running":
+            return self._apply(window, InstanceRunning(view.address), address=view.address)
+        if state == "stopped":
+            return self._apply(window, InstanceStopped())
+        return None
+
+    def on_deadline(self, window_id: str) -> Decision:
+        return self._apply(self._window(window_id), DeadlineReached())
+
+    def close_window(self, window_id: str, by: str) -> Decision:
+        decision = self._apply(self._window(window_id), AdminClose(by))
+        if not decision.changes_state:
+            raise NotClosableError(decision.reason)
+        return decision
+
+    def record_report(self, report: ReportRequest) -> bool:
+        window = self._window(report.window_id)
+        if report.host not in window.expected:
+            raise HostNotExpectedError(f"{report.host} is not expected in {window.window_id}")
+        if window.state is not State.OPEN:
+            raise WindowNotOpenError(f"window {window.window_id} is {window.state.value}")
+        accepted = self.ports.store.put_report(Report(
+            host=report.host, window_id=report.window_id, status=report.status,
+            bytes_sent=report.bytes_sent, files=report.files, duration_s=report.duration_s,
+            detail=report.detail, received_at=self._clock()))
+        logger.info("host report", extra={"window_id": window.window_id, "host": report.host,
+                                          "status": report.status, "accepted": accepted})
+        # Read again after our own write: the last of several concurrent reporters sees all.
+        self._apply(self._window(report.window_id), HostReported(report.host))
+        return accepted
+
+    def on_snapshots_settled(self, results: Iterable[tuple[str, bool]]) -> None:
+        """EBS snapshot notifications: (snapshot id, succeeded) pairs."""
+        touched: dict[str, str] = {}
+        for snapshot_id, succeeded in results:
+            status = SnapshotStatus.COMPLETED if succeeded else SnapshotStatus.FAILED
+            record = self.ports.store.settle_snapshot(snapshot_id, status)
+            if record is not None:
+                logger.info("snapshot settled", extra={
+                    "window_id": record.window_id, "host": record.host,
+                    "snapshot_id": snapshot_id, "status": status.value})
+                touched[record.window_id] = record.host
+        for window_id, host in touched.items():
+            self._apply(self._window(window_id), SnapshotSettled(host))
+
+    def reconcile(self) -> Decision | None:
+        """Finish whatever transition lost its event, from what EC2 says now."""
+        window = self._active()
+        if window is None:
+            return None
+        if window.state is State.SNAPSHOTTING:
+            self._refresh_snapshots(window)
+            window = self._window(window.window_id)
+        view = self.ports.compute.describe(window.instance_id)
+        return self._apply(window, Tick(view.state), address=view.address)
+
+    # queries ---------------------------------------------------------------------------
+    def get_window(self, window_id: str) -> Window:
+        return self._window(window_id)
+
+    def list_windows(self, limit: int = 20) -> list[Window]:
+        return self.ports.store.list_windows(limit)
+
+    def reports(self, window_id: str) -> list[Report]:
+        return self.ports.store.reports(window_id)
+
+    # applying decisions ----------------------------------------------------------------
+    def _apply(self, window: Window, event: Event, address: str | None = None) -> Decision:
+        now = self._clock()
+        decision = decide(window, event, now, self.settings.timing)
+        if decision.target is not None:
+            won = self.ports.store.transition(window.window_id, window.state, decision.target,
+                                              decision.reason, now, address)
+            if not won:
+                logger.info("transition lost to a concurrent writer", extra=_log(
+                    window, window.state, decision.target, decision.reason))
+                return Decision(None, "another invocation made this transition")
+            logger.info("window transition",
+                        extra=_log(window, window.state, decision.target, decision.reason))
+        elif decision.actions:
+            logger.info("window action", extra=_log(window, window.state, None, decision.reason))
+        else:
+            logger.debug("no transition", extra=_log(window, window.state, None, decision.reason))
+        if decision.actions:
+            self._carry_out(self._window(window.window_id), decision)
+        return decision
+
+    def _carry_out(self, window: Window, decision: Decision) -> None:
+        handlers: dict[Action, Callable[[Window, Decision], None]] = {
+            Action.STOP_INSTANCE: lambda w, _: self.ports.compute.stop(w.instance_id),
+            Action.DELETE_DEADLINE: lambda w, _: self.ports.scheduler.delete_deadline(
+                w.window_id),
+            Action.SNAPSHOT_VOLUMES: lambda w, _: self._snapshot_volumes(w),
+            Action.APPLY_RETENTION: lambda w, _: self._apply_retention(),
+            Action.NOTIFY: self._notify,
+            Action.RECORD_METRICS: lambda w, _: self._record_metrics(w),
+        }
+        for action in decision.actions:
+            handlers[action](window, decision)
+
+    def _snapshot_volumes(self, window: Window) -> None:
+        hosts = {h.name: h for h in self.ports.store.list_hosts()}
+        errors: list[str] = []
+        for name in sorted(window.unsnapshotted):
+            complete = window.reports.get(name) == "succeeded"
+            record = SnapshotRecord(window.window_id, name, hosts[name].volume_id,
+                                    SnapshotStatus.CLAIMED, complete, self._clock())
+            if not self.ports.store.claim_snapshot(record):
+                continue
+            tags = {TAG_WINDOW: window.window_id, TAG_HOST: name,
+                    TAG_COMPLETE: "true" if complete else "false"}
+            try:
+                snapshot_id = self.ports.compute.snapshot_volume(record.volume_id, tags)
+            except Exception as exc:
+                self.ports.store.release_claim(window.window_id, name)
+                logger.exception("snapshot failed to start", extra={
+                    "window_id": window.window_id, "host": name})
+                errors.append(f"{name}: {exc}")
+                continue
+            self.ports.store.record_snapshot_id(window.window_id, name, snapshot_id)
+            logger.info("snapshot started", extra={"window_id": window.window_id, "host": name,
+                                                   "snapshot_id": snapshot_id,
+                                                   "complete": complete})
+        if errors:
+            raise RuntimeError("snapshots not started (the reconciler retries): "
+                               + "; ".join(errors))
+
+    def _refresh_snapshots(self, window: Window) -> None:
+        now, store, compute = self._clock(), self.ports.store, self.ports.compute
+        records = store.snapshot_records(window.window_id)
+        for record in records:
+            if record.status is SnapshotStatus.CLAIMED and now - record.claimed_at > CLAIM_TIMEOUT:
+                found = compute.find_snapshot(window.window_id, record.host)
+                if found:
+                    store.record_snapshot_id(window.window_id, record.host, found)
+                else:
+                    store.release_claim(window.window_id, record.host)
+        pending = [r.snapshot_id for r in store.snapshot_records(window.window_id)
+                   if r.status is SnapshotStatus.PENDING and r.snapshot_id]
+        states = compute.snapshot_states(pending)
+        for snapshot_id in pending:
+            state = states.get(snapshot_id, "error")
+            if state in ("completed", "error"):
+                store.settle_snapshot(snapshot_id, SnapshotStatus.COMPLETED
+                                      if state == "completed" else SnapshotStatus.FAILED)
+
+    def _apply_retention(self) -> None:
+        points = self.ports.compute.recovery_points()
+        for deletion in choose_deletions(points, self.settings.retention_days):
+            self.ports.compute.delete_snapshot(deletion.snapshot_id)
+            logger.info("snapshot deleted by retention", extra={
+                "snapshot_id": deletion.snapshot_id, "host": deletion.host,
+                "reason": deletion.reason})
+
+    def _notify(self, window: Window, decision: Decision) -> None:
+        state = decision.target.value if decision.target else window.state.value
+        self.ports.notifier.notify(
+            f"Offsite window {window.window_id}: {state}",
+            f"{decision.reason}\n\n{summary(window)}")
+
+    def _record_metrics(self, window: Window) -> None:
+        now = self._clock()
+        stopped = window.entered.get(State.SNAPSHOTTING.value, now)
+        succeeded = sum(1 for h in window.expected if window.reports.get(h) == "succeeded")
+        metrics = self.ports.metrics
+        metrics.record("WindowSeconds", "Seconds", (now - window.opened_at).total_seconds())
+        metrics.record("InstanceSecondsBilled", "Seconds",
+                       max(0.0, (stopped - window.opened_at).total_seconds()))
+        metrics.record("HostsSucceeded", "Count", succeeded)
+        metrics.record("HostsFailed", "Count", len(window.expected) - succeeded)
+
+    def _active(self) -> Window | None:
+        window_id = self.ports.store.active_window_id()
+        return self.ports.store.get_window(window_id) if window_id else None
+
+    def _window(self, window_id: str) -> Window:
+        window = self.ports.store.get_window(window_id)
+        if window is None:
+            raise UnknownWindowError(f"no window {window_id}")
+        return window
+
+
+def summary(window: Window) -> str:
+    lines = [f"window {window.window_id} ({window.trigger}), opened "
+             f"{window.opened_at.isoformat()}, deadline {window.deadline.isoformat()}"]
+    for host in sorted(window.expected):
+        lines.append(f"  {host}: report {window.reports.get(host, 'none')}, "
+                     f"snapshot {_status(window, host)}")
+    return "\n".join(lines)
+
+
+def _status(window: Window, host: str) -> str:
+    status = window.snapshots.get(host)
+    return status.value if status else "none"
+
+
+def window_view(window: Window) -> dict[str, Any]:
+    """The window as the admin API shows it."""
+    return {
+        "window_id": window.window_id, "state": window.state.value, "trigger": window.trigger,
+        "opened_at": window.opened_at.isoformat(), "deadline": window.deadline.isoformat(),
+        "expected": sorted(window.expected), "reports": dict(sorted(window.reports.items())),
+        "missing": sorted(window.missing), "address": window.address, "reason": window.reason,
+        "snapshots": {h: s.value for h, s in sorted(window.snapshots.items())},
+    }
+
+
+def _log(window: Window, source: State | None, target: State | None,
+         reason: str) -> dict[str, Any]:
+    return {"window_id": window.window_id, "from": source.value if source else None,
+            "to": target.value if target else None, "reason": reason}

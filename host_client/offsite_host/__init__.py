@@ -1,0 +1,1 @@
+"""offsite-host: the host side of Offsite (standard library and pynacl only)."""
