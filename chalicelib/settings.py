@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from chalicelib.window import Timing
@@ -28,7 +28,7 @@ class Settings:
     instance_types: tuple[str, ...] = ()
     window_hours: float = 3.6
     retention_days: int = 20
-    timing: Timing = Timing()
+    timing: Timing = field(default_factory=Timing)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -160,10 +160,11 @@ def nothing(reason: str) -> Decision:
 _CLOSE_ACTIONS = (Action.STOP_INSTANCE, Action.DELETE_DEADLINE)
 
 
-def decide(window: Window, event: Event, now: datetime, timing: Timing = Timing()) -> Decision:
+def decide(window: Window, event: Event, now: datetime, timing: Timing | None = None) -> Decision:
     """What `event` means for `window` at `now`."""
     if not window.state.active:
         return nothing(f"window is {window.state.value}; {type(event).__name__} ignored")
+    timing = timing or Timing()
     if isinstance(event, InstanceRunning):
         return _on_running(window, event)
     if isinstance(event, InstanceStopped):

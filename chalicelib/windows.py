@@ -53,6 +53,7 @@ logger = Logger(service="offsite", child=True)
 # A Lambda that claimed a snapshot and has not recorded its id after this long is gone
 # (Lambda's own limit is 15 minutes), so the reconciler may look for it or take it again.
 CLAIM_TIMEOUT = timedelta(minutes=16)
+EVERY_HOST = OpenRequest(duration_hours=None, hosts=None)
 
 
 class UnknownWindowError(LookupError):
@@ -106,7 +107,7 @@ class WindowService:
         self._new_id = new_id
 
     # opening ---------------------------------------------------------------------------
-    def open_window(self, trigger: str, request: OpenRequest = OpenRequest(None, None)) -> Window:
+    def open_window(self, trigger: str, request: OpenRequest = EVERY_HOST) -> Window:
         store, now = self.ports.store, self._clock()
         enabled = {h.name for h in store.list_hosts() if h.enabled}
         expected = enabled if request.hosts is None else request.hosts

@@ -109,19 +109,19 @@ class DynamoStore:
         if address:
             update += ", address = :address"
             values[":address"] = address
-        change = {"TableName": self._table, "Key": _dump(_window_key(window_id)),
+        change: dict[str, Any] = {"TableName": self._table, "Key": _dump(_window_key(window_id)),
                   "UpdateExpression": update, "ConditionExpression": "#state = :source",
                   "ExpressionAttributeNames": {"#state": "state"},
                   "ExpressionAttributeValues": _dump(values)}
         try:
             if target.active:
-                self._db.update_item(**change)  # type: ignore[arg-type]
+                self._db.update_item(**change)
             else:
-                release = {"TableName": self._table, "Key": _dump(_ACTIVE),
+                release: dict[str, Any] = {"TableName": self._table, "Key": _dump(_ACTIVE),
                            "ConditionExpression": "window_id = :id",
                            "ExpressionAttributeValues": _dump({":id": window_id})}
-                self._db.transact_write_items(
-                    TransactItems=[{"Update": change}, {"Delete": release}])  # type: ignore[list-item]
+                items: Any = [{"Update": change}, {"Delete": release}]
+                self._db.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if _code(exc) in ("ConditionalCheckFailedException", "TransactionCanceledException"):
                 return False

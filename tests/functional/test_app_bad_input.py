@@ -1,0 +1,91 @@
+"""Bad input on every route: a 4xx with a JSON error, no stack trace, state unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .app_rig import AppRig, app_rig, offsite_snapshots
+
+__all__ = ["app_rig"]
+
+OVERSIZED = b'{"detail": "' + b"x" * 70_000 + b'"}'
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("malformed", b'{"duration_hours": ', "bad_request"),
+    ("not an object", b"[1, 2]", "bad_request"),
+    ("oversized", OVERSIZED, "bad_request"),
+]
+
+
+def assert_clean_error(answer: Any, status: int, code: str) -> None:
+    assert answer.status_code == status, answer.body
+    body = json.loads(answer.body)
+    assert set(body) == {"error", "message"} and body["error"] == code
+    assert "Traceback" not in answer.body.decode() and "File \"" not in answer.body.decode()
+
+
+def state(rig: AppRig) -> tuple[Any, ...]:
+    windows = rig.client.http.get("/v1/windows").json_body["windows"]
+    return tuple((w["window_id"], w["state"], tuple(w["reports"])) for w in windows), len(
+        offsite_snapshots())
+
+
+@pytest.mark.parametrize("path", ["/v1/windows", "/v1/reports"])
+@pytest.mark.parametrize(("name", "raw", "code"), BAD_BODIES)
+def test_bad_bodies(app_rig: AppRig, path: str, name: str, raw: bytes, code: str) -> None:
+    before = state(app_rig)
+    assert_clean_error(app_rig.post(path, None, raw=raw), 400, code)
+    assert state(app_rig) == before
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"duration_hours": "two"}, "bad_request"),
+    ({"duration_hours": 100}, "bad_request"),
+    ({"hosts": "c"}, "bad_request"),
+    ({"hosts": ["Bad Name"]}, "bad_request"),
+    ({"hosts": ["nobody"]}, "unknown_host"),
+    ({"surprise": True}, "bad_request"),
+])
+def test_bad_open_requests(app_rig: AppRig, body: dict[str, Any], code: str) -> None:
+    before = state(app_rig)
+    assert_clean_error(app_rig.post("/v1/windows", body), 400, code)
+    assert state(app_rig) == before
+
+
+def test_second_open_is_refused(app_rig: AppRig) -> None:
+    assert app_rig.post("/v1/windows", {}).status_code == 201
+    before = state(app_rig)
+    assert_clean_error(app_rig.post("/v1/windows", {}), 409, "window_active")
+    assert state(app_rig) == before
+
+
+def test_unknown_window(app_rig: AppRig) -> None:
+    assert_clean_error(app_rig.client.http.get("/v1/windows/w-nope"), 404, "unknown_window")
+    assert_clean_error(app_rig.post("/v1/windows/w-nope/close", {}), 404, "unknown_window")
+    assert_clean_error(app_rig.report("w-nope", "c"), 404, "unknown_window")
+
+
+@pytest.mark.parametrize(("change", "status", "code"), [
+    ({"status": "maybe"}, 400, "bad_request"),
+    ({"bytes_sent": "lots"}, 400, "bad_request"),
+    ({"host": "../../etc"}, 400, "bad_request"),
+    ({"host": "zz"}, 409, "host_not_expected"),
+])
+def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code: str) -> None:
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    app_rig.state_event("running")
+    before = state(app_rig)
+    body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 1,
+            "files": 1, "duration_s": 1.0, "detail": "", **change}
+    assert_clean_error(app_rig.post("/v1/reports", body), status, code)
+    assert state(app_rig) == before
+
+
+def test_wrong_content_type_and_method(app_rig: AppRig) -> None:
+    answer = app_rig.client.http.post("/v1/windows", body=b"{}",
+                                      headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 415 and set(json.loads(answer.body)) == {"error", "message"}
+    answer = app_rig.client.http.delete("/v1/windows")
+    assert answer.status_code == 405 and set(json.loads(answer.body)) == {"error", "message"}

@@ -1,0 +1,162 @@
+"""app.py end to end on moto: whole windows, driven by AWS-shaped events."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import boto3
+
+from .app_rig import EVENTS, HOSTS, AppRig, app_rig, offsite_snapshots
+
+__all__ = ["app_rig"]
+
+
+def open_window(rig: AppRig, **body: Any) -> str:
+    answer = rig.post("/v1/windows", body)
+    assert answer.status_code == 201, answer.json_body
+    rig.state_event("running")
+    return str(answer.json_body["window_id"])
+
+
+def wait_until(iso: str) -> None:
+    delay = (datetime.fromisoformat(iso) - datetime.now(timezone.utc)).total_seconds()
+    time.sleep(max(0.0, delay) + 0.05)
+
+
+def window(rig: AppRig, window_id: str) -> dict[str, Any]:
+    answer = rig.client.http.get(f"/v1/windows/{window_id}")
+    assert answer.status_code == 200
+    return dict(answer.json_body)
+
+
+def snapshot_tags() -> dict[str, dict[str, str]]:
+    snaps = offsite_snapshots()
+    tags = [{t["Key"]: t["Value"] for t in s.get("Tags", [])} for s in snaps]
+    return {t["offsite:host"]: t for t in tags}
+
+
+def test_whole_window_with_four_hosts(app_rig: AppRig) -> None:
+    wid = open_window(app_rig)
+    assert window(app_rig, wid)["state"] == "OPEN"
+    schedules = boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"]
+    assert [s["Name"] for s in schedules] == [f"offsite-deadline-{wid}"]
+    for host in HOSTS:
+        assert app_rig.report(wid, host).status_code == 200
+    assert window(app_rig, wid)["state"] == "CLOSING"
+    assert boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"] == []
+    app_rig.state_event("stopped")
+    assert window(app_rig, wid)["state"] == "SNAPSHOTTING"
+    app_rig.settle_snapshots()
+    view = window(app_rig, wid)
+    assert view["state"] == "CLOSED", view
+    assert {h: t["offsite:complete"] for h, t in snapshot_tags().items()} == \
+        dict.fromkeys(HOSTS, "true")
+    assert all(t["offsite:window"] == wid for t in snapshot_tags().values())
+    assert [r["host"] for r in view["host_reports"]] == sorted(HOSTS)
+    assert app_rig.stops == ["stop"]
+
+
+def test_deadline_with_one_host_missing(app_rig: AppRig) -> None:
+    first = open_window(app_rig)
+    for host in HOSTS:
+        app_rig.report(first, host)
+    app_rig.state_event("stopped")
+    app_rig.settle_snapshots()
+    second = open_window(app_rig, duration_hours=0.0002)  # a deadline 0.72 s away
+    for host in ("c", "h", "o"):
+        app_rig.report(second, host)
+    wait_until(window(app_rig, second)["deadline"])
+    answer = app_rig.client.lambda_.invoke("window_deadline", {"window_id": second})
+    assert "missing: l" in answer.payload["reason"]
+    app_rig.state_event("stopped")
+    app_rig.settle_snapshots()
+    assert window(app_rig, second)["state"] == "CLOSED"
+    snaps = offsite_snapshots()
+    l_snaps = {t["Value"] for s in snaps for t in s["Tags"] if t["Key"] == "offsite:window"
+               and any(x["Value"] == "l" for x in s["Tags"] if x["Key"] == "offsite:host")}
+    assert l_snaps == {first, second}  # l's previous complete snapshot survives retention
+    l_tags = [{t["Key"]: t["Value"] for t in s["Tags"]} for s in snaps]
+    assert {"offsite:host": "l", "offsite:window": second, "offsite:complete": "false"} in l_tags
+
+
+def test_four_hosts_reporting_at_once_stop_once(app_rig: AppRig) -> None:
+    wid = open_window(app_rig)
+    barrier = threading.Barrier(len(HOSTS))
+    codes: list[int] = []
+
+    def send(host: str) -> None:
+        barrier.wait()
+        codes.append(app_rig.report(wid, host).status_code)
+
+    threads = [threading.Thread(target=send, args=(h,)) for h in HOSTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 4
+    assert window(app_rig, wid)["state"] == "CLOSING"
+    assert app_rig.stops == ["stop"]
+
+
+def test_snapshot_failure_deletes_nothing_and_tells_sns(app_rig: AppRig) -> None:
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="admins")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    topic = sns.list_topics()["Topics"][0]["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    wid = open_window(app_rig)
+    for host in HOSTS:
+        app_rig.report(wid, host)
+    app_rig.state_event("stopped")
+    before = app_rig.settle_snapshots(result="failed")
+    assert window(app_rig, wid)["state"] == "CLOSED"
+    after = offsite_snapshots()
+    assert sorted(s["SnapshotId"] for s in after) == sorted(before)
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert any("retention skipped" in m["Body"] for m in messages)
+
+
+def test_duplicated_and_reordered_events_change_nothing(app_rig: AppRig) -> None:
+    wid = open_window(app_rig)
+    app_rig.state_event("running")  # duplicate
+    app_rig.state_event("stopped")  # stale: EC2 says running
+    assert window(app_rig, wid)["state"] == "OPEN"
+    for host in HOSTS:
+        app_rig.report(wid, host)
+    app_rig.state_event("stopped")
+    app_rig.state_event("stopped")
+    app_rig.settle_snapshots()
+    app_rig.settle_snapshots()
+    assert window(app_rig, wid)["state"] == "CLOSED"
+    assert len(offsite_snapshots()) == 4
+    assert app_rig.stops == ["stop"]
+
+
+def test_console_open_and_reconciler(app_rig: AppRig) -> None:
+    answer = app_rig.client.lambda_.invoke("console_open", {"duration_hours": 0.5,
+                                                           "hosts": ["c"]})
+    wid = answer.payload["window_id"]
+    assert answer.payload["expected"] == ["c"]
+    app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
+    assert window(app_rig, wid)["state"] == "OPEN"
+    refused = app_rig.client.lambda_.invoke("console_open", {"duration_hours": "soon"})
+    assert refused.payload["error"] == "bad_request"
+
+
+def aws_scheduled_event() -> dict[str, Any]:
+    return dict(json.loads((EVENTS / "scheduled-event.json").read_text()))
+
+
+def test_admin_close_and_history(app_rig: AppRig) -> None:
+    wid = open_window(app_rig)
+    closed = app_rig.post(f"/v1/windows/{wid}/close", {})
+    assert closed.status_code == 200 and closed.json_body["state"] == "CLOSING"
+    again = app_rig.post(f"/v1/windows/{wid}/close", {})
+    assert again.status_code == 409 and again.json_body["error"] == "not_closable"
+    listed = app_rig.client.http.get("/v1/windows").json_body["windows"]
+    assert [w["window_id"] for w in listed] == [wid]
