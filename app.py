@@ -7,11 +7,14 @@ answers. AWS clients are built once per container, on first use, in the cached g
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parameters import SSMProvider
 from botocore.config import Config
 from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Request, Response
 
@@ -21,10 +24,21 @@ from chalicelib.adapters.metrics import EmfMetrics
 from chalicelib.adapters.notifier import SnsNotifier
 from chalicelib.adapters.scheduler import EventBridgeScheduler
 from chalicelib.events import instance_state_change, snapshot_results
+from chalicelib.host_auth import HostAuthenticator
+from chalicelib.hosts import HostService, host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
+from chalicelib.httpsig import SignedRequest
+from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
 from chalicelib.payloads import parse_json_object, parse_open_request, parse_report
+from chalicelib.schedule import next_open
+from chalicelib.sessions import (
+    CertificatePolicy,
+    SessionService,
+    WrongHostError,
+    parse_session_request,
+)
 from chalicelib.settings import Settings, open_schedule_expression, reconcile_rate_expression
-from chalicelib.windows import Ports, WindowService, window_view
+from chalicelib.windows import Ports, WindowService, utc_now, window_view
 
 app = Chalice(app_name="offsite")
 logger = Logger(service="offsite")
@@ -52,6 +66,32 @@ def window_service() -> WindowService:
     return WindowService(s, ports)
 
 
+@functools.cache
+def host_service() -> HostService:
+    ports = window_service().ports
+    return HostService(ports.store, ports.compute, settings().instance_id, utc_now)
+
+
+@functools.cache
+def session_service() -> SessionService:
+    s, ports = settings(), window_service().ports
+    ssm = SSMProvider(boto3_client=boto3.client("ssm", config=_AWS_CONFIG))
+
+    def read(name: str) -> str:
+        return str(ssm.get(name, decrypt=True, max_age=CACHE_SECONDS))
+
+    return SessionService(
+        store=ports.store, ca=CertificateAuthority(read, KeyParameters(s.key_prefix)),
+        metrics=ports.metrics, clock=utc_now,
+        next_window=lambda now: next_open(s.open_schedule, now),
+        policy=CertificatePolicy(port=s.ssh_port, source_address=s.source_address))
+
+
+@functools.cache
+def authenticator() -> HostAuthenticator:
+    return HostAuthenticator(window_service().ports.store, lambda: int(time.time()))
+
+
 def api(path: str, method: str, admin: bool = True) -> Callable[[Callable[..., Any]], Any]:
     """A route whose domain errors become JSON answers; admin routes are IAM-authorised."""
 
@@ -61,8 +101,8 @@ def api(path: str, method: str, admin: bool = True) -> Callable[[Callable[..., A
             try:
                 return view(**kwargs)
             except Exception as exc:  # mapped, and logged when unexpected
-                status, body = describe_error(exc)
-                return Response(body=body, status_code=status)
+                status, body, headers = describe_error(exc)
+                return Response(body=body, status_code=status, headers=dict(headers.items()))
 
         return app.route(path, methods=[method], authorizer=iam if admin else None,
                          content_types=["application/json"])(guarded)
@@ -88,6 +128,23 @@ def _request() -> Request:
 
 def _body() -> dict[str, Any]:
     return parse_json_object(_request().raw_body)
+
+
+def _signer() -> str:
+    """The host that signed this request (RFC 9421), or NotAuthenticated/HostNotAllowed."""
+    request = _request()
+    path = request.to_original_event().get("path") or request.path
+    query = urlencode(request.query_params) if request.query_params else ""
+    body = request.raw_body or b""
+    return authenticator().authenticate(SignedRequest(
+        method=request.method, authority=request.headers.get("host", ""), path=path,
+        query=query, headers=dict(request.headers),
+        body=body.encode() if isinstance(body, str) else body))
+
+
+def _request_id() -> str:
+    context = _request().context or {}
+    return str(context.get("requestId") or context.get("extendedRequestId") or "local")
 
 
 def _admin() -> str:
@@ -166,10 +223,42 @@ def snapshot_state(event: CloudWatchEvent) -> None:
     window_service().on_snapshots_settled(snapshot_results(event.to_dict()))
 
 
-# hosts -----------------------------------------------------------------------------------
+# hosts: enrolment (admin) ----------------------------------------------------------------
+@api("/v1/hosts/{name}", "PUT")
+def enrol_host(name: str) -> Response:
+    host, new = host_service().enrol(parse_enrolment(name, _body()))
+    return Response(body=host_view(host), status_code=201 if new else 200)
+
+
+@api("/v1/hosts/{name}", "DELETE")
+def revoke_host(name: str) -> dict[str, Any]:
+    return host_view(host_service().revoke(name))
+
+
+@api("/v1/hosts", "GET")
+def list_hosts() -> dict[str, Any]:
+    return {"hosts": [host_view(h) for h in host_service().list()]}
+
+
+# hosts: signed requests --------------------------------------------------------------------
+@api("/v1/sessions", "POST", admin=False)
+def open_session() -> Response:
+    signer = _signer()
+    grant = session_service().issue(signer, parse_session_request(_body()), _request_id())
+    return Response(body=grant, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+@api("/v1/windows/current", "GET", admin=False)
+def current_window() -> dict[str, Any]:
+    return session_service().current(_signer())
+
+
 @api("/v1/reports", "POST", admin=False)
 def post_report() -> dict[str, Any]:
+    signer = _signer()
     report = parse_report(_body())
+    if report.host != signer:
+        raise WrongHostError(f"{signer} may not report for {report.host}")
     accepted = window_service().record_report(report)
     return {"window_id": report.window_id, "host": report.host, "accepted": accepted}
 

@@ -6,8 +6,18 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from chalicelib.adapters.compute import NoFreeDeviceError
 from chalicelib.adapters.store import WindowActiveError
+from chalicelib.host_auth import HostNotAllowedError, NotAuthenticatedError
+from chalicelib.hosts import UnknownHostNameError
 from chalicelib.payloads import InvalidPayloadError
+from chalicelib.sessions import (
+    NoOpenWindowError,
+    NotExpectedError,
+    RestoreNotOpenError,
+    WindowOpeningError,
+    WrongHostError,
+)
 from chalicelib.windows import (
     HostNotExpectedError,
     NoHostsError,
@@ -22,6 +32,15 @@ logger = Logger(service="offsite", child=True)
 # (error class, HTTP status, stable code); the first match wins.
 ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidPayloadError, 400, "bad_request"),
+    (NotAuthenticatedError, 401, "unauthorized"),
+    (HostNotAllowedError, 403, "forbidden"),
+    (WrongHostError, 403, "wrong_host"),
+    (UnknownHostNameError, 404, "unknown_host"),
+    (NoOpenWindowError, 409, "no_open_window"),
+    (NotExpectedError, 409, "not_expected"),
+    (RestoreNotOpenError, 409, "no_restore_open"),
+    (NoFreeDeviceError, 409, "no_free_device"),
+    (WindowOpeningError, 503, "window_opening"),
     (UnknownHostError, 400, "unknown_host"),
     (UnknownWindowError, 404, "unknown_window"),
     (WindowActiveError, 409, "window_active"),
@@ -36,13 +55,26 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "message": message, **extra}
 
 
-def describe_error(exc: Exception) -> tuple[int, dict[str, Any]]:
-    """The status and body for `exc`; anything unexpected is logged and answered as 500."""
+def describe_error(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers for `exc`; anything unexpected is logged and answered 500."""
     for error_type, status, code in ERRORS:
         if isinstance(exc, error_type):
-            return status, error_body(code, str(exc))
+            return status, error_body(code, str(exc), **_extra(exc)), _headers(exc)
     logger.exception("unhandled error")
-    return 500, error_body("internal", "internal error; see the control plane's logs")
+    return 500, error_body("internal", "internal error; see the control plane's logs"), {}
+
+
+def _extra(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, NoOpenWindowError):
+        upcoming = exc.next_window
+        return {"next_window": upcoming.isoformat() if upcoming else None}
+    return {}
+
+
+def _headers(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, WindowOpeningError):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}
 
 
 def from_chalice_error(body: dict[str, Any], status: int) -> dict[str, Any]:

@@ -29,6 +29,10 @@ class Settings:
     window_hours: float = 3.6
     retention_days: int = 20
     timing: Timing = field(default_factory=Timing)
+    key_prefix: str = "/offsite"
+    ssh_port: int = 22
+    source_address: str | None = None
+    open_schedule: str = DEFAULT_OPEN_SCHEDULE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +55,10 @@ class Settings:
             instance_types=types,
             window_hours=float(env.get("WINDOW_HOURS", "3.6")),
             retention_days=int(env.get("RETENTION_DAYS", "20")),
+            key_prefix=env.get("KEY_PARAMETER_PREFIX", "/offsite").rstrip("/"),
+            ssh_port=int(env.get("SSH_PORT", "22")),
+            source_address=env.get("CERT_SOURCE_ADDRESS") or None,
+            open_schedule=open_schedule_expression(env),
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),

@@ -25,7 +25,15 @@ _TRY_NEXT_TYPE = {"InsufficientInstanceCapacity", "InstanceLimitExceeded",
                   "Unsupported", "RequestLimitExceeded", "Throttling"}
 
 
+# The device names AWS recommends for EBS data volumes on Linux, in the order we attach them.
+DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnopqrstuvwxyz")
+
+
 class StartFailedError(Exception):
+    pass
+
+
+class NoFreeDeviceError(Exception):
     pass
 
 
@@ -54,6 +62,9 @@ class Compute(Protocol):
     def recovery_points(self) -> list[RecoveryPoint]: ...
 
     def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
+        """A new encrypted volume for `host`, attached to the instance; its id."""
 
 
 class Ec2Compute:
@@ -131,6 +142,22 @@ class Ec2Compute:
             if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
                 raise
 
+    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
+        instance = self._instance(instance_id)
+        used = {m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])}
+        used.add(instance.get("RootDeviceName", ""))
+        device = next((d for d in DEVICE_NAMES if d not in used), None)
+        if device is None:
+            raise NoFreeDeviceError(f"instance {instance_id} has no free device for {host}")
+        volume_id = self._ec2.create_volume(
+            AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=size_gib,
+            VolumeType="gp3", Encrypted=True, TagSpecifications=[{
+                "ResourceType": "volume", "Tags": [{"Key": TAG_HOST, "Value": host}]}],
+        )["VolumeId"]
+        self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
+        self._ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
+        return volume_id
+
     def _instance(self, instance_id: str) -> dict:  # type: ignore[type-arg]
         answer = self._ec2.describe_instances(InstanceIds=[instance_id])
         return dict(answer["Reservations"][0]["Instances"][0])
@@ -147,6 +174,7 @@ class FakeCompute:
         self.started_as: list[str] = []
         self.stops = 0
         self.snapshots: dict[str, dict[str, object]] = {}
+        self.volumes: dict[str, str] = {}
         self._ids = itertools.count(1)
         self.now = datetime(2026, 11, 29, 2, 0)
 
@@ -199,3 +227,8 @@ class FakeCompute:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.snapshots.pop(snapshot_id, None)
+
+    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
+        volume_id = f"vol-{next(self._ids):017x}"
+        self.volumes[volume_id] = host
+        return volume_id

@@ -8,6 +8,7 @@
     WINDOW#<id>        SNAP#<host>     a host's snapshot: claimed -> pending -> completed|failed
     SNAPSHOT#<snap id> SNAPSHOT        snapshot id -> window and host, for EBS events
     HOST               <name>          an enrolled host
+    NONCE#<key>#<nonce> NONCE          a request nonce already seen (expires by TTL)
 """
 
 from __future__ import annotations
@@ -220,6 +221,15 @@ class DynamoStore:
 
     def list_hosts(self) -> list[Host]:
         return [_host_from(i) for i in self._query("HOST")]
+
+    # nonces ----------------------------------------------------------------------------
+    def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
+        # Timeline of a replay: request 1 puts NONCE#c#n (expires t+600) -> request 2, same
+        # nonce, puts again: the item exists and has not expired, the put fails: refused.
+        # TTL deletion lags by up to days, so an expired item is overwritten, not trusted.
+        return self._put_if(
+            {"pk": f"NONCE#{keyid}#{nonce}", "sk": "NONCE", "expires_at": expires_at},
+            "attribute_not_exists(pk) OR expires_at <= :now", values={":now": now})
 
     # helpers ---------------------------------------------------------------------------
     def _put_if(self, item: Mapping[str, Any], condition: str,

@@ -61,6 +61,9 @@ class WindowStore(Protocol):
 
     def list_hosts(self) -> list[Host]: ...
 
+    def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
+        """False if this key used this nonce before and it has not expired (a replay)."""
+
 
 class InMemoryStore:
     """The same contract as DynamoStore, in process, for tests and the bench."""
@@ -72,6 +75,7 @@ class InMemoryStore:
         self._reports: dict[tuple[str, str], Report] = {}
         self._snapshots: dict[tuple[str, str], SnapshotRecord] = {}
         self._hosts: dict[str, Host] = {}
+        self._nonces: dict[tuple[str, str], int] = {}
 
     def create_window(self, window: Window) -> None:
         with self._lock:
@@ -171,3 +175,10 @@ class InMemoryStore:
 
     def list_hosts(self) -> list[Host]:
         return sorted(self._hosts.values(), key=lambda h: h.name)
+
+    def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
+        with self._lock:
+            if self._nonces.get((keyid, nonce), 0) > now:
+                return False
+            self._nonces[(keyid, nonce)] = expires_at
+            return True

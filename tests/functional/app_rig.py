@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +16,27 @@ from typing import Any
 import boto3
 import pytest
 from chalice.test import Client
+from nacl.signing import SigningKey
+from offsite_host.httpsig import sign_request
 
 import app as app_module
 from chalicelib.adapters.dynamo_store import create_table
+from chalicelib.keys import KeyMaterial, KeyParameters, generate_key_material
+from chalicelib.sshcert import ca_public_key_line
 
 EVENTS = Path(__file__).parents[1] / "events"
 HOSTS = ("c", "h", "o", "l")
+API = "https://api.offsite.test"
+KEY_PREFIX = "/offsite/test"
+
+
+def put_key_material(material: KeyMaterial) -> None:
+    ssm, names = boto3.client("ssm"), KeyParameters(KEY_PREFIX)
+    for name, value, kind in [(names.ca_private, material.ca_seed_b64, "SecureString"),
+                              (names.ca_public, material.ca_public_line, "String"),
+                              (names.host_private, material.host_private_pem, "SecureString"),
+                              (names.host_public, material.host_public_line, "String")]:
+        ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
 
 
 def aws_event(name: str, **detail: Any) -> dict[str, Any]:
@@ -48,6 +66,8 @@ class AppRig:
     instance_id: str
     volumes: dict[str, str]
     stops: list[str]
+    keys: dict[str, SigningKey]
+    material: KeyMaterial
 
     @property
     def ec2(self) -> Any:
@@ -64,10 +84,30 @@ class AppRig:
         return self.client.http.post(path, body=data,
                                      headers={"Content-Type": "application/json"})
 
+    def signed(self, method: str, path: str, body: Any, host: str,
+               key: SigningKey | None = None, raw: bytes | None = None,
+               headers: dict[str, str] | None = None) -> Any:
+        """A host's request, signed as offsite-host signs it."""
+        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+        signed = sign_request(method, API + path, data, key or self.keys[host], keyid=host,
+                              created=int(time.time()), nonce=secrets.token_urlsafe(16))
+        sent = {"Host": "api.offsite.test", **signed, **(headers or {})}
+        return self.client.http.request(method, path, body=data, headers=sent)
+
     def report(self, window_id: str, host: str, status: str = "succeeded") -> Any:
-        return self.post("/v1/reports", {"host": host, "window_id": window_id,
-                                         "status": status, "bytes_sent": 1234, "files": 5,
-                                         "duration_s": 2.0, "detail": ""})
+        return self.signed("POST", "/v1/reports", {
+            "host": host, "window_id": window_id, "status": status, "bytes_sent": 1234,
+            "files": 5, "duration_s": 2.0, "detail": ""}, host)
+
+    def session(self, host: str, purpose: str = "backup", **changes: Any) -> Any:
+        ephemeral = ca_public_key_line(SigningKey.generate())
+        body = {"host": host, "ssh_public_key": ephemeral, "purpose": purpose, **changes}
+        return self.signed("POST", "/v1/sessions", body, host)
+
+    def enrol(self, name: str, key: SigningKey, **extra: Any) -> Any:
+        body = {"public_key": ca_public_key_line(key), **extra}
+        return self.client.http.put(f"/v1/hosts/{name}", body=json.dumps(body).encode(),
+                                    headers={"Content-Type": "application/json"})
 
     def settle_snapshots(self, result: str = "succeeded") -> list[str]:
         snaps = offsite_snapshots()
@@ -80,16 +120,41 @@ class AppRig:
 
 @pytest.fixture
 def app_rig(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
+    """AWS on moto in process: fast, for everything that runs in one Lambda at a time."""
+    yield from provision(monkeypatch)
+
+
+@pytest.fixture
+def served_app_rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
+    """AWS on a moto server on loopback, so that separate processes (separate Lambda
+    containers) share one account."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    try:
+        yield from provision(monkeypatch)
+    finally:
+        server.stop()
+
+
+def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
+    """What a deploy makes, then the app with four enrolled hosts."""
     ec2 = boto3.client("ec2")
     instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
                                  InstanceType="t3.small")["Instances"][0]
     instance_id = instance["InstanceId"]
     ec2.stop_instances(InstanceIds=[instance_id])
-    zone = instance["Placement"]["AvailabilityZone"]
-    volumes = {h: ec2.create_volume(AvailabilityZone=zone, Size=10)["VolumeId"] for h in HOSTS}
     topic = boto3.client("sns").create_topic(Name="offsite")["TopicArn"]
     boto3.client("scheduler").create_schedule_group(Name="offsite-dev")
     create_table(boto3.client("dynamodb"), "offsite-dev")
+    material = generate_key_material()
+    put_key_material(material)
+    monkeypatch.setenv("KEY_PARAMETER_PREFIX", KEY_PREFIX)
     monkeypatch.setenv("TABLE_NAME", "offsite-dev")  # as the dev stage's config says
     monkeypatch.setenv("SCHEDULE_GROUP", "offsite-dev")
     monkeypatch.setenv("INSTANCE_ID", instance_id)
@@ -98,18 +163,23 @@ def app_rig(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
     monkeypatch.setenv("DEADLINE_TARGET_ARN",
                        "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline")
     monkeypatch.setenv("SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/offsite-scheduler")
-    app_module.settings.cache_clear()
-    app_module.window_service.cache_clear()
+    clear_caches()
     stops: list[str] = []
     with Client(app_module.app, stage_name="dev") as client:
         service = app_module.window_service()
         service.ports.compute._ec2.meta.events.register(  # type: ignore[attr-defined]
             "before-call.ec2.StopInstances", lambda **kw: stops.append("stop"))
-        from chalicelib.records import Host
-        from chalicelib.windows import utc_now
+        rig = AppRig(client, instance_id, {}, stops, {}, material)
+        for name in HOSTS:
+            rig.keys[name] = SigningKey.generate()
+            answer = rig.enrol(name, rig.keys[name])
+            assert answer.status_code == 201, answer.json_body
+            rig.volumes[name] = answer.json_body["volume_id"]
+        yield rig
+    clear_caches()
 
-        for name, volume in volumes.items():
-            service.ports.store.put_host(Host(name, "ssh-ed25519 AAAA", True, volume, utc_now()))
-        yield AppRig(client, instance_id, volumes, stops)
-    app_module.settings.cache_clear()
-    app_module.window_service.cache_clear()
+
+def clear_caches() -> None:
+    for getter in (app_module.settings, app_module.window_service, app_module.host_service,
+                   app_module.session_service, app_module.authenticator):
+        getter.cache_clear()

@@ -32,11 +32,19 @@ def state(rig: AppRig) -> tuple[Any, ...]:
         offsite_snapshots())
 
 
-@pytest.mark.parametrize("path", ["/v1/windows", "/v1/reports"])
+@pytest.mark.parametrize("path", ["/v1/windows", "/v1/reports", "/v1/sessions",
+                                  "/v1/hosts/c"])
 @pytest.mark.parametrize(("name", "raw", "code"), BAD_BODIES)
 def test_bad_bodies(app_rig: AppRig, path: str, name: str, raw: bytes, code: str) -> None:
     before = state(app_rig)
-    assert_clean_error(app_rig.post(path, None, raw=raw), 400, code)
+    if path == "/v1/hosts/c":
+        answer = app_rig.client.http.put(path, body=raw,
+                                         headers={"Content-Type": "application/json"})
+    elif path == "/v1/windows":
+        answer = app_rig.post(path, None, raw=raw)
+    else:  # a host's route: signed, so it is the body that is refused
+        answer = app_rig.signed("POST", path, None, "c", raw=raw)
+    assert_clean_error(answer, 400, code)
     assert state(app_rig) == before
 
 
@@ -45,7 +53,7 @@ def test_bad_bodies(app_rig: AppRig, path: str, name: str, raw: bytes, code: str
     ({"duration_hours": 100}, "bad_request"),
     ({"hosts": "c"}, "bad_request"),
     ({"hosts": ["Bad Name"]}, "bad_request"),
-    ({"hosts": ["nobody"]}, "unknown_host"),
+    ({"hosts": ["zz"]}, "unknown_host"),
     ({"surprise": True}, "bad_request"),
 ])
 def test_bad_open_requests(app_rig: AppRig, body: dict[str, Any], code: str) -> None:
@@ -64,14 +72,14 @@ def test_second_open_is_refused(app_rig: AppRig) -> None:
 def test_unknown_window(app_rig: AppRig) -> None:
     assert_clean_error(app_rig.client.http.get("/v1/windows/w-nope"), 404, "unknown_window")
     assert_clean_error(app_rig.post("/v1/windows/w-nope/close", {}), 404, "unknown_window")
-    assert_clean_error(app_rig.report("w-nope", "c"), 404, "unknown_window")
 
 
 @pytest.mark.parametrize(("change", "status", "code"), [
     ({"status": "maybe"}, 400, "bad_request"),
     ({"bytes_sent": "lots"}, 400, "bad_request"),
     ({"host": "../../etc"}, 400, "bad_request"),
-    ({"host": "zz"}, 409, "host_not_expected"),
+    ({"host": "h"}, 403, "wrong_host"),  # signed by c
+    ({"window_id": "w-nope"}, 404, "unknown_window"),
 ])
 def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code: str) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
@@ -79,8 +87,35 @@ def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code:
     before = state(app_rig)
     body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 1,
             "files": 1, "duration_s": 1.0, "detail": "", **change}
-    assert_clean_error(app_rig.post("/v1/reports", body), status, code)
+    assert_clean_error(app_rig.signed("POST", "/v1/reports", body, "c"), status, code)
     assert state(app_rig) == before
+
+
+def test_report_from_a_host_not_expected(app_rig: AppRig) -> None:
+    wid = app_rig.post("/v1/windows", {"hosts": ["c"]}).json_body["window_id"]
+    app_rig.state_event("running")
+    assert_clean_error(app_rig.report(wid, "h"), 409, "host_not_expected")
+
+
+@pytest.mark.parametrize(("name", "body", "code"), [
+    ("c", {"public_key": "ssh-rsa AAAAB3NzaC1yc2E="}, "bad_request"),
+    ("c", {"public_key": 5}, "bad_request"),
+    ("c", {}, "bad_request"),
+    ("Root", {"public_key": "ssh-ed25519 AAAA"}, "bad_request"),
+    ("root", {"public_key": "ssh-ed25519 AAAA"}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "volume_id": "disk-1"}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "size_gib": 0}, "bad_request"),
+])
+def test_bad_enrolments(app_rig: AppRig, name: str, body: dict[str, Any], code: str) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    answer = app_rig.client.http.put(f"/v1/hosts/{name}", body=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert_clean_error(answer, 400, code)
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+def test_revoking_an_unknown_host(app_rig: AppRig) -> None:
+    assert_clean_error(app_rig.client.http.delete("/v1/hosts/zz"), 404, "unknown_host")
 
 
 def test_wrong_content_type_and_method(app_rig: AppRig) -> None:

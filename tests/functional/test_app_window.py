@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
-import threading
+import multiprocessing
+import os
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
+from chalice.test import Client
 
-from .app_rig import EVENTS, HOSTS, AppRig, app_rig, offsite_snapshots
+import app as app_module
+from chalicelib.adapters.compute import Ec2Compute
 
-__all__ = ["app_rig"]
+from .app_rig import (
+    EVENTS,
+    HOSTS,
+    AppRig,
+    app_rig,
+    clear_caches,
+    offsite_snapshots,
+    served_app_rig,
+)
+
+__all__ = ["app_rig", "served_app_rig"]
 
 
 def open_window(rig: AppRig, **body: Any) -> str:
@@ -83,23 +98,39 @@ def test_deadline_with_one_host_missing(app_rig: AppRig) -> None:
     assert {"offsite:host": "l", "offsite:window": second, "offsite:complete": "false"} in l_tags
 
 
-def test_four_hosts_reporting_at_once_stop_once(app_rig: AppRig) -> None:
-    wid = open_window(app_rig)
-    barrier = threading.Barrier(len(HOSTS))
-    codes: list[int] = []
+def test_four_hosts_reporting_at_once_stop_once(served_app_rig: AppRig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four Lambda containers (forked processes, each with its own app) take the four last
+    reports at the same moment, against one shared (moto server) account."""
+    rig = served_app_rig
+    wid = open_window(rig)
+    stop_log = tmp_path / "stops"
+    original_stop = Ec2Compute.stop
 
-    def send(host: str) -> None:
-        barrier.wait()
-        codes.append(app_rig.report(wid, host).status_code)
+    def logged_stop(self: Ec2Compute, instance_id: str) -> None:
+        with stop_log.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        original_stop(self, instance_id)
 
-    threads = [threading.Thread(target=send, args=(h,)) for h in HOSTS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert codes == [200] * 4
-    assert window(app_rig, wid)["state"] == "CLOSING"
-    assert app_rig.stops == ["stop"]
+    monkeypatch.setattr(Ec2Compute, "stop", logged_stop)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(len(HOSTS)), context.Queue()
+
+    def container(host: str) -> None:
+        clear_caches()
+        with Client(app_module.app, stage_name="dev") as client:
+            rig.client = client
+            barrier.wait(timeout=30)
+            results.put((host, rig.report(wid, host).status_code))
+
+    workers = [context.Process(target=container, args=(h,)) for h in HOSTS]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(results.get(timeout=5) for _ in HOSTS) == sorted((h, 200) for h in HOSTS)
+    assert window(rig, wid)["state"] == "CLOSING"
+    assert len(stop_log.read_text().splitlines()) == 1
 
 
 def test_snapshot_failure_deletes_nothing_and_tells_sns(app_rig: AppRig) -> None:

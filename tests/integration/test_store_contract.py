@@ -138,3 +138,10 @@ def test_hosts(store: WindowStore) -> None:
     assert store.get_host("c") == replace(host, enabled=False)
     assert [h.name for h in store.list_hosts()] == ["c", "h"]
     assert store.get_host("x") is None
+
+
+def test_nonces_are_accepted_once_until_they_expire(store: WindowStore) -> None:
+    assert store.remember_nonce("c", "n1", now=1000, expires_at=1600)
+    assert not store.remember_nonce("c", "n1", now=1001, expires_at=1601)
+    assert store.remember_nonce("h", "n1", now=1001, expires_at=1601)  # another host's
+    assert store.remember_nonce("c", "n1", now=1600, expires_at=2200)  # expired, TTL lags

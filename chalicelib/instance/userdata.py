@@ -1,0 +1,168 @@
+"""The archive instance's EC2 user-data: the boot config and boot.sh, run at every boot.
+
+The user-data is a `#cloud-config` whose only module is `bootcmd`:
+- it runs at *every* boot, whereas `runcmd`, `write_files` and user scripts run once per
+  instance: a host list changed while the instance was stopped (ModifyInstanceAttribute) would
+  otherwise never reach it;
+- it runs once the network is up (the host key comes from SSM) and before sshd starts, so sshd
+  never serves the image's own host key or configuration to a host that checks strictly.
+Its commands write the boot config to `/etc/offsite/instance.conf` and boot.sh to
+`/usr/local/sbin/offsite-boot`, then run it; an admin can run it again by hand.
+
+Both files travel gzip'd and base64'd inside the YAML: plain, boot.sh and 300 host lines do not
+fit EC2's 16 KiB user-data limit. Packed, boot.sh costs ~9 KB and a host ~20 bytes: 300 hosts
+named like `web-prod-03` come to ~15 KB (about 350 fit; fewer with long random names), and more
+raise UserDataTooLargeError rather than being cut. gzip runs with a fixed mtime and hosts are
+sorted, so the same hosts give the same user-data: "did it change?" is a string comparison.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from chalicelib.names import check_host_name
+
+USER_DATA_LIMIT = 16 * 1024  # bytes, as EC2 counts them: before base64
+CONFIG_PATH = "/etc/offsite/instance.conf"
+SCRIPT_PATH = "/usr/local/sbin/offsite-boot"
+BOOT_SCRIPT = Path(__file__).with_name("boot.sh")
+
+VOLUME_ID = re.compile(r"vol-[0-9a-f]{8,17}")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+PARAMETER_NAME = re.compile(r"[A-Za-z0-9_./-]{1,2048}")
+PUBLIC_KEY_LINE = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})( [ -~]*)?")
+UID_RANGE = range(1000, 65534)
+
+
+class BootConfigError(ValueError):
+    pass
+
+
+class InvalidVolumeIdError(BootConfigError):
+    pass
+
+
+class UserDataTooLargeError(BootConfigError):
+    pass
+
+
+def render_user_data(
+    hosts: Sequence[tuple[str, str]],
+    ca_public_key: str,
+    host_key_parameter: str,
+    region: str,
+    *,
+    uids: Mapping[str, int] | None = None,
+) -> str:
+    """The user-data for these (host name, volume id) pairs.
+
+    Raises chalicelib.names.InvalidHostNameError, InvalidVolumeIdError, BootConfigError (CA
+    key, parameter, region, duplicates, uids) or UserDataTooLargeError; all are ValueErrors.
+    """
+    config = render_boot_config(hosts, ca_public_key, host_key_parameter, region, uids=uids)
+    commands = [
+        "set -e",
+        "umask 022",
+        f"mkdir -p {Path(CONFIG_PATH).parent} {Path(SCRIPT_PATH).parent}",
+        *_unpack_commands(config.encode(), CONFIG_PATH, "0644"),
+        *_unpack_commands(BOOT_SCRIPT.read_bytes(), SCRIPT_PATH, "0755"),
+        SCRIPT_PATH,
+    ]
+    user_data = "\n".join([
+        "#cloud-config",
+        "# Offsite archive instance (chalicelib/instance/userdata.py). bootcmd runs at every",
+        "# boot, before sshd: it writes the boot config and offsite-boot, then runs it.",
+        "bootcmd:",
+        *(f"- '{command}'" for command in commands),  # no command holds a single quote
+        "",
+    ])
+    size = len(user_data.encode())
+    if size > USER_DATA_LIMIT:
+        raise UserDataTooLargeError(
+            f"user-data for {len(hosts)} hosts is {size} bytes; EC2 takes {USER_DATA_LIMIT}")
+    return user_data
+
+
+def render_boot_config(
+    hosts: Sequence[tuple[str, str]],
+    ca_public_key: str,
+    host_key_parameter: str,
+    region: str,
+    *,
+    uids: Mapping[str, int] | None = None,
+) -> str:
+    """The text of instance.conf, the file boot.sh reads (format in boot.sh's header)."""
+    uids = uids or {}
+    if not REGION.fullmatch(region):
+        raise BootConfigError(f"not an AWS region: {region!r}")
+    if not PARAMETER_NAME.fullmatch(host_key_parameter):
+        raise BootConfigError(f"not an SSM parameter name: {host_key_parameter!r}")
+    lines = [
+        "# Offsite archive instance boot config: read by offsite-boot at every boot.",
+        f"region {region}",
+        f"host_key_parameter {host_key_parameter}",
+        *(f"ca {line}" for line in _ca_key_lines(ca_public_key)),
+    ]
+    names = {name for name, _ in hosts}
+    if unknown := set(uids) - names:
+        raise BootConfigError(f"uids given for hosts not listed: {sorted(unknown)}")
+    for name, volume_id in sorted(_checked_hosts(hosts)):
+        uid = uids.get(name)
+        if uid is not None and uid not in UID_RANGE:
+            raise BootConfigError(f"uid of {name} must be in [1000, 65533], not {uid}")
+        lines.append(f"host {name} {volume_id}" + ("" if uid is None else f" {uid}"))
+    if len(set(uids.values())) < len(uids):
+        raise BootConfigError("two hosts share a uid")
+    return "\n".join(lines) + "\n"
+
+
+def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen_names: set[str] = set()
+    seen_volumes: set[str] = set()
+    for name, volume_id in hosts:
+        check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
+        if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
+            raise InvalidVolumeIdError(
+                f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
+        if name in seen_names or volume_id in seen_volumes:
+            raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
+        seen_names.add(name)
+        seen_volumes.add(volume_id)
+    return list(hosts)
+
+
+def _ca_key_lines(text: str) -> list[str]:
+    """One or more OpenSSH public key lines (several while the CA rotates)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise BootConfigError("no CA public key")
+    for line in lines:
+        match = PUBLIC_KEY_LINE.fullmatch(line)
+        if not match or not _blob_names_type(match["blob"], match["type"]):
+            raise BootConfigError(f"not an OpenSSH public key line: {line[:40]!r}...")
+    return lines
+
+
+def _blob_names_type(blob: str, key_type: str) -> bool:
+    """RFC 4253 6.6: the key blob starts with its type as an SSH `string`."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except binascii.Error:
+        return False
+    name = key_type.encode()
+    return raw[:4 + len(name)] == len(name).to_bytes(4, "big") + name
+
+
+def _unpack_commands(content: bytes, path: str, mode: str) -> list[str]:
+    """Shell commands that write `content` to `path` with `mode`, atomically."""
+    packed = base64.b64encode(gzip.compress(content, compresslevel=9, mtime=0)).decode()
+    return [
+        f"echo {packed} | base64 -d | gzip -dc > {path}.new",
+        f"chmod {mode} {path}.new",
+        f"mv -f {path}.new {path}",
+    ]

@@ -1,0 +1,169 @@
+"""Issuing a host its short-lived SSH credential for the open window (`POST /v1/sessions`)
+and telling it about the current window (`GET /v1/windows/current`)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.adapters.metrics import Metrics
+from chalicelib.adapters.store import WindowStore
+from chalicelib.keys import CertificateAuthority
+from chalicelib.payloads import InvalidPayloadError
+from chalicelib.sshcert import (
+    CertificateSpec,
+    SshCertError,
+    parse_ed25519_public_key,
+    public_key_fingerprint,
+    sign_user_certificate,
+)
+from chalicelib.window import State, Window
+
+logger = Logger(service="offsite", child=True)
+PURPOSES = ("backup", "restore")
+REMOTE_PATH = "archive/"
+
+
+class NoOpenWindowError(Exception):
+    def __init__(self, next_window: datetime | None) -> None:
+        super().__init__("no backup window is open")
+        self.next_window = next_window
+
+
+class WindowOpeningError(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the window is opening; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class NotExpectedError(Exception):
+    pass
+
+
+class WrongHostError(Exception):
+    pass
+
+
+class RestoreNotOpenError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    host: str
+    ssh_public_key: str
+    purpose: str
+
+
+def parse_session_request(body: Mapping[str, Any]) -> SessionRequest:
+    unknown = sorted(set(body) - {"host", "ssh_public_key", "purpose"})
+    if unknown:
+        raise InvalidPayloadError(f"unknown field(s): {', '.join(unknown)}")
+    host, key, purpose = body.get("host"), body.get("ssh_public_key"), body.get("purpose")
+    if not isinstance(host, str):
+        raise InvalidPayloadError("host must be the host's name")
+    if purpose not in PURPOSES:
+        raise InvalidPayloadError(f"purpose must be one of {', '.join(PURPOSES)}")
+    if not isinstance(key, str):
+        raise InvalidPayloadError("ssh_public_key must be an 'ssh-ed25519 AAAA...' line")
+    try:
+        parse_ed25519_public_key(key)
+    except SshCertError as exc:
+        raise InvalidPayloadError(f"ssh_public_key: {exc}") from exc
+    return SessionRequest(host, key, str(purpose))
+
+
+@dataclass(frozen=True)
+class CertificatePolicy:
+    """What a certificate allows on the instance (chalicelib/instance/boot.sh makes the
+    accounts and mounts these paths)."""
+
+    rrsync: str = "/usr/bin/rrsync"
+    mount_root: str = "/srv/offsite"
+    port: int = 22
+    backdate: timedelta = timedelta(minutes=5)
+    source_address: str | None = None
+    retry_after: int = 30
+
+    def force_command(self, host: str, purpose: str) -> str:
+        mode = "-wo" if purpose == "backup" else "-ro"
+        return f"{self.rrsync} {mode} {self.mount_root}/{host}"
+
+
+@dataclass
+class SessionService:
+    store: WindowStore
+    ca: CertificateAuthority
+    metrics: Metrics
+    clock: Callable[[], datetime]
+    next_window: Callable[[datetime], datetime | None]
+    policy: CertificatePolicy = field(default_factory=CertificatePolicy)
+    serial: Callable[[], int] = field(default=lambda: secrets.randbits(64))
+    nonce: Callable[[], bytes] = field(default=lambda: secrets.token_bytes(32))
+
+    def issue(self, signer: str, request: SessionRequest, request_id: str) -> dict[str, Any]:
+        if request.host != signer:
+            raise WrongHostError(f"{signer} may not ask for {request.host}'s session")
+        if request.purpose == "restore":
+            raise RestoreNotOpenError("no restore is open for this host")
+        window, now = self._open_window(), self.clock()
+        if request.host not in window.expected:
+            raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
+        spec = CertificateSpec(
+            public_key_line=request.ssh_public_key, principal=request.host,
+            key_id=f"host={request.host} window={window.window_id} req={request_id}",
+            serial=self.serial(), nonce=self.nonce(), valid_after=now - self.policy.backdate,
+            valid_before=window.deadline,
+            force_command=self.policy.force_command(request.host, request.purpose),
+            source_address=self.policy.source_address)
+        certificate = sign_user_certificate(spec, self.ca.signing_key())
+        self._audit(spec, window)
+        return {
+            "window_id": window.window_id, "address": window.address,
+            "port": self.policy.port, "user": request.host, "certificate": certificate,
+            "known_hosts": self._known_hosts(window), "remote_path": REMOTE_PATH,
+            "not_after": window.deadline.isoformat(), "deadline": window.deadline.isoformat(),
+        }
+
+    def current(self, host: str) -> dict[str, Any]:
+        window_id = self.store.active_window_id()
+        window = self.store.get_window(window_id) if window_id else None
+        if window is None:
+            upcoming = self.next_window(self.clock())
+            return {"state": "NONE", "next_window": upcoming.isoformat() if upcoming else None}
+        return {"window_id": window.window_id, "state": window.state.value,
+                "deadline": window.deadline.isoformat(), "expected": host in window.expected,
+                "reported": window.reports.get(host)}
+
+    def _open_window(self) -> Window:
+        now = self.clock()
+        window_id = self.store.active_window_id()
+        window = self.store.get_window(window_id) if window_id else None
+        if window is not None and window.state is State.OPENING:
+            raise WindowOpeningError(self.policy.retry_after)
+        if window is None or window.state is not State.OPEN or window.deadline <= now \
+                or not window.address:
+            raise NoOpenWindowError(self.next_window(now))
+        return window
+
+    def _known_hosts(self, window: Window) -> str:
+        address = window.address if self.policy.port == 22 else \
+            f"[{window.address}]:{self.policy.port}"
+        return f"{address} {self.ca.host_public_line()}"
+
+    def _audit(self, spec: CertificateSpec, window: Window) -> None:
+        logger.info("certificate issued", extra={
+            "host": spec.principal, "window_id": window.window_id, "serial": spec.serial,
+            "key_id": spec.key_id, "valid_after": _iso(spec.valid_after),
+            "valid_before": _iso(spec.valid_before),
+            "key_fingerprint": public_key_fingerprint(spec.public_key_line)})
+        self.metrics.record("CertificatesIssued", "Count", 1)
+
+
+def _iso(value: datetime | int) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)

@@ -1,0 +1,199 @@
+"""Host sessions through app.py on moto: the short-lived certificate, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import (
+    SSHCertificate,
+    load_ssh_public_identity,
+)
+from nacl.signing import SigningKey
+from offsite_host.httpsig import sign_request
+
+from .app_rig import API, AppRig, app_rig
+
+__all__ = ["app_rig"]
+
+
+def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record with all its structured fields, as a log reader would see them."""
+    return "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+
+
+def open_window(rig: AppRig, running: bool = True, **body: Any) -> str:
+    answer = rig.post("/v1/windows", body)
+    assert answer.status_code == 201, answer.json_body
+    if running:
+        rig.state_event("running")
+    return str(answer.json_body["window_id"])
+
+
+def test_session_grants_a_certificate_for_the_window(app_rig: AppRig,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    wid = open_window(app_rig)
+    answer = app_rig.session("c")
+    assert answer.status_code == 201, answer.body
+    grant = answer.json_body
+    assert set(grant) == {"window_id", "address", "port", "user", "certificate", "known_hosts",
+                          "remote_path", "not_after", "deadline"}
+    assert (grant["window_id"], grant["user"], grant["port"]) == (wid, "c", 22)
+    assert grant["known_hosts"] == f"{grant['address']} {app_rig.material.host_public_line}"
+    cert = load_ssh_public_identity(grant["certificate"].encode())
+    assert isinstance(cert, SSHCertificate)
+    cert.verify_cert_signature()
+    assert cert.valid_principals == [b"c"]
+    assert cert.critical_options == {b"force-command": b"/usr/bin/rrsync -wo /srv/offsite/c"}
+    assert cert.extensions == {}
+    deadline = datetime.fromisoformat(grant["deadline"])
+    assert cert.valid_before == int(deadline.timestamp())
+    assert int(time.time()) - 600 < cert.valid_after < int(time.time())
+    assert cert.key_id.decode().startswith(f"host=c window={wid} req=")
+    logged = everything_logged(caplog)
+    assert "certificate issued" in logged and str(cert.serial) in logged
+    assert grant["certificate"].split()[1] not in logged
+    assert app_rig.material.ca_seed_b64 not in logged
+
+
+def test_each_session_gets_its_own_serial(app_rig: AppRig) -> None:
+    open_window(app_rig)
+    serials = {load_ssh_public_identity(
+        app_rig.session("c").json_body["certificate"].encode()).serial for _ in range(3)}
+    assert len(serials) == 3
+
+
+def test_while_opening_the_host_is_told_to_retry(app_rig: AppRig) -> None:
+    open_window(app_rig, running=False)
+    answer = app_rig.session("c")
+    assert answer.status_code == 503
+    assert answer.json_body["error"] == "window_opening"
+    assert int(answer.headers["Retry-After"]) > 0
+
+
+def test_no_open_window_says_when_the_next_one_is(app_rig: AppRig) -> None:
+    answer = app_rig.session("c")
+    assert answer.status_code == 409
+    assert answer.json_body["error"] == "no_open_window"
+    assert datetime.fromisoformat(answer.json_body["next_window"]) > datetime.now(timezone.utc)
+
+
+def test_current_window(app_rig: AppRig) -> None:
+    assert app_rig.signed("GET", "/v1/windows/current", None, "c").json_body["state"] == "NONE"
+    wid = open_window(app_rig, hosts=["c"])
+    mine = app_rig.signed("GET", "/v1/windows/current", None, "c").json_body
+    theirs = app_rig.signed("GET", "/v1/windows/current", None, "h").json_body
+    assert (mine["window_id"], mine["state"], mine["expected"]) == (wid, "OPEN", True)
+    assert theirs["expected"] is False
+
+
+def refused(answer: Any, status: int, code: str) -> None:
+    assert answer.status_code == status, answer.body
+    assert answer.json_body == {"error": code, "message": answer.json_body["message"]}
+    assert "certificate" not in answer.json_body
+
+
+def signed_session(rig: AppRig, host: str = "c", key: SigningKey | None = None,
+                   created: int | None = None, path: str = "/v1/sessions") -> tuple[bytes,
+                                                                                   dict[str, str]]:
+    body = json.dumps({"host": host, "ssh_public_key": _ephemeral(),
+                       "purpose": "backup"}).encode()
+    headers = sign_request("POST", API + path, body, key or rig.keys[host], keyid=host,
+                           created=created or int(time.time()),
+                           nonce=secrets.token_urlsafe(16))
+    return body, {"Host": "api.offsite.test", **headers}
+
+
+def _ephemeral() -> str:
+    from chalicelib.sshcert import ca_public_key_line
+
+    return ca_public_key_line(SigningKey.generate())
+
+
+def send(rig: AppRig, body: bytes, headers: dict[str, str], path: str = "/v1/sessions") -> Any:
+    return rig.client.http.post(path, body=body, headers=headers)
+
+
+def test_replay_is_refused(app_rig: AppRig, caplog: pytest.LogCaptureFixture) -> None:
+    open_window(app_rig)
+    body, headers = signed_session(app_rig)
+    assert send(app_rig, body, headers).status_code == 201
+    caplog.clear()
+    refused(send(app_rig, body, headers), 401, "unauthorized")
+    logged = everything_logged(caplog)
+    assert "certificate issued" not in logged
+    assert headers["Signature"].split(":")[1] not in logged
+
+
+@pytest.mark.parametrize("tamper", ["body", "path", "stale", "future", "no_signature",
+                                    "garbled_input", "garbled_signature", "other_key"])
+def test_tampered_requests_are_refused(app_rig: AppRig, tamper: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    open_window(app_rig)
+    created = {"stale": int(time.time()) - 3600, "future": int(time.time()) + 3600}.get(tamper)
+    key = SigningKey.generate() if tamper == "other_key" else None
+    signed_path = "/v1/windows/current" if tamper == "path" else "/v1/sessions"
+    body, headers = signed_session(app_rig, created=created, key=key, path=signed_path)
+    if tamper == "body":
+        body = body.replace(b'"backup"', b'"restore"')
+    elif tamper == "no_signature":
+        headers.pop("Signature")
+    elif tamper == "garbled_input":
+        headers["Signature-Input"] = "offsite=(@method"
+    elif tamper == "garbled_signature":
+        headers["Signature"] = "offsite=:not base64!:"
+    refused(send(app_rig, body, headers), 401, "unauthorized")
+    assert "certificate issued" not in everything_logged(caplog)
+
+
+def test_unknown_and_revoked_hosts_are_forbidden(app_rig: AppRig) -> None:
+    open_window(app_rig)
+    stranger = SigningKey.generate()
+    body, headers = signed_session(app_rig, host="c", key=stranger)
+    headers = {**headers}
+    refused(send(app_rig, body, headers), 401, "unauthorized")  # c's name, another key
+    unknown = app_rig.signed("POST", "/v1/sessions", {"host": "zz", "ssh_public_key": _ephemeral(),
+                                                      "purpose": "backup"}, "zz", key=stranger)
+    refused(unknown, 403, "forbidden")
+    assert app_rig.client.http.delete("/v1/hosts/h").status_code == 200
+    refused(app_rig.session("h"), 403, "forbidden")
+    assert app_rig.session("c").status_code == 201  # the others go on
+
+
+def test_a_host_cannot_ask_for_another_hosts_session(app_rig: AppRig) -> None:
+    open_window(app_rig)
+    answer = app_rig.signed("POST", "/v1/sessions", {"host": "h", "ssh_public_key": _ephemeral(),
+                                                     "purpose": "backup"}, "c")
+    refused(answer, 403, "wrong_host")
+
+
+def test_a_host_not_expected_gets_no_session(app_rig: AppRig) -> None:
+    open_window(app_rig, hosts=["c"])
+    refused(app_rig.session("h"), 409, "not_expected")
+
+
+@pytest.mark.parametrize("change", [{"purpose": "shell"}, {"ssh_public_key": "ssh-rsa AAAA"},
+                                    {"ssh_public_key": 7}, {"extra": 1}])
+def test_malformed_session_requests(app_rig: AppRig, change: dict[str, Any]) -> None:
+    open_window(app_rig)
+    refused(app_rig.session("c", **change), 400, "bad_request")
+
+
+def test_reenrolment_replaces_the_key(app_rig: AppRig) -> None:
+    open_window(app_rig)
+    new_key = SigningKey.generate()
+    answer = app_rig.enrol("c", new_key)
+    assert answer.status_code == 200 and answer.json_body["volume_id"] == app_rig.volumes["c"]
+    refused(app_rig.session("c"), 401, "unauthorized")  # the old key no longer works
+    app_rig.keys["c"] = new_key
+    assert app_rig.session("c").status_code == 201
+
+
+def test_host_listing(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body["hosts"]
+    assert [h["name"] for h in hosts] == ["c", "h", "l", "o"]
+    assert all(h["enabled"] and h["key_fingerprint"].startswith("SHA256:") for h in hosts)

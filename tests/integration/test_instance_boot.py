@@ -1,0 +1,459 @@
+"""boot.sh for real, as root, in a sandbox: loop devices stand in for the EBS volumes (found
+through by-id links named as on Nitro), the accounts are real, mkfs, mount, useradd and sshd are
+real; only the root paths (config, sshd config, mount root, by-id dir), the host-key fetch and
+the sshd reload point into the sandbox.
+
+The sandbox lives under /var/lib, not /tmp: sshd's StrictModes refuses a principals file below a
+world-writable directory. Everything made here (mounts, loop devices, accounts, groups, the
+sandbox) is undone in teardown, also after a failure.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import random
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from chalicelib.instance.userdata import (
+    BOOT_SCRIPT,
+    CONFIG_PATH,
+    SCRIPT_PATH,
+    render_boot_config,
+    render_user_data,
+)
+
+TOOLS = ["losetup", "mkfs.ext4", "blkid", "mount", "useradd", "sshd", "ssh-keygen", "rsync"]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or any(shutil.which(tool) is None for tool in TOOLS),
+    reason="needs root, loop devices, e2fsprogs, shadow and OpenSSH",
+)
+
+MIB = 1024 * 1024
+PARAMETER = "/offsite/test/host-key"
+REGION = "eu-west-1"
+RRSYNC = "/usr/bin/rrsync"
+STALE_UID = 4242  # owner of the data on the pre-existing volume: an earlier account's uid
+DISTRIBUTION_SSHD_CONFIG = """\
+# stands for the distribution's sshd_config, which boot.sh makes include the drop-in dir
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding yes
+PrintMotd no
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+DISTRIBUTION_DROPIN = """\
+# like Amazon Linux's 50-redhat.conf: read after boot.sh's drop-in, so it must not win
+X11Forwarding yes
+PasswordAuthentication yes
+PermitRootLogin yes
+"""
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env
+    )
+
+
+def check(args: list[str]) -> str:
+    result = run(args)
+    assert result.returncode == 0, f"{shlex.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+@dataclass
+class Host:
+    name: str
+    volume_id: str
+    device: str = ""
+    uid: int | None = None
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    group: str
+    hosts: list[Host]
+    cleanup: ExitStack
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc/offsite"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.root / "etc/ssh/sshd_config"
+
+    @property
+    def dropin(self) -> Path:
+        return self.root / "etc/ssh/sshd_config.d/00-offsite.conf"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def reloads(self) -> Path:
+        return self.root / "reloads"
+
+    def mount_path(self, host: Host) -> Path:
+        return self.root / "srv/offsite" / host.name
+
+    def boot(self) -> subprocess.CompletedProcess[str]:
+        return run(["bash", str(BOOT_SCRIPT)], env={**os.environ, **self.env})
+
+
+def make_sandbox(cleanup: ExitStack, hosts: list[Host], device_wait: int = 5) -> Sandbox:
+    root = Path(tempfile.mkdtemp(prefix="offsite-boot-", dir="/var/lib"))
+    cleanup.callback(remove_sandbox, root)
+    root.chmod(0o755)  # the accounts traverse it to reach their volumes
+    sandbox = Sandbox(root, f"oftg-{secrets.token_hex(3)}", hosts, cleanup)
+    cleanup.callback(run, ["groupdel", sandbox.group])
+    for host in hosts:
+        cleanup.callback(run, ["userdel", host.name])  # the account's own group goes with it
+    for path in [sandbox.etc, sandbox.dropin.parent, sandbox.keys, root / "dev/disk/by-id"]:
+        path.mkdir(parents=True)
+    sandbox.keys.chmod(0o700)
+    sandbox.sshd_config.write_text(DISTRIBUTION_SSHD_CONFIG)
+    (sandbox.dropin.parent / "50-distribution.conf").write_text(DISTRIBUTION_DROPIN)
+    host_key = sandbox.keys / "host_key"
+    check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test-host", "-f", str(host_key)])
+    check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test-ca", "-f", str(root / "ca")])
+    fetch = f'test "$1" = {PARAMETER} && test "$2" = {REGION} && cat {host_key}'
+    sandbox.env = {
+        "OFFSITE_ETC": str(sandbox.etc),
+        "OFFSITE_SSHD_CONFIG": str(sandbox.sshd_config),
+        "OFFSITE_SSHD_DROPIN_DIR": str(sandbox.dropin.parent),
+        "OFFSITE_MOUNT_ROOT": str(root / "srv/offsite"),
+        "OFFSITE_BY_ID_DIR": str(root / "dev/disk/by-id"),
+        "OFFSITE_GROUP": sandbox.group,
+        "OFFSITE_DEVICE_WAIT": str(device_wait),
+        "OFFSITE_HOST_KEY_COMMAND": fetch,
+        "OFFSITE_SSHD_RELOAD": f"echo reload >> {sandbox.reloads}",
+    }
+    return sandbox
+
+
+def remove_sandbox(root: Path) -> None:
+    for mount in reversed(mounts_under(root)):
+        run(["umount", "--lazy", mount])
+    if not mounts_under(root):  # never recurse into a volume still mounted
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mounts_under(root: Path) -> list[str]:
+    targets = run(["findmnt", "-rno", "TARGET"]).stdout.split()
+    return sorted(t for t in targets if t.startswith(f"{root}/"))
+
+
+def attach_volume(sandbox: Sandbox, host: Host, prepare: Callable[[Path], None] | None) -> None:
+    """A 40 MiB sparse image on a loop device, linked as /dev/disk/by-id names the volume."""
+    image = sandbox.root / "images" / f"{host.name}.img"
+    image.parent.mkdir(exist_ok=True)
+    with image.open("wb") as file:
+        file.truncate(40 * MIB)
+    if prepare is not None:
+        prepare(image)
+    host.device = check(["losetup", "-f", "--show", str(image)]).strip()
+    sandbox.cleanup.callback(run, ["losetup", "-d", host.device])
+    sandbox.cleanup.callback(run, ["umount", str(sandbox.mount_path(host))])  # before -d
+    link = f"nvme-Amazon_Elastic_Block_Store_{host.volume_id.replace('-', '')}"
+    (sandbox.root / "dev/disk/by-id" / link).symlink_to(host.device)
+
+
+def write_config(sandbox: Sandbox, hosts: list[Host]) -> None:
+    ca_line = (sandbox.root / "ca.pub").read_text()
+    uids = {host.name: host.uid for host in hosts if host.uid is not None}
+    pairs = [(host.name, host.volume_id) for host in hosts]
+    config = render_boot_config(pairs, ca_line, PARAMETER, REGION, uids=uids)
+    (sandbox.etc / "instance.conf").write_text(config)
+
+
+def new_host(label: str, suffix: str, uid: int | None = None) -> Host:
+    return Host(f"oft-{suffix}-{label}", f"vol-{secrets.token_hex(9)[:17]}", uid=uid)
+
+
+def free_id() -> int:
+    while True:
+        candidate = random.randint(20000, 39999)
+        try:
+            pwd.getpwuid(candidate)
+        except KeyError:
+            try:
+                grp.getgrgid(candidate)
+            except KeyError:
+                return candidate
+
+
+def with_old_data(image: Path) -> None:
+    """A filesystem written by an earlier instance: data of a uid that no longer exists."""
+    check(["mkfs.ext4", "-q", "-F", "-L", "preexisting", str(image)])
+    with tempfile.TemporaryDirectory(dir=image.parent) as mnt:
+        check(["mount", "-o", "loop", str(image), mnt])
+        try:
+            (Path(mnt) / "old-backup.txt").write_text("from last week\n")
+            os.chown(Path(mnt) / "old-backup.txt", STALE_UID, STALE_UID)
+            os.chown(mnt, STALE_UID, STALE_UID)
+        finally:
+            check(["umount", mnt])
+
+
+def with_unknown_data(image: Path) -> None:
+    with image.open("r+b") as file:
+        file.write(secrets.token_bytes(MIB))
+
+
+Booted = tuple[Sandbox, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def booted() -> Iterator[Booted]:
+    suffix = secrets.token_hex(3)
+    longest = new_host("", suffix, uid=free_id())
+    longest.name = (longest.name + "b" * 32)[:32]
+    hosts = [new_host("a", suffix), longest, new_host("c", suffix)]
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, hosts)
+        for host, prepare in zip(hosts, [None, None, with_old_data], strict=True):
+            attach_volume(sandbox, host, prepare)
+        write_config(sandbox, hosts)
+        yield sandbox, sandbox.boot()
+
+
+def filesystem_uuid(device: str) -> str:
+    return check(["blkid", "-p", "-s", "UUID", "-o", "value", device]).strip()
+
+
+def test_first_boot_mounts_each_volume_owned_by_its_account(booted: Booted) -> None:
+    sandbox, result = booted
+    assert result.returncode == 0, result.stderr
+    for host in sandbox.hosts:
+        mnt = sandbox.mount_path(host)
+        assert check(["findmnt", "-rno", "SOURCE", "--mountpoint", str(mnt)]).strip() == host.device
+        assert check(["blkid", "-p", "-s", "TYPE", "-o", "value", host.device]).strip() == "ext4"
+        account = pwd.getpwnam(host.name)
+        assert (account.pw_dir, account.pw_shell) == (str(mnt), "/bin/sh")
+        assert host.uid in (None, account.pw_uid)
+        assert sandbox.group in check(["id", "-nG", host.name]).split()
+        assert check(["getent", "shadow", host.name]).split(":")[1] == "*"
+        stat = mnt.stat()
+        assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777) == (
+            account.pw_uid, account.pw_gid, 0o700)
+        principals = sandbox.etc / "principals" / host.name
+        assert principals.read_text() == f"{host.name}\n"
+    assert len(sandbox.hosts[1].name) == 32
+
+
+def test_a_volume_with_a_filesystem_keeps_it_and_its_data(booted: Booted) -> None:
+    sandbox, _ = booted
+    host = sandbox.hosts[2]
+    label = check(["blkid", "-p", "-s", "LABEL", "-o", "value", host.device]).strip()
+    assert label == "preexisting"
+    old = sandbox.mount_path(host) / "old-backup.txt"
+    assert old.read_text() == "from last week\n"
+    assert old.stat().st_uid == pwd.getpwnam(host.name).pw_uid  # the stale uid's files follow
+    assert (sandbox.mount_path(host) / "lost+found").stat().st_uid == 0
+
+
+def test_sshd_accepts_the_config_it_wrote(booted: Booted) -> None:
+    sandbox, _ = booted
+    check(["sshd", "-t", "-f", str(sandbox.dropin)])
+    check(["sshd", "-t", "-f", str(sandbox.sshd_config)])
+    first = sandbox.sshd_config.read_text().splitlines()[0]
+    assert first == f"Include {sandbox.dropin.parent}/*.conf"
+    host = sandbox.hosts[0]
+    for_host = effective(sandbox, host.name)
+    for_root = effective(sandbox, "root")
+    for setting in [
+        f"hostkey {sandbox.etc}/ssh_host_key",
+        f"trustedusercakeys {sandbox.etc}/ca.pub",
+        f"authorizedprincipalsfile {sandbox.etc}/principals/%u",
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        "permitrootlogin no",
+        "allowagentforwarding no",
+        "allowtcpforwarding no",
+        "x11forwarding no",
+    ]:
+        assert setting in for_host and setting in for_root
+    for setting in ["permittty no", "authorizedkeysfile none", "disableforwarding yes",
+                    "authenticationmethods publickey"]:
+        assert setting in for_host and setting not in for_root
+    installed = (sandbox.etc / "ssh_host_key").read_bytes()
+    assert installed == (sandbox.keys / "host_key").read_bytes()
+    assert (sandbox.etc / "ssh_host_key").stat().st_mode & 0o777 == 0o600
+
+
+def effective(sandbox: Sandbox, user: str) -> set[str]:
+    """sshd's settings for a connection of `user`, with Match blocks applied."""
+    args = ["sshd", "-T", "-f", str(sandbox.sshd_config), "-C", f"user={user},host=h,addr=10.0.0.1"]
+    return set(check(args).splitlines())
+
+
+@pytest.mark.parametrize("unmount_first", [False, True], ids=["running", "rebooted"])
+def test_a_second_boot_changes_nothing(booted: Booted, unmount_first: bool) -> None:
+    """Run again as is, then as after a reboot (volumes unmounted): same files, accounts,
+    mounts and filesystems; a file written after the first boot is still there."""
+    sandbox, _ = booted
+    for host in sandbox.hosts:
+        marker = sandbox.mount_path(host) / "written-after-boot"
+        marker.write_text(host.name)
+    before = snapshot(sandbox)
+    if unmount_first:
+        for host in sandbox.hosts:
+            check(["umount", str(sandbox.mount_path(host))])
+    result = sandbox.boot()
+    assert result.returncode == 0, result.stderr
+    assert snapshot(sandbox) == before
+    assert sandbox.reloads.read_text() == "reload\n"  # the first boot's only
+    assert "wrote" not in result.stderr and "formatted" not in result.stderr
+    for host in sandbox.hosts:
+        assert (sandbox.mount_path(host) / "written-after-boot").read_text() == host.name
+
+
+def snapshot(sandbox: Sandbox) -> dict[str, object]:
+    """What a boot could change: files with their bytes and metadata, accounts, mounts, volumes."""
+    files = {}
+    for path in sorted((sandbox.root / "etc").rglob("*")):
+        stat = path.lstat()
+        content = path.read_bytes() if path.is_file() else b""
+        files[str(path)] = (content, stat.st_mode, stat.st_uid, stat.st_gid, stat.st_mtime_ns)
+    names = {host.name for host in sandbox.hosts} | {sandbox.group}
+    accounts = [
+        line for database in ("/etc/passwd", "/etc/shadow", "/etc/group")
+        for line in Path(database).read_text().splitlines() if line.split(":")[0] in names
+    ]
+    volumes = {
+        host.name: (filesystem_uuid(host.device), oct(sandbox.mount_path(host).stat().st_mode))
+        for host in sandbox.hosts
+    }
+    return {"files": files, "accounts": accounts, "mounts": mounts_under(sandbox.root),
+            "volumes": volumes}
+
+
+def test_a_certificate_logs_in_as_its_own_host_only(booted: Booted) -> None:
+    sandbox, _ = booted
+    own, other = sandbox.hosts[0], sandbox.hosts[1]
+    client = sandbox.keys / "client"
+    check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test-client", "-f", str(client)])
+    command = f"{RRSYNC} -wo {sandbox.mount_path(own)}"
+    check(["ssh-keygen", "-q", "-s", str(sandbox.root / "ca"), "-I", f"{own.name} window-1",
+           "-n", own.name, "-V", "-5m:+10m", "-O", "clear", "-O", f"force-command={command}",
+           f"{client}.pub"])
+    payload = sandbox.keys / "payload.bin"
+    payload.write_bytes(secrets.token_bytes(4096))
+    with running_sshd(sandbox) as ssh:
+        sent = run(["rsync", "-e", ssh, str(payload), f"{own.name}@127.0.0.1:"])
+        refused = run(["rsync", "-e", ssh, str(payload), f"{other.name}@127.0.0.1:"])
+    assert sent.returncode == 0, sent.stderr
+    landed = sandbox.mount_path(own) / "payload.bin"
+    assert landed.read_bytes() == payload.read_bytes()
+    assert landed.stat().st_uid == pwd.getpwnam(own.name).pw_uid
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert not (sandbox.mount_path(other) / "payload.bin").exists()
+
+
+@contextmanager
+def running_sshd(sandbox: Sandbox) -> Iterator[str]:
+    """sshd on a free loopback port with the sandbox's config; yields rsync's `-e` command.
+    UsePAM is off here only: a container's PAM session stack may refuse logins on its own."""
+    log = sandbox.keys / "sshd.log"
+    for _ in range(3):  # another process may take the port before sshd binds it
+        port = free_port()
+        args = ["/usr/sbin/sshd", "-D", "-e", "-f", str(sandbox.sshd_config)]
+        args += ["-o", f"ListenAddress=127.0.0.1:{port}", "-o", "UsePAM=no"]
+        with log.open("w") as log_file:
+            process = subprocess.Popen(args, stderr=log_file)
+        try:
+            if wait_for_banner(port, process):
+                yield ssh_command(sandbox, port)
+                return
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    pytest.fail(f"sshd did not start: {log.read_text()}")
+
+
+def ssh_command(sandbox: Sandbox, port: int) -> str:
+    keys = sandbox.keys
+    public = (sandbox.etc / "ssh_host_key.pub").read_text().split()[:2]
+    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(public)}\n")
+    return shlex.join([
+        "ssh", "-F", "none", "-p", str(port), "-i", str(keys / "client"),
+        "-o", f"CertificateFile={keys / 'client-cert.pub'}", "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={keys / 'known_hosts'}", "-o", "ConnectTimeout=5",
+    ])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_banner(port: int, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(8).startswith(b"SSH-2.0"):
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def test_a_missing_or_unknown_volume_fails_that_host_only() -> None:
+    suffix = secrets.token_hex(3)
+    good, missing, unknown = (new_host(label, suffix) for label in ("ok", "gone", "junk"))
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [good, missing, unknown], device_wait=0)
+        attach_volume(sandbox, good, None)
+        attach_volume(sandbox, unknown, with_unknown_data)
+        image = sandbox.root / "images" / f"{unknown.name}.img"
+        original = image.read_bytes()[:MIB]
+        write_config(sandbox, [good, missing, unknown])
+        result = sandbox.boot()
+        assert result.returncode == 1
+        assert f"{missing.name}: {missing.volume_id} is not attached" in result.stderr
+        assert f"{unknown.name}: {unknown.volume_id} is not blank" in result.stderr
+        assert mounts_under(sandbox.root) == [str(sandbox.mount_path(good))]
+        assert image.read_bytes()[:MIB] == original
+        unmounted = sandbox.mount_path(unknown).stat()  # its home, where it must not write
+        assert (unmounted.st_uid, unmounted.st_mode & 0o777) == (0, 0o755)
+        check(["sshd", "-t", "-f", str(sandbox.sshd_config)])
+
+
+def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path) -> None:
+    """Each bootcmd `echo <b64> | base64 -d | gzip -dc > <path>.new`, run by sh for real."""
+    check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")])
+    ca_line = (tmp_path / "ca.pub").read_text()
+    listed = [(f"srv-{i:03d}", f"vol-{secrets.token_hex(9)[:17]}") for i in range(300)]
+    expected = {
+        f"{CONFIG_PATH}.new": render_boot_config(listed, ca_line, PARAMETER, REGION).encode(),
+        f"{SCRIPT_PATH}.new": BOOT_SCRIPT.read_bytes(),
+    }
+    unpacked = {}
+    for line in render_user_data(listed, ca_line, PARAMETER, REGION).splitlines():
+        if line.startswith("- 'echo "):
+            pipeline, target = line.removeprefix("- '").removesuffix("'").split(" > ")
+            result = subprocess.run(["sh", "-c", pipeline], capture_output=True, check=True)
+            unpacked[target] = result.stdout
+    assert unpacked == expected
