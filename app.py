@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -84,7 +85,9 @@ def session_service() -> SessionService:
         store=ports.store, ca=CertificateAuthority(read, KeyParameters(s.key_prefix)),
         metrics=ports.metrics, clock=utc_now,
         next_window=lambda now: next_open(s.open_schedule, now),
-        policy=CertificatePolicy(port=s.ssh_port, source_address=s.source_address))
+        policy=CertificatePolicy(
+            rrsync=s.rrsync, mount_root=s.mount_root, port=s.ssh_port, endpoint=s.ssh_endpoint,
+            source_address=s.source_address, retry_after=s.retry_after))
 
 
 @functools.cache
@@ -144,7 +147,7 @@ def _signer() -> str:
 
 def _request_id() -> str:
     context = _request().context or {}
-    return str(context.get("requestId") or context.get("extendedRequestId") or "local")
+    return str(context.get("requestId") or uuid.uuid4())
 
 
 def _admin() -> str:

@@ -86,6 +86,8 @@ class CertificatePolicy:
     rrsync: str = "/usr/bin/rrsync"
     mount_root: str = "/srv/offsite"
     port: int = 22
+    endpoint: str | None = None  # a fixed address (Elastic IP, DNS name) instead of the
+    # instance's current public address
     backdate: timedelta = timedelta(minutes=5)
     source_address: str | None = None
     retry_after: int = 30
@@ -124,7 +126,7 @@ class SessionService:
         certificate = sign_user_certificate(spec, self.ca.signing_key())
         self._audit(spec, window)
         return {
-            "window_id": window.window_id, "address": window.address,
+            "window_id": window.window_id, "address": self._address(window),
             "port": self.policy.port, "user": request.host, "certificate": certificate,
             "known_hosts": self._known_hosts(window), "remote_path": REMOTE_PATH,
             "not_after": window.deadline.isoformat(), "deadline": window.deadline.isoformat(),
@@ -147,13 +149,17 @@ class SessionService:
         if window is not None and window.state is State.OPENING:
             raise WindowOpeningError(self.policy.retry_after)
         if window is None or window.state is not State.OPEN or window.deadline <= now \
-                or not window.address:
+                or not self._address(window):
             raise NoOpenWindowError(self.next_window(now))
         return window
 
+    def _address(self, window: Window) -> str | None:
+        return self.policy.endpoint or window.address
+
     def _known_hosts(self, window: Window) -> str:
-        address = window.address if self.policy.port == 22 else \
-            f"[{window.address}]:{self.policy.port}"
+        address = self._address(window)
+        if self.policy.port != 22:
+            address = f"[{address}]:{self.policy.port}"
         return f"{address} {self.ca.host_public_line()}"
 
     def _audit(self, spec: CertificateSpec, window: Window) -> None:

@@ -31,6 +31,10 @@ class Settings:
     timing: Timing = field(default_factory=Timing)
     key_prefix: str = "/offsite"
     ssh_port: int = 22
+    ssh_endpoint: str | None = None
+    mount_root: str = "/srv/offsite"
+    rrsync: str = "/usr/bin/rrsync"
+    retry_after: int = 30
     source_address: str | None = None
     open_schedule: str = DEFAULT_OPEN_SCHEDULE
 
@@ -57,6 +61,10 @@ class Settings:
             retention_days=int(env.get("RETENTION_DAYS", "20")),
             key_prefix=env.get("KEY_PARAMETER_PREFIX", "/offsite").rstrip("/"),
             ssh_port=int(env.get("SSH_PORT", "22")),
+            ssh_endpoint=env.get("SSH_ENDPOINT") or None,
+            mount_root=env.get("MOUNT_ROOT", "/srv/offsite").rstrip("/"),
+            rrsync=env.get("RRSYNC") or "/usr/bin/rrsync",
+            retry_after=int(env.get("SESSION_RETRY_AFTER", "30")),
             source_address=env.get("CERT_SOURCE_ADDRESS") or None,
             open_schedule=open_schedule_expression(env),
             timing=Timing(

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import (
 from nacl.signing import SigningKey
 from offsite_host.httpsig import sign_request
 
-from .app_rig import API, AppRig, app_rig
+from .app_rig import API, AppRig, app_rig, clear_caches
 
 __all__ = ["app_rig"]
 
@@ -197,3 +197,14 @@ def test_host_listing(app_rig: AppRig) -> None:
     hosts = app_rig.client.http.get("/v1/hosts").json_body["hosts"]
     assert [h["name"] for h in hosts] == ["c", "h", "l", "o"]
     assert all(h["enabled"] and h["key_fingerprint"].startswith("SHA256:") for h in hosts)
+
+
+def test_a_fixed_endpoint_and_port(app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_ENDPOINT", "backup.example.net")
+    monkeypatch.setenv("SSH_PORT", "2222")
+    clear_caches()
+    open_window(app_rig)
+    grant = app_rig.session("c").json_body
+    assert (grant["address"], grant["port"]) == ("backup.example.net", 2222)
+    assert grant["known_hosts"] == \
+        f"[backup.example.net]:2222 {app_rig.material.host_public_line}"
