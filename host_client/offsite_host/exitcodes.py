@@ -1,0 +1,86 @@
+"""The exit codes of `offsite-host`, in one place, and the errors that carry them.
+
+The codes are a stable interface: cron wrappers and monitoring read them. Never renumber one;
+add a new code at the end instead.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CONFIG = 2
+    NO_WINDOW = 3
+    DEADLINE = 4
+    TRANSFER_FAILED = 5
+    VERIFY_FAILED = 6
+    LOCKED = 7
+    LOCAL_FAILED = 8
+    SERVER = 9
+
+
+def exit_codes_help() -> str:
+    """The exit-code table shown by `--help` (the README carries the same table)."""
+    lines = ["exit codes:"]
+    for code in ExitCode:
+        lines += textwrap.wrap(MEANING[code], width=92, initial_indent=f"  {code.value}  ",
+                               subsequent_indent="     ")
+    return "\n".join(lines)
+
+
+MEANING: dict[ExitCode, str] = {
+    ExitCode.OK: "done: the backup was shipped, verified and reported succeeded "
+                 "(other commands: they worked)",
+    ExitCode.CONFIG: "configuration error: config file, key, password, tool or path, or the "
+                     "server refused this host (400/401/403); nothing was sent",
+    ExitCode.NO_WINDOW: "no backup window is open; normal under cron, try again next time",
+    ExitCode.DEADLINE: "the window deadline (or the certificate's end) was reached; what "
+                       "arrived stays on the archive and the next run resumes from it",
+    ExitCode.TRANSFER_FAILED: "the transfer failed (rsync or ssh: network, archive, auth)",
+    ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view",
+    ExitCode.LOCKED: "another offsite-host run holds the lock; this one did nothing",
+    ExitCode.LOCAL_FAILED: "the local stage failed (rdiff-backup or the gocryptfs view)",
+    ExitCode.SERVER: "the control plane is unreachable, was still opening the window after "
+                     "max_wait_s, or answered outside the contract",
+}
+
+
+class OffsiteError(Exception):
+    """An expected failure: its message is for the operator, its code is the exit code."""
+
+    exit_code: ExitCode = ExitCode.LOCAL_FAILED
+
+
+class ConfigError(OffsiteError):
+    exit_code = ExitCode.CONFIG
+
+
+class NoWindowError(OffsiteError):
+    exit_code = ExitCode.NO_WINDOW
+
+
+class DeadlineError(OffsiteError):
+    exit_code = ExitCode.DEADLINE
+
+
+class TransferError(OffsiteError):
+    exit_code = ExitCode.TRANSFER_FAILED
+
+
+class VerifyError(OffsiteError):
+    exit_code = ExitCode.VERIFY_FAILED
+
+
+class LockedError(OffsiteError):
+    exit_code = ExitCode.LOCKED
+
+
+class LocalStageError(OffsiteError):
+    exit_code = ExitCode.LOCAL_FAILED
+
+
+class ServerError(OffsiteError):
+    exit_code = ExitCode.SERVER

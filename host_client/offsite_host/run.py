@@ -1,0 +1,204 @@
+"""`offsite-host run` (DESIGN, "The host's run") and `offsite-host verify`.
+
+1. history: rdiff-backup of each configured path, then old increments removed;
+2. encrypt: the gocryptfs reverse view of the repository, mounted for this run only;
+3. session: signed `POST /v1/sessions` with a key made for this run;
+4. transfer: rsync over ssh with the certificate, stopped at the session's end;
+5. verify, then report: `succeeded` only once the archive copy matches the view.
+
+Once the local stage has started, the server hears how the run ended (a failed report is
+best effort); a failure to get a session is not reported, since there is nothing to report to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from offsite_host import encrypt, history, preflight, runner, tools, transfer
+from offsite_host.api import ApiClient, Transport, urllib_transport
+from offsite_host.config import Config
+from offsite_host.console import Console
+from offsite_host.ephemeral import Ephemeral
+from offsite_host.exitcodes import (
+    DeadlineError,
+    ExitCode,
+    OffsiteError,
+    ServerError,
+    TransferError,
+    VerifyError,
+)
+from offsite_host.report import Report, send_report
+from offsite_host.session import Session, open_session
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: ExitCode
+    status: str
+    detail: str
+    window_id: str = ""
+    bytes_sent: int = 0
+    files: int = 0
+
+
+def outcome_of(exc: OffsiteError, window_id: str = "") -> Outcome:
+    return Outcome(exc.exit_code, exc.exit_code.name.lower().replace("_", " "), str(exc),
+                   window_id)
+
+
+class Routine:
+    def __init__(self, cfg: Config, console: Console, transport: Transport = urllib_transport,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg, self.console, self.clock, self.sleep = cfg, console, clock, sleep
+        self.transport = transport
+        self.session: Session | None = None
+        self.stage = "preflight"
+
+    def run(self) -> Outcome:
+        ready = preflight.check(self.cfg)
+        client = ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
+                           clock=self.clock)
+        started = self.clock()
+        try:
+            outcome = self._ship(ready, client)
+        except OffsiteError as exc:
+            self.console.error(str(exc))
+            failed = outcome_of(exc, self.session.window_id if self.session else "")
+            self._report_failure(client, failed, self.clock() - started)
+            return failed
+        return self._report(client, outcome, self.clock() - started)
+
+    def verify(self) -> Outcome:
+        ready = preflight.check(self.cfg, needs_history=False)
+        client = ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
+                           clock=self.clock)
+        with self._view(ready) as view, Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
+            session = self._open(client, eph)
+            self._verify(ready, view, session, eph)
+        return Outcome(ExitCode.OK, "verified", "the archive copy matches the encrypted view",
+                       session.window_id)
+
+    def _ship(self, ready: preflight.Ready, client: ApiClient) -> Outcome:
+        self.stage = "local"
+        warnings = history.back_up(ready.tools.rdiff_backup, ready.repositories,
+                                   self.cfg.retention_days, self._step("history"))
+        for warning in warnings:
+            self.console.step("history", f"warning: {warning}")
+        with self._view(ready) as view, Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
+            self.stage = "session"
+            session = self._open(client, eph)
+            self.stage = "transfer"
+            stats = self._push(ready, view, session, eph)
+            self._verify(ready, view, session, eph)
+        detail = "; ".join(["verified", *warnings])
+        return Outcome(ExitCode.OK, "succeeded", detail, session.window_id, stats.bytes_sent,
+                       stats.files_transferred)
+
+    @contextlib.contextmanager
+    def _view(self, ready: preflight.Ready) -> Iterator[str]:
+        """The mounted view, as the local path rsync is given."""
+        mountpoint = self.cfg.state_dir / "view"
+        with encrypt.mounted_view(ready.tools.gocryptfs, ready.tools.fusermount,
+                                  self.cfg.password_file, self.cfg.repository, mountpoint,
+                                  self._step("encrypt")):
+            self.console.step("encrypt", f"view of {self.cfg.repository} on {mountpoint}")
+            yield transfer.rsync_local_path(mountpoint, sys.platform)
+
+    def _open(self, client: ApiClient, eph: Ephemeral) -> Session:
+        session = open_session(client, eph.public_line, self.cfg.max_wait_s,
+                               self._step("session"), self.clock, self.sleep)
+        self.session = session
+        eph.write_session(session)
+        self.console.step("session", f"window {session.window_id}: {session.user}@"
+                          f"{session.address}:{session.port}, until {_utc(session.stop_at)}")
+        return session
+
+    def _push(self, ready: preflight.Ready, view: str, session: Session,
+              eph: Ephemeral) -> transfer.TransferStats:
+        argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
+                                   session, io_timeout_s=self.cfg.io_timeout_s,
+                                   bwlimit_kib=self.cfg.bwlimit_kib, progress=self.console.tty)
+        started = time.monotonic()
+        done = self._until_stop(argv, session, "the transfer")
+        if done.returncode != 0:
+            raise TransferError(f"rsync failed (exit {done.returncode}): "
+                                f"{_tail(done.stderr)}")
+        stats = transfer.parse_stats(done.stdout)
+        self.console.step("transfer", f"{stats.files_transferred} of {stats.files_total} files, "
+                          f"{stats.bytes_sent} bytes sent in {time.monotonic() - started:.1f} s")
+        return stats
+
+    def _verify(self, ready: preflight.Ready, view: str, session: Session,
+                eph: Ephemeral) -> None:
+        argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
+                                   session, io_timeout_s=self.cfg.io_timeout_s, verify=True)
+        done = self._until_stop(argv, session, "verification")
+        if done.returncode != 0:
+            raise VerifyError(f"verification could not run (rsync exit {done.returncode}): "
+                              f"{_tail(done.stderr)}")
+        differences = transfer.differences(done.stdout)
+        if differences:
+            raise VerifyError(f"the archive copy differs from the encrypted view in "
+                              f"{len(differences)} entries, e.g. {'; '.join(differences[:3])}")
+        self.console.step("verify", "the archive copy matches the encrypted view")
+
+    def _until_stop(self, argv: list[str], session: Session, what: str) -> runner.Finished:
+        stop_at = session.stop_at - self.cfg.deadline_margin_s
+        if stop_at <= self.clock():
+            raise DeadlineError(f"the session ends at {_utc(session.stop_at)}, too soon for "
+                                f"{what} (deadline_margin_s={self.cfg.deadline_margin_s})")
+        progress = self.console.progress if self.console.tty else None
+        done = runner.run_until(argv, stop_at, progress, self.clock)
+        if done.stopped:
+            raise DeadlineError(f"deadline reached during {what} ({_utc(stop_at)}); what "
+                                "arrived is kept and the next run resumes from it")
+        return done
+
+    def _rsh(self, ready: preflight.Ready, session: Session, eph: Ephemeral) -> str:
+        return transfer.rsh_command(transfer.ssh_argv(ready.tools.ssh, eph.files, session))
+
+    def _report(self, client: ApiClient, outcome: Outcome, duration_s: float) -> Outcome:
+        try:
+            send_report(client, Report(outcome.window_id, outcome.status, outcome.bytes_sent,
+                                       outcome.files, duration_s, outcome.detail),
+                        sleep=self.sleep)
+        except ServerError as exc:
+            self.console.error(f"the backup was verified but the report failed: {exc}")
+            return Outcome(ExitCode.SERVER, "not reported", str(exc), outcome.window_id,
+                           outcome.bytes_sent, outcome.files)
+        self.console.step("report", outcome.status)
+        return outcome
+
+    def _report_failure(self, client: ApiClient, failed: Outcome, duration_s: float) -> None:
+        """Tells the server why, best effort; the run's own exit code is unchanged."""
+        if self.stage == "session":
+            return
+        try:
+            if self.session is None:
+                with Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
+                    self._open(client, eph)
+            assert self.session is not None
+            send_report(client, Report(self.session.window_id, "failed", failed.bytes_sent,
+                                       failed.files, duration_s, failed.detail),
+                        sleep=self.sleep)
+            self.console.step("report", f"failed ({failed.status})")
+        except OffsiteError as exc:
+            self.console.step("report", f"not sent: {exc}")
+
+    def _step(self, name: str) -> Callable[[str], None]:
+        return lambda message: self.console.step(name, message)
+
+
+def _tail(stderr: str) -> str:
+    return tools.tail(stderr, 4) or "no message"
+
+
+def _utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+

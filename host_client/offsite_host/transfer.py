@@ -1,0 +1,159 @@
+"""The ssh and rsync command lines (pure), and reading rsync's answers.
+
+Why these rsync flags (the archive side is `rrsync -wo <volume>`, a forced command):
+
+- `-rlpt --chmod=D0700,F0600`: tree, symlinks, times; owner/group are meaningless for
+  ciphertext written by a non-root account, and fixed modes keep every file readable by that
+  account on the next run (rdiff-backup keeps the real metadata itself, inside the ciphertext).
+- `--delay-updates`: each finished file waits in a `.~tmp~` directory beside it, and all of them
+  are renamed into place at the very end, so a cut-off transfer leaves the last complete copy
+  as it was; a cut-off file, and every finished one, stays in `.~tmp~` and is the delta basis
+  of the next run, which therefore does not resend it. (`--partial-dir=DIR` would do the same
+  but rrsync rewrites DIR into a `/proc/self/fd/N` path, and rsync then silently discards
+  delayed files; `--delay-updates` alone names no directory and works through rrsync.)
+- `--delete-delay`: deletions happen only after the transfer has completed.
+- `--timeout`: an I/O timeout, so a dead link ends the run instead of hanging it.
+- no `--whole-file`, no `--compress`: the delta algorithm is the point (gocryptfs' reverse view
+  is deterministic, so unchanged plaintext blocks are unchanged ciphertext), and ciphertext does
+  not compress.
+
+Verification is the same command with `--dry-run --checksum --itemize-changes`: the receiver
+checksums its files and the sender lists what it would change. That is still a push, which
+`rrsync -wo` allows, so a write-only certificate can verify.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+
+from offsite_host.session import Session
+
+TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--delay-updates", "--delete-delay")
+VERIFY_FLAGS = ("--dry-run", "--checksum", "--itemize-changes")
+
+
+@dataclass(frozen=True)
+class SessionFiles:
+    """The run's ephemeral key, its certificate and the archive's known_hosts line."""
+
+    key: Path
+    certificate: Path
+    known_hosts: Path
+
+
+def ssh_argv(ssh: str, files: SessionFiles, session: Session) -> list[str]:
+    """ssh with nothing from the user's config or agent: this key, this certificate, this
+    host key, no prompt, no forwarding."""
+    def option(name: str, value: str) -> list[str]:
+        return ["-o", f"{name}={value}"]
+
+    return [
+        ssh, "-F", "none", "-p", str(session.port), "-l", session.user, "-i", str(files.key),
+        *option("CertificateFile", _ssh_path(files.certificate)),
+        *option("IdentitiesOnly", "yes"), *option("IdentityAgent", "none"),
+        *option("BatchMode", "yes"), *option("StrictHostKeyChecking", "yes"),
+        *option("UserKnownHostsFile", _ssh_path(files.known_hosts)),
+        *option("GlobalKnownHostsFile", "none"), *option("UpdateHostKeys", "no"),
+        *option("CheckHostIP", "no"), *option("PasswordAuthentication", "no"),
+        *option("KbdInteractiveAuthentication", "no"), *option("ForwardAgent", "no"),
+        *option("ForwardX11", "no"), *option("ClearAllForwardings", "yes"),
+        *option("RequestTTY", "no"), *option("ConnectTimeout", "30"),
+        *option("ServerAliveInterval", "15"), *option("ServerAliveCountMax", "4"),
+        *option("LogLevel", "ERROR"),
+    ]
+
+
+def rsh_command(argv: list[str]) -> str:
+    """The `-e` string for rsync, which splits on spaces and honours ' and " (no backslash
+    escapes, so a Windows path's backslashes pass through as they are)."""
+    words = []
+    for arg in argv:
+        if arg and not any(c in arg for c in " '\""):
+            words.append(arg)
+        elif "'" not in arg:
+            words.append(f"'{arg}'")
+        elif '"' not in arg:
+            words.append(f'"{arg}"')
+        else:
+            raise ValueError(f"cannot pass {arg!r} to rsync -e")
+    return " ".join(words)
+
+
+def destination(session: Session) -> str:
+    host = f"[{session.address}]" if ":" in session.address else session.address
+    return f"{host}:{session.remote_path}"
+
+
+def rsync_argv(rsync: str, rsh: str, view: str, session: Session, *, io_timeout_s: int,
+               bwlimit_kib: int = 0, progress: bool = False, verify: bool = False) -> list[str]:
+    """The push of the encrypted view's content (`view/`) to the session's remote path."""
+    argv = [rsync, *TRANSFER_FLAGS, f"--timeout={io_timeout_s}", "-e", rsh]
+    if verify:
+        argv += VERIFY_FLAGS
+    else:
+        argv.append("--stats")
+        if progress:
+            argv.append("--info=progress2")
+        if bwlimit_kib:
+            argv.append(f"--bwlimit={bwlimit_kib}")
+    return [*argv, "--", view.rstrip("/") + "/", destination(session)]
+
+
+def rsync_local_path(path: Path, platform: str) -> str:
+    """How rsync names a local directory: as is, except Windows drive paths, which the
+    Cygwin-based rsync builds (cwRsync, Cygwin) take as /cygdrive/<drive>/..."""
+    if platform != "win32":
+        return str(path)
+    win = PureWindowsPath(path)
+    if not win.drive or not win.drive.endswith(":"):
+        return win.as_posix()
+    rest = "/".join(win.parts[1:])
+    return f"/cygdrive/{win.drive[0].lower()}/{rest}"
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    bytes_sent: int
+    files_transferred: int
+    files_total: int
+
+
+_STAT_LINES = {
+    "bytes_sent": re.compile(r"^Total bytes sent:\s*([\d,.' ]+)$", re.M),
+    "files_transferred": re.compile(r"^Number of regular files transferred:\s*([\d,.' ]+)$",
+                                    re.M),
+    "files_total": re.compile(r"^Number of files:\s*([\d,.']+)", re.M),
+}
+
+
+def parse_stats(stdout: str) -> TransferStats:
+    """The figures of `rsync --stats` (0 for one rsync did not print); digit grouping, which
+    depends on the locale, is ignored."""
+    values = {}
+    for name, pattern in _STAT_LINES.items():
+        match = pattern.search(stdout)
+        values[name] = int(re.sub(r"\D", "", match.group(1)) or 0) if match else 0
+    return TransferStats(**values)
+
+
+_ITEM = re.compile(r"^(\*deleting|[<>ch.][fdLDS][^ ]*) +(.*)$")
+
+
+def differences(itemized: str) -> list[str]:
+    """The lines of `--itemize-changes` output that mean the copies differ: anything to send,
+    create or delete. A directory whose only difference is an attribute (`.d..t......`) is not
+    one: rsync touches directory times while it works."""
+    found = []
+    for line in itemized.splitlines():
+        match = _ITEM.match(line)
+        if match and not match.group(1).startswith(".d"):
+            found.append(line.strip())
+    return found
+
+
+def _ssh_path(path: Path) -> str:
+    """A path inside an ssh `-o` value: forward slashes, quoted when it has spaces."""
+    text = path.as_posix()
+    return f'"{text}"' if " " in text else text

@@ -1,0 +1,58 @@
+"""The command line: keygen, status, help, and configuration errors as exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from offsite_host import keys
+from offsite_host.cli import main
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "host.toml"
+    path.write_text(f'api_url = "https://api.example.com"\nhost = "web-1"\n'
+                    f'paths = ["{tmp_path}"]\nstate_dir = "state"\n')
+    return path
+
+
+def test_keygen_prints_the_key_to_enrol_and_never_overwrites(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "keygen"]) == 0
+    printed = capsys.readouterr()
+    key = keys.load_identity(config.parent / "host.key")
+    assert printed.out == keys.public_line(key, "web-1@offsite") + "\n"
+    assert "BEGIN" not in printed.out + printed.err  # the private key is never shown
+    assert main(["--config", str(config), "keygen"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["--config", str(config), "keygen", "--force"]) == 0
+    assert bytes(keys.load_identity(config.parent / "host.key")) != bytes(key)
+
+
+def test_status_before_any_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "status"]) == 0
+    assert capsys.readouterr().out == "no run recorded yet\n"
+
+
+def test_missing_configuration_is_exit_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(tmp_path / "none.toml"), "run"]) == 2
+    assert "offsite-host: error: no configuration at" in capsys.readouterr().err
+
+
+def test_run_without_a_key_is_exit_2(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config.write_text(config.read_text() + '[tools]\nrsync = "true"\nssh = "true"\n'
+                      'rdiff_backup = "true"\ngocryptfs = "true"\nfusermount = "true"\n')
+    assert main(["--config", str(config), "run"]) == 2
+    assert "no host key at" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as leaving:
+        main(["--help"])
+    assert leaving.value.code == 0
+    out = capsys.readouterr().out
+    for code in ("0", "2", "3", "4", "5", "6", "7", "8", "9"):
+        assert f"\n  {code}  " in out
+    assert "cppcryptfs" in out and "macFUSE" in out

@@ -1,0 +1,117 @@
+"""The ssh and rsync command lines, and reading rsync's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from offsite_host.session import Session
+from offsite_host.transfer import (
+    SessionFiles,
+    destination,
+    differences,
+    parse_stats,
+    rsh_command,
+    rsync_argv,
+    rsync_local_path,
+    ssh_argv,
+)
+
+SESSION = Session("w-1", "203.0.113.7", 2222, "web-1", "cert", "kh", "current/", 10.0, 20.0)
+FILES = SessionFiles(Path("/var/lib/offsite/state/s/id"), Path("/var/lib/offsite/state/s/c.pub"),
+                     Path("/Library/Application Support/Offsite/known_hosts"))
+
+
+def options(argv: list[str]) -> dict[str, str]:
+    pairs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-o"]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_ssh_uses_only_this_key_certificate_and_host_key() -> None:
+    argv = ssh_argv("ssh", FILES, SESSION)
+    assert argv[:9] == ["ssh", "-F", "none", "-p", "2222", "-l", "web-1", "-i", str(FILES.key)]
+    opts = options(argv)
+    assert opts["CertificateFile"] == str(FILES.certificate)
+    assert opts["UserKnownHostsFile"] == '"/Library/Application Support/Offsite/known_hosts"'
+    assert opts["StrictHostKeyChecking"] == "yes" and opts["GlobalKnownHostsFile"] == "none"
+    assert opts["IdentitiesOnly"] == "yes" and opts["IdentityAgent"] == "none"
+    assert opts["BatchMode"] == "yes" and opts["ForwardAgent"] == "no"
+    assert opts["ServerAliveInterval"] == "15"
+
+
+def test_rsh_command_quotes_for_rsyncs_splitter() -> None:
+    assert rsh_command(["ssh", "-p", "22"]) == "ssh -p 22"
+    assert rsh_command(["C:\\Program Files\\ssh.exe", "x"]) == "'C:\\Program Files\\ssh.exe' x"
+    assert rsh_command(['K="/a b"']) == "'K=\"/a b\"'"
+    assert rsh_command(["it's"]) == '"it\'s"'
+    assert rsh_command([""]) == "''"
+    with pytest.raises(ValueError):
+        rsh_command(["both ' and \""])
+
+
+def test_destination_brackets_ipv6() -> None:
+    assert destination(SESSION) == "203.0.113.7:current/"
+    v6 = Session("w", "2001:db8::7", 22, "u", "c", "k", ".", 1.0, 1.0)
+    assert destination(v6) == "[2001:db8::7]:."
+
+
+def test_transfer_flags_keep_the_last_copy_and_resume() -> None:
+    argv = rsync_argv("rsync", "ssh -p 2222", "/state/view", SESSION, io_timeout_s=300,
+                      bwlimit_kib=500, progress=True)
+    assert argv[0] == "rsync"
+    for flag in ("-rlpt", "--delay-updates", "--delete-delay", "--timeout=300", "--stats",
+                 "--info=progress2", "--bwlimit=500", "--chmod=D0700,F0600"):
+        assert flag in argv
+    assert not any(a.startswith(("--partial-dir", "--whole-file", "-z", "--compress"))
+                   for a in argv)
+    assert argv[-3:] == ["--", "/state/view/", "203.0.113.7:current/"]
+    assert argv[argv.index("-e") + 1] == "ssh -p 2222"
+
+
+def test_verify_is_a_dry_run_checksum_push() -> None:
+    argv = rsync_argv("rsync", "ssh", "/state/view/", SESSION, io_timeout_s=60, verify=True,
+                      bwlimit_kib=5)
+    for flag in ("--dry-run", "--checksum", "--itemize-changes", "--delay-updates",
+                 "--delete-delay"):
+        assert flag in argv
+    assert "--stats" not in argv and "--bwlimit=5" not in argv
+    assert argv[-2] == "/state/view/"
+
+
+def test_windows_paths_become_cygdrive_paths() -> None:
+    assert rsync_local_path(Path("/var/lib/x"), "linux") == "/var/lib/x"
+    assert rsync_local_path(Path("C:\\ProgramData\\Offsite\\state\\view"), "win32") == \
+        "/cygdrive/c/ProgramData/Offsite/state/view"
+
+
+STATS = """
+Number of files: 1,234 (reg: 1,000, dir: 234)
+Number of created files: 3
+Number of regular files transferred: 17
+Total file size: 21,216,723 bytes
+Total bytes sent: 1.234.567
+Total bytes received: 9,876
+"""
+
+
+def test_parse_stats_ignores_digit_grouping() -> None:
+    stats = parse_stats(STATS)
+    assert (stats.bytes_sent, stats.files_transferred, stats.files_total) == (1234567, 17, 1234)
+    assert parse_stats("").bytes_sent == 0
+
+
+def test_differences_ignore_directory_attribute_changes_only() -> None:
+    output = "\n".join([
+        ".d..t...... ./",
+        ".d..t...... Xy7/",
+        "<fcst...... Xy7/AbC",
+        "cd+++++++++ NewDir/",
+        "*deleting   OldFile",
+        ".f..t...... Touched",
+        "cL+++++++++ link -> target",
+        "some other line",
+    ])
+    assert differences(output) == ["<fcst...... Xy7/AbC", "cd+++++++++ NewDir/",
+                                   "*deleting   OldFile", ".f..t...... Touched",
+                                   "cL+++++++++ link -> target"]
+    assert differences(".d..t...... ./\n") == []
