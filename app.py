@@ -41,7 +41,7 @@ from chalicelib.sessions import (
 from chalicelib.settings import Settings, open_schedule_expression, reconcile_rate_expression
 from chalicelib.windows import Ports, WindowService, utc_now, window_view
 
-app = Chalice(app_name="offsite")
+app = Chalice(app_name="offsite", configure_logs=False)  # powertools owns the "offsite" logger
 logger = Logger(service="offsite")
 iam = IAMAuthorizer()
 _AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6})

@@ -352,6 +352,7 @@ def window_view(window: Window) -> dict[str, Any]:
         "expected": sorted(window.expected), "reports": dict(sorted(window.reports.items())),
         "missing": sorted(window.missing), "address": window.address, "reason": window.reason,
         "snapshots": {h: s.value for h, s in sorted(window.snapshots.items())},
+        "entered": {state: at.isoformat() for state, at in window.entered.items()},
     }
 
 

@@ -1,0 +1,108 @@
+"""The embedded AWS: a moto server on loopback, provisioned with what a deploy makes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from chalicelib.adapters.dynamo_store import create_table
+from chalicelib.keys import KeyMaterial, KeyParameters, generate_key_material
+
+REGION = "us-east-1"
+TABLE = "offsite-local"
+SCHEDULE_GROUP = "offsite-local"
+KEY_PREFIX = "/offsite/local"
+ACCOUNT = "123456789012"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `provision` made: the ids the app's settings name."""
+
+    endpoint: str
+    instance_id: str
+    topic_arn: str
+    keys: KeyMaterial
+
+    def app_environment(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+            "TABLE_NAME": TABLE, "SCHEDULE_GROUP": SCHEDULE_GROUP, "INSTANCE_ID": self.instance_id,
+            "INSTANCE_TYPES": "t3.small,t3a.small", "TOPIC_ARN": self.topic_arn,
+            "KEY_PARAMETER_PREFIX": KEY_PREFIX,
+            "DEADLINE_TARGET_ARN":
+                f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:offsite-local-window_deadline",
+            "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/offsite-local-scheduler",
+            "POWERTOOLS_SERVICE_NAME": "offsite", "POWERTOOLS_METRICS_NAMESPACE": "Offsite",
+        }
+
+
+class MotoServer:
+    """moto's server in a thread of this process, on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def start(self) -> None:
+        os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        self._server.start()
+        self.reset()  # moto keeps its accounts per process: start from an empty one
+
+    def stop(self) -> None:
+        self.reset()
+        self._server.stop()
+
+    def reset(self) -> None:
+        request = urllib.request.Request(  # noqa: S310 (our own loopback server)
+            f"{self.endpoint}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+            pass
+
+
+def aws_client(name: str, endpoint: str) -> Any:
+    """A client of the embedded AWS (its credentials are moto's placeholders)."""
+    session = boto3.session.Session(aws_access_key_id="local",
+                                    aws_secret_access_key="local",  # noqa: S106
+                                    region_name=REGION)
+    return session.client(name, endpoint_url=endpoint)  # type: ignore[call-overload]
+
+
+def provision(endpoint: str) -> Deployment:
+    """The table, the topic, the scheduler group, the keys in SSM and the stopped instance."""
+
+    def client(name: str) -> Any:
+        return aws_client(name, endpoint)
+
+    create_table(client("dynamodb"), TABLE)
+    topic = client("sns").create_topic(Name="offsite-local")["TopicArn"]
+    client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
+    keys = generate_key_material("offsite-local")
+    names, ssm = KeyParameters(KEY_PREFIX), client("ssm")
+    for name, value, kind in [(names.ca_private, keys.ca_seed_b64, "SecureString"),
+                              (names.ca_public, keys.ca_public_line, "String"),
+                              (names.host_private, keys.host_private_pem, "SecureString"),
+                              (names.host_public, keys.host_public_line, "String")]:
+        ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
+    ec2 = client("ec2")
+    instance = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.small",
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "offsite:role", "Value": "archive"}]}],
+    )["Instances"][0]
+    ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
+    return Deployment(endpoint, instance["InstanceId"], topic, keys)

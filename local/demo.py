@@ -1,0 +1,167 @@
+"""`make demo`: whole backup windows on the embedded local stack, with four sample hosts.
+
+The scheduled window opens, the four hosts run the real `offsite-host run` at once, the
+instance (a real sshd) stops when the last one reports, each volume is snapshotted, retention
+runs, and a report says what happened and what a month of it would cost. Then the sample data
+changes and the next window runs incrementally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from chalicelib.cost import WindowUsage, load_prices, month_at, month_kept_up, render
+from local.hosts import SAMPLES, SampleHost, change_sample_data, make_sample_data
+from local.stack import LocalStack, StackSettings
+
+RUN_DIR = Path(__file__).with_name(".run")
+PRODUCTION_WINDOW_HOURS = 3.6
+VOLUME_GIB = 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("make demo needs root: it creates the instance's accounts, runs sshd and mounts "
+              "FUSE (run it as root, e.g. in a throwaway VM)", file=sys.stderr)
+        return 2
+    root = RUN_DIR / datetime.now().strftime("demo-%Y%m%dT%H%M%S")
+    root.mkdir(parents=True)
+    out = sys.stdout
+    with (root / "stack.log").open("a") as log:
+        sys.stdout = log  # the control plane's JSON logs and metrics go to the log file
+        for handler in logging.getLogger("offsite").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(log)
+        try:
+            return _demo(root, args, out, log)
+        finally:
+            sys.stdout = out
+
+
+def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int:
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    settings = StackSettings(window_hours=args.window_minutes / 60)
+    with LocalStack(root / "stack", settings, log=lambda line: print(line, file=log)) as stack:
+        say(f"Offsite demo: local stack up (API {stack.api_url}); work files in {root}")
+        hosts = [SampleHost(name, root / "hosts" / name, stack.api_url) for name in SAMPLES]
+        for host in hosts:
+            host.write_config()
+            make_sample_data(host)
+            stack.enrol(host.name, host.keygen_and_init())
+            say(f"  enrolled {host.name}: {SAMPLES[host.name][0]}")
+        worst = 0
+        for round_no in range(1, args.windows + 1):
+            if round_no > 1:
+                say("\nA day of changes:")
+                for host in hosts:
+                    say(f"  {host.name}: {change_sample_data(host, round_no)}")
+            worst = max(worst, _window(stack, hosts, round_no, say))
+        errors = stack.bus.errors if stack.bus else []
+        if errors:
+            say(f"\nthe event bus met {len(errors)} error(s); see {root / 'stack.log'}")
+            return 1
+        return worst
+
+
+def _window(stack: LocalStack, hosts: list[SampleHost], round_no: int,
+            say: Any) -> int:
+    opened = stack.fire_open_schedule()
+    window_id = opened["window_id"]
+    say(f"\nWindow {round_no}: {window_id} opened by the schedule; "
+        f"{len(hosts)} hosts start their cron run")
+    started = time.monotonic()
+    runs = {host.name: host.start("run") for host in hosts}
+    codes: dict[str, int] = {}
+    for name, run in runs.items():
+        _, stderr = run.communicate(timeout=900)
+        codes[name] = run.returncode
+        if run.returncode != 0:
+            say(f"  {name}: offsite-host exited {run.returncode}:\n    "
+                + "\n    ".join(stderr.strip().splitlines()[-5:]))
+    window = stack.wait_for(window_id, timeout=600)
+    say(f"  all hosts done in {time.monotonic() - started:.1f} s; window {window['state']}: "
+        f"{window['reason']}")
+    _report(stack, window, codes, say)
+    return 0 if window["state"] == "CLOSED" and not any(codes.values()) else 1
+
+
+def _report(stack: LocalStack, window: dict[str, Any], codes: dict[str, int], say: Any) -> None:
+    snapshots = _snapshots_of(stack, window["window_id"])
+    reports = {r["host"]: r for r in window["host_reports"]}
+    say(f"  {'host':5} {'outcome':10} {'exit':>4} {'sent':>10} {'took':>7}  snapshot")
+    for host in window["expected"]:
+        report = reports.get(host, {})
+        snap = snapshots.get(host, {})
+        say(f"  {host:5} {report.get('status', 'missing'):10} {codes.get(host, '-'):>4} "
+            f"{_size(report.get('bytes_sent', 0)):>10} {report.get('duration_s', 0):6.1f}s  "
+            f"{snap.get('id', 'none')} complete={snap.get('complete', '-')}")
+    opened = datetime.fromisoformat(window["opened_at"])
+    stopped = datetime.fromisoformat(window["entered"].get("SNAPSHOTTING", window["opened_at"]))
+    length = datetime.fromisoformat(window["deadline"]) - opened
+    billed = (stopped - opened).total_seconds()
+    say(f"  instance billed {billed:.0f} s of a {length.total_seconds():.0f} s window "
+        f"(EC2 bills at least 60 s a start; boot is emulated in "
+        f"{stack.settings.boot_seconds:.0f} s here, a real one adds about a minute)")
+    usage = WindowUsage(
+        instance_type="t3.small", hosts=len(window["expected"]), billed_seconds=billed,
+        window_seconds=PRODUCTION_WINDOW_HOURS * 3600,
+        volume_gib=VOLUME_GIB * len(window["expected"]),
+        stored_bytes=_du(stack.instance.volumes) if stack.instance else 0,
+        sent_bytes=sum(int(r.get("bytes_sent", 0)) for r in reports.values()))
+    prices = load_prices()
+    say(f"  a month of such windows, beside the instance kept up for the whole "
+        f"{PRODUCTION_WINDOW_HOURS} h window:")
+    for line in render(month_at(usage, prices), month_kept_up(usage, prices), prices).splitlines():
+        say(f"    {line}")
+
+
+def _snapshots_of(stack: LocalStack, window_id: str) -> dict[str, dict[str, str]]:
+    assert stack.deployment is not None
+    from local.aws import aws_client
+
+    found = aws_client("ec2", stack.deployment.endpoint).describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:offsite:window", "Values": [window_id]}])
+    result = {}
+    for snap in found["Snapshots"]:
+        tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
+        result[tags["offsite:host"]] = {"id": snap["SnapshotId"],
+                                        "complete": tags["offsite:complete"]}
+    return result
+
+
+def _du(path: Path) -> int:
+    listed = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True,
+                            check=False, timeout=60)
+    return int(listed.stdout.split()[0]) if listed.returncode == 0 else 0
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    parser.add_argument("--windows", type=int, default=2,
+                        help="windows to run, with a day of changes between them (default 2)")
+    parser.add_argument("--window-minutes", type=float, default=5.0,
+                        help="each window's length (production: 216 minutes)")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

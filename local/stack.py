@@ -1,0 +1,212 @@
+"""The embedded local stack: AWS on moto, app.py's API over HTTP and its handlers behind a
+local event bus, the archive instance as a real sshd. `with LocalStack(...) as stack:` starts
+everything from nothing and leaves nothing running when the block ends, failure or not.
+
+Time is compressed by configuration only (the window's length, the instance's boot time, the
+reconciler's rate, Retry-After), never by code paths of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from chalice.config import Config
+from chalice.local import (
+    ChaliceRequestHandler,
+    CustomLocalChalice,
+    HTTPServerThread,
+    LocalChalice,
+    LocalDevServer,
+)
+
+import app as app_module
+from local import events
+from local.aws import Deployment, MotoServer, aws_client, free_port, provision
+from local.bus import EventBus
+from local.instance import LocalInstance
+
+TERMINAL = ("CLOSED", "FAILED")
+INSTANCE_ROOT = Path("/var/lib/offsite-local")
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    window_hours: float = 0.05
+    boot_seconds: float = 2.0
+    reconcile_seconds: float = 5.0
+    retry_after: int = 2
+    retention_days: int = 20
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class LocalStack:
+    def __init__(self, root: Path, settings: StackSettings = StackSettings(),
+                 log: Callable[[str], None] = print) -> None:
+        self.root = root
+        self.settings = settings
+        self.log = log
+        self.ssh_port = free_port()
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self._exit = ExitStack()
+        self._saved_env = dict(os.environ)
+        self.deployment: Deployment | None = None
+        self.instance: LocalInstance | None = None
+        self.bus: EventBus | None = None
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            self._restore_env()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        try:
+            self._exit.close()
+        finally:
+            self._restore_env()
+
+    # starting --------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+        warnings.filterwarnings("ignore", "IAMAuthorizer is not a supported in local mode")
+        moto = MotoServer()
+        moto.start()
+        self._exit.callback(moto.stop)
+        self.deployment = provision(moto.endpoint)
+        os.environ.update(self.deployment.app_environment())
+        os.environ.update({
+            "SSH_ENDPOINT": "127.0.0.1", "SSH_PORT": str(self.ssh_port),
+            "RRSYNC": shutil.which("rrsync") or "",
+            "WINDOW_HOURS": str(self.settings.window_hours),
+            "RETENTION_DAYS": str(self.settings.retention_days),
+            "SESSION_RETRY_AFTER": str(self.settings.retry_after),
+            "BOOT_TIMEOUT_MINUTES": "5", "STOP_GRACE_MINUTES": "1"})
+        _clear_app_caches()
+        self._exit.callback(_clear_app_caches)
+        # The instance's files live where its accounts can reach them whatever self.root's
+        # parents allow (sshd reads principals files, and rrsync runs, as the host's account).
+        INSTANCE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        instance_root = Path(tempfile.mkdtemp(prefix="instance-", dir=INSTANCE_ROOT))
+        self._exit.callback(shutil.rmtree, instance_root, ignore_errors=True)
+        self.instance = LocalInstance(instance_root, self.ssh_port,
+                                      self.deployment.keys.ca_public_line,
+                                      self.deployment.keys.host_private_pem)
+        self._exit.callback(self.instance.remove_accounts)
+        os.environ["MOUNT_ROOT"] = str(self.instance.volumes)
+        self._exit.callback(self.instance.stop)
+        self._start_api()
+        self.bus = EventBus(self._clients(), self.deployment.instance_id, self.instance,
+                            self.settings.boot_seconds, self.settings.reconcile_seconds, self.log)
+        self.bus.start()
+        self._exit.callback(self.bus.stop)
+        self.log(f"local stack: AWS on {moto.endpoint}, API on {self.api_url}, "
+                 f"archive sshd on 127.0.0.1:{self.ssh_port}")
+
+    def _start_api(self) -> None:
+        config = Config.create(chalice_stage="local", app_name="offsite", lambda_timeout=900,
+                               lambda_memory_size=512)
+        log = self.log
+
+        class Handler(ChaliceRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                log("api: " + format % args)
+
+        # What chalice.local.create_local_server does, with our request log.
+        if not isinstance(app_module.app, LocalChalice):
+            CustomLocalChalice.__bases__ = (LocalChalice, app_module.app.__class__)
+            app_module.app.__class__ = CustomLocalChalice
+        server = HTTPServerThread(lambda: LocalDevServer(
+            app_module.app, config, "127.0.0.1", self.api_port, handler_cls=Handler))
+        server.start()
+        self._exit.callback(server.shutdown)
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{self.api_url}/v1/hosts", timeout=2)  # noqa: S310
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise StackError("the local API did not start")
+
+    def _clients(self) -> dict[str, Any]:
+        assert self.deployment is not None
+        return {name: aws_client(name, self.deployment.endpoint)
+                for name in ("ec2", "scheduler", "dynamodb")}
+
+    def _restore_env(self) -> None:
+        os.environ.clear()
+        os.environ.update(self._saved_env)
+
+    # what an admin and EventBridge do --------------------------------------------------------
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """An admin API call (IAM is not emulated: loopback only)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 (our own loopback API)
+            f"{self.api_url}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+                return answer.status, json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def enrol(self, host: str, public_key: str) -> dict[str, Any]:
+        assert self.instance is not None
+        self.instance.add_host(host)
+        status, body = self.admin("PUT", f"/v1/hosts/{host}", {"public_key": public_key})
+        if status not in (200, 201):
+            raise StackError(f"enrolling {host}: {status} {body}")
+        return dict(body)
+
+    def fire_open_schedule(self) -> dict[str, Any]:
+        """What EventBridge does at the daily schedule's time."""
+        assert self.bus is not None
+        self.bus.invoke("scheduled_open", events.scheduled("offsite-local-scheduled_open"))
+        _, windows = self.admin("GET", "/v1/windows")
+        return dict(windows["windows"][0])
+
+    def window(self, window_id: str) -> dict[str, Any]:
+        status, body = self.admin("GET", f"/v1/windows/{window_id}")
+        if status != 200:
+            raise StackError(f"window {window_id}: {status} {body}")
+        return dict(body)
+
+    def wait_for(self, window_id: str, states: tuple[str, ...] = TERMINAL,
+                 timeout: float = 600) -> dict[str, Any]:
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            window = self.window(window_id)
+            if window["state"] in states:
+                return window
+            time.sleep(0.2)
+        raise StackError(f"window {window_id} still {window['state']} after {timeout:.0f} s")
+
+
+def _clear_app_caches() -> None:
+    for getter in (app_module.settings, app_module.window_service, app_module.host_service,
+                   app_module.session_service, app_module.authenticator):
+        getter.cache_clear()
