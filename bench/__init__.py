@@ -1,0 +1,1 @@
+"""Benchmarks of Offsite's control plane; see bench/README.md."""
