@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-backup
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest system venv bench clean
+.PHONY: demo test lint typecheck pytest system venv bench clean \
+	bench-window-overhead bench-sessions bench-wire
 
 demo: system venv
 	$(BIN)/python -m local.demo $(DEMO_ARGS)
@@ -24,8 +25,18 @@ typecheck: venv
 pytest: system venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: system venv
+# Every benchmark, one after the other (bench/README.md). bench-wire needs root: it adds a
+# Unix account for its throwaway sshd; WIRE_ARGS="--size-mb 20" for a quick run.
+bench: bench-window-overhead bench-sessions bench-wire
+
+bench-window-overhead: system venv
 	$(BIN)/python -m bench.window_overhead
+
+bench-sessions: system venv
+	$(BIN)/python -m bench.sessions
+
+bench-wire: system venv
+	$(BIN)/python -m bench.wire $(WIRE_ARGS)
 
 # Installs only what is missing, and only as root; otherwise says what to install.
 system:

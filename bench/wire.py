@@ -1,0 +1,653 @@
+"""What a host's nightly run puts on the wire: `python -m bench.wire [--size-mb N] [--json]`.
+
+A seeded data set (by default about 200 MB: a few large binary files, log files, several
+thousand small text and binary files) is sent, then changed (edits inside the large files,
+appended logs, new files, deleted files) and sent again, three ways over the same ssh:
+
+1. the full encrypted path the host client takes: `rdiff-backup backup` into a local
+   repository (offsite_host.history), its gocryptfs `-reverse` view (offsite_host.encrypt),
+   rsync of the view with the client's own arguments (offsite_host.transfer) into a real sshd
+   on loopback, the account confined by a certificate whose force-command is `rrsync -wo`;
+2. plain rsync of the plaintext tree with the same arguments, same sshd and account: the limit;
+3. each changed or new file re-encrypted and sent whole, as an encrypt-then-copy setup (encfs in
+   forward mode) does: counted, not sent (see `whole_file_bytes`).
+
+The sshd, its account, the FUSE mount and every file are removed at the end, also after a
+failure or Ctrl-C. See bench/README.md for how to read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+
+# mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
+from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
+    encrypt,
+    history,
+    transfer,
+)
+from offsite_host.exitcodes import OffsiteError  # type: ignore[import-not-found, unused-ignore]
+from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
+
+SEED = 2026
+TIMEOUT_S = 3600.0
+BLOCK, BLOCK_OVERHEAD, HEADER = 4096, 32, 18  # gocryptfs: 16-byte nonce + 16-byte GCM tag
+ACCOUNT_PREFIX = "offsite-bw-"
+MB = 1_000_000
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---- the data set and the change set (pure but for the writes) ----------------------------
+
+@dataclass(frozen=True)
+class Shape:
+    """How `size_mb` is split: half in large files, a tenth in logs, the rest small files."""
+
+    large: tuple[int, ...]
+    logs: tuple[int, ...]
+    small_bytes: int
+
+    @classmethod
+    def of(cls, size_mb: float) -> Shape:
+        total = int(size_mb * MB)
+        return cls(large=(total // 4, total // 6, total // 12), logs=(total // 80,) * 8,
+                   small_bytes=total - total // 2 - 8 * (total // 80))
+
+
+_WORDS = ("backup", "window", "host", "volume", "snapshot", "rsync", "ssh", "certificate",
+          "deadline", "report", "retention", "increment", "mirror", "cipher", "block", "delta",
+          "archive", "instance", "schedule", "request", "nonce", "key", "error", "warning",
+          "started", "finished", "bytes", "files", "seconds", "user", "disk", "database", "page")
+
+
+def _text_lines(rng: random.Random, count: int) -> list[str]:
+    return [" ".join(rng.choices(_WORDS, k=rng.randint(3, 14))) + "\n" for _ in range(count)]
+
+
+def _text(rng: random.Random, pool: list[str], size: int) -> bytes:
+    out = "".join(rng.choices(pool, k=size // 45 + 1)).encode()
+    return out[:size]
+
+
+def _log_lines(rng: random.Random, size: int, start: int) -> bytes:
+    lines, done, n = [], 0, start
+    while done < size:
+        line = (f"2026-11-{1 + n // 86400 % 28:02d}T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:"
+                f"{n % 60:02d}Z app[{1000 + n % 97}]: {' '.join(rng.choices(_WORDS, k=8))} "
+                f"id={rng.getrandbits(48):012x}\n")
+        lines.append(line)
+        done += len(line)
+        n += 7
+    return "".join(lines).encode()
+
+
+def _write_random(path: Path, rng: random.Random, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        for start in range(0, size, MB):
+            out.write(rng.randbytes(min(MB, size - start)))
+
+
+def _small_size(rng: random.Random) -> int:
+    return min(256 * 1024, max(64, int(rng.lognormvariate(math.log(6000), 1.2))))
+
+
+@dataclass(frozen=True)
+class DataSet:
+    files: int
+    bytes: int
+    large: tuple[str, ...]
+    logs: tuple[str, ...]
+    small: tuple[str, ...]
+
+
+def generate(root: Path, shape: Shape, seed: int = SEED) -> DataSet:
+    """Writes the data set under `root`; the same seed gives the same bytes."""
+    rng = random.Random(seed)
+    pool = _text_lines(rng, 4000)
+    large = [f"srv/vm/disk-{i}.img" for i in range(len(shape.large))]
+    for rel, size in zip(large, shape.large, strict=True):
+        _write_random(root / rel, rng, size)
+    logs = [f"var/log/app-{i}.log" for i in range(len(shape.logs))]
+    for rel, size in zip(logs, shape.logs, strict=True):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_log_lines(rng, size, 0))
+    small: list[str] = []
+    written = 0
+    while written < shape.small_bytes:
+        size = min(_small_size(rng), shape.small_bytes - written)
+        rel = _small_name(rng, len(small))
+        _write_small(root / rel, rng, pool, size)
+        small.append(rel)
+        written += size
+    total = sum(shape.large) + sum(shape.logs) + written
+    return DataSet(len(large) + len(logs) + len(small), total, tuple(large), tuple(logs),
+                   tuple(small))
+
+
+def _small_name(rng: random.Random, index: int) -> str:
+    kind = "txt" if rng.random() < 0.7 else "bin"
+    return f"home/user-{rng.randrange(12)}/project-{rng.randrange(40)}/file-{index:05d}.{kind}"
+
+
+def _write_small(path: Path, rng: random.Random, pool: list[str], size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _text(rng, pool, size) if path.suffix == ".txt" else rng.randbytes(size)
+    path.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kind of change: how many files, the plaintext bytes written, and what those files
+    cost re-encrypted whole (their gocryptfs ciphertext size after the change)."""
+
+    kind: str
+    files: int
+    plaintext_bytes: int
+    whole_file_bytes: int
+
+
+EDITS_PER_LARGE_FILE, EDIT_BYTES = 8, 4096
+
+
+def apply_changes(root: Path, data: DataSet, seed: int = SEED + 1) -> list[Change]:
+    rng = random.Random(seed)
+    pool = _text_lines(rng, 500)
+    edited = 0
+    for rel in data.large:
+        size = (root / rel).stat().st_size
+        with (root / rel).open("r+b") as f:
+            for _ in range(EDITS_PER_LARGE_FILE):
+                f.seek(rng.randrange(max(1, size - EDIT_BYTES)))
+                edited += f.write(rng.randbytes(min(EDIT_BYTES, size)))
+    appended = 0
+    for i, rel in enumerate(data.logs):
+        with (root / rel).open("ab") as f:
+            appended += f.write(_log_lines(rng, (root / rel).stat().st_size // 20, 10**6 * i))
+    some = max(3, len(data.small) // 100)
+    new = [f"home/user-new/inbox/new-{i:04d}.{'txt' if i % 3 else 'bin'}" for i in range(some)]
+    for rel in new:
+        _write_small(root / rel, rng, pool, _small_size(rng))
+    deleted = rng.sample(data.small, k=min(len(data.small), max(2, len(data.small) // 100)))
+    gone = 0
+    for rel in deleted:
+        gone += (root / rel).stat().st_size
+        (root / rel).unlink()
+    return [Change("edits inside large files", len(data.large), edited, _whole(root, data.large)),
+            Change("appended log files", len(data.logs), appended, _whole(root, data.logs)),
+            Change("new files", len(new), _sizes(root, new), _whole(root, new)),
+            Change("deleted files", len(deleted), gone, 0)]
+
+
+def _sizes(root: Path, rels: Sequence[str]) -> int:
+    return sum((root / rel).stat().st_size for rel in rels)
+
+
+def _whole(root: Path, rels: Sequence[str]) -> int:
+    return sum(ciphertext_size((root / rel).stat().st_size) for rel in rels)
+
+
+def ciphertext_size(plaintext: int) -> int:
+    """gocryptfs' file format (forward and reverse alike): an 18-byte header (version, file
+    id), then each 4096-byte plaintext block as nonce + ciphertext + tag; an empty file stays
+    empty. Checked against the real view in every run (`formula_check`)."""
+    if plaintext == 0:
+        return 0
+    return HEADER + plaintext + BLOCK_OVERHEAD * math.ceil(plaintext / BLOCK)
+
+
+_GOCRYPTFS_OWN = ("gocryptfs.diriv", "gocryptfs.conf")
+
+
+def formula_check(repository: Path, view: Path) -> tuple[int, int, int]:
+    """(files, ciphertext bytes predicted from the repository, bytes the view shows): the
+    view's own files (per-directory IVs, the config, long-name files) left out."""
+    predicted, files = 0, 0
+    for path in _regular_files(repository):
+        if path.name != encrypt.REVERSE_CONF:
+            predicted += ciphertext_size(path.stat().st_size)
+            files += 1
+    shown = sum(p.stat().st_size for p in _regular_files(view)
+                if p.name not in _GOCRYPTFS_OWN and not p.name.endswith(".name"))
+    return files, predicted, shown
+
+
+def _regular_files(root: Path) -> Iterator[Path]:
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+# ---- the archive side: a throwaway sshd and account ----------------------------------------
+
+def _must(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Archive:
+    """sshd on 127.0.0.1 with its own host key and CA; one account whose certificate forces
+    `rrsync -wo <volume>`, as the archive instance does."""
+
+    def __init__(self, work: Path) -> None:
+        self.keys = work / "keys"
+        self.keys.mkdir(mode=0o700)
+        self.volume = work / "volume"
+        self.principals = work / "principals"
+        self.user = ACCOUNT_PREFIX + secrets.token_hex(3)
+        self.work, self.port, self.uid = work, 0, -1
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, cleanup: contextlib.ExitStack) -> None:
+        cleanup.callback(self.remove_account)
+        _must(["useradd", "-M", "-N", "-d", str(self.volume), "-s", "/bin/sh", "-p", "*",
+               "-c", "offsite bench/wire", self.user])
+        self.uid = int(_must(["id", "-u", self.user]))
+        self.volume.mkdir(mode=0o700)
+        os.chown(self.volume, self.uid, 0)
+        self.principals.mkdir(mode=0o755)
+        (self.principals / self.user).write_text(self.user + "\n")
+        for name in ("ca", "host"):
+            _must(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f",
+                   str(self.keys / name)])
+        cleanup.callback(self.stop)
+        for _ in range(3):  # another process may take the free port before sshd binds it
+            self.port = _free_port()
+            self._spawn()
+            if self._banner():
+                return
+            self.stop()
+        raise BenchError(f"sshd did not start: {(self.work / 'sshd.log').read_text()[-400:]}")
+
+    def _spawn(self) -> None:
+        config = self.work / "sshd_config"
+        config.write_text(
+            f"ListenAddress 127.0.0.1:{self.port}\nHostKey {self.keys / 'host'}\n"
+            f"PidFile none\nTrustedUserCAKeys {self.keys / 'ca.pub'}\n"
+            f"AuthorizedPrincipalsFile {self.principals}/%u\nAuthorizedKeysFile none\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
+            "PermitTTY no\nAllowTcpForwarding no\nX11Forwarding no\nStrictModes no\n"
+            "UsePAM no\nLogLevel ERROR\n")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        with (self.work / "sshd.log").open("ab") as log:
+            self.process = subprocess.Popen([_tool("sshd"), "-D", "-e", "-f", str(config)],
+                                            stderr=log, start_new_session=True)
+
+    def _banner(self) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process and self.process.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=1) as sock:
+                if sock.recv(4).startswith(b"SSH-"):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def session(self) -> tuple[Session, transfer.SessionFiles]:
+        """An ephemeral key, its certificate and the known_hosts line, as a session gives."""
+        key = self.keys / "session"
+        _must(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)])
+        rrsync = shutil.which("rrsync") or "/usr/bin/rrsync"
+        _must(["ssh-keygen", "-q", "-s", str(self.keys / "ca"), "-I", "bench-wire", "-n",
+               self.user, "-V", "-1m:+12h", "-O", "clear",
+               "-O", f"force-command={rrsync} -wo {self.volume}", f"{key}.pub"])
+        kind, blob = (self.keys / "host.pub").read_text().split()[:2]
+        known = self.work / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
+        now = time.time()
+        session = Session("bench-wire", "127.0.0.1", self.port, self.user,
+                          Path(f"{key}-cert.pub").read_text().strip(), known.read_text().strip(),
+                          "encrypted/", now + 12 * 3600, now + 12 * 3600)
+        return session, transfer.SessionFiles(key, Path(f"{key}-cert.pub"), known)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def remove_account(self) -> None:
+        if self.uid >= 0:
+            for pid in _processes_of(self.uid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for _ in range(20):  # another useradd/userdel may hold the passwd lock
+            done = subprocess.run(["userdel", self.user], capture_output=True, check=False)
+            if done.returncode in (0, 6):  # 6: no such user
+                return
+            time.sleep(0.2)
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+    return found
+
+
+def mounts_under(root: Path) -> list[str]:
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in mounts]
+    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+
+
+def _unmount_all(root: Path) -> None:
+    for point in sorted(mounts_under(root), reverse=True):
+        subprocess.run([_tool("fusermount"), "-u", "-z", point], capture_output=True,
+                       timeout=30, check=False)
+
+
+# ---- the runs ------------------------------------------------------------------------------
+
+_TOOLS = {"rsync": "rsync", "ssh": "ssh", "rdiff_backup": "rdiff-backup",
+          "gocryptfs": "gocryptfs", "fusermount": "fusermount3", "sshd": "/usr/sbin/sshd",
+          "ssh-keygen": "ssh-keygen", "useradd": "useradd", "userdel": "userdel"}
+
+
+def _tool(key: str) -> str:
+    path = shutil.which(_TOOLS[key])
+    if path is None:
+        raise BenchError(f"{_TOOLS[key]} not found (make system installs it)")
+    return path
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One rsync run: `Total bytes sent`, `Total transferred file size` (the files it
+    updated, counted whole) and its wall time."""
+
+    bytes_sent: int
+    transferred_file_bytes: int
+    seconds: float
+
+
+@dataclass
+class Pass:
+    """One nightly run of each way: the full path's stages, and plain rsync."""
+
+    encrypted: Sent
+    plain: Sent
+    history_s: float
+    mount_s: float
+    verify_s: float
+
+    @property
+    def full_path_s(self) -> float:
+        return self.history_s + self.mount_s + self.encrypted.seconds
+
+
+@dataclass
+class Figures:
+    size_mb: float
+    seed: int
+    files: int
+    plaintext_bytes: int
+    initial: Pass
+    change: Pass
+    changes: list[Change]
+    formula_files: int
+    formula_predicted: int
+    formula_shown: int
+    cpus: int | None = field(default_factory=os.cpu_count)
+    when: str = field(default_factory=lambda: f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    work: str = ""
+    account: str = ""
+    sshd_pid: int = 0
+
+    @property
+    def whole_file_bytes(self) -> int:
+        return sum(c.whole_file_bytes for c in self.changes)
+
+
+class Bench:
+    def __init__(self, work: Path, archive: Archive, quiet: bool) -> None:
+        self.work, self.archive, self.quiet = work, archive, quiet
+        self.source, self.repository = work / "source", work / "repository"
+        self.view = work / "view"
+        self.password = archive.keys / "password"
+        self.password.write_text(secrets.token_urlsafe(24) + "\n")
+        self.password.chmod(0o600)
+        self.repos = history.plan((self.source,), (), self.repository, ())
+        self.session, files = archive.session()
+        self.rsh = transfer.rsh_command(transfer.ssh_argv(_tool("ssh"), files, self.session))
+
+    def initialise(self) -> None:
+        self.repository.mkdir(mode=0o700)
+        encrypt.initialise(_tool("gocryptfs"), self.password, self.repository)
+
+    def run_pass(self, on_view: Callable[[Path], None] | None = None) -> Pass:
+        started = time.monotonic()
+        history.back_up(_tool("rdiff_backup"), self.repos, 20, self.say)
+        history_s = time.monotonic() - started
+        started = time.monotonic()
+        with encrypt.mounted_view(_tool("gocryptfs"), _tool("fusermount"), self.password,
+                                  self.repository, self.view, self.say) as view:
+            mount_s = time.monotonic() - started
+            encrypted = self._rsync(view, self.session)
+            verify_s = self._verify(view)
+            if on_view is not None:
+                on_view(view)
+            started = time.monotonic()
+        mount_s += time.monotonic() - started
+        plain = self._rsync(self.source, replace(self.session, remote_path="plain/"))
+        return Pass(encrypted, plain, history_s, mount_s, verify_s)
+
+    def _rsync(self, source: Path, session: Session) -> Sent:
+        argv = transfer.rsync_argv(_tool("rsync"), self.rsh, str(source), session,
+                                   io_timeout_s=600)
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
+                              check=False)
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise BenchError(f"rsync of {source} failed ({done.returncode}): "
+                             f"{done.stderr.strip()[-400:]}")
+        return Sent(transfer.parse_stats(done.stdout).bytes_sent,
+                    _stat(done.stdout, "Total transferred file size"), seconds)
+
+    def _verify(self, view: Path) -> float:
+        argv = transfer.rsync_argv(_tool("rsync"), self.rsh, str(view), self.session,
+                                   io_timeout_s=600, verify=True)
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
+                              check=False)
+        if done.returncode != 0 or transfer.differences(done.stdout):
+            raise BenchError(f"the archive copy does not match the view ({done.returncode}): "
+                             f"{transfer.differences(done.stdout)[:3]} {done.stderr[-300:]}")
+        return time.monotonic() - started
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"  {message}", file=sys.stderr)
+
+
+def _stat(stdout: str, name: str) -> int:
+    for line in stdout.splitlines():
+        if line.startswith(name + ":"):
+            return int("".join(c for c in line.partition(":")[2].split("bytes")[0]
+                               if c.isdigit()) or 0)
+    return 0
+
+
+def measure(size_mb: float, seed: int = SEED, quiet: bool = True) -> Figures:
+    """The whole bench; everything it made is gone when it returns or raises."""
+    if os.geteuid() != 0:
+        raise BenchError("bench/wire must run as root: it adds a Unix account for its sshd")
+    with contextlib.ExitStack() as cleanup:
+        work = Path(tempfile.mkdtemp(prefix="offsite-bench-wire-"))
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        work.chmod(0o711)  # sshd reads the principals file as the account
+        cleanup.callback(_unmount_all, work)
+        archive = Archive(work)
+        archive.start(cleanup)
+        bench = Bench(work, archive, quiet)
+        log = bench.say
+        log(f"generating {size_mb:g} MB under {bench.source}")
+        data = generate(bench.source, Shape.of(size_mb), seed)
+        bench.initialise()
+        log("initial send")
+        initial = bench.run_pass()
+        changes = apply_changes(bench.source, data, seed + 1)
+        checked: list[tuple[int, int, int]] = []
+        log("change")
+        change = bench.run_pass(
+            lambda view: checked.append(formula_check(bench.repository, view)))
+        assert archive.process is not None
+        return Figures(size_mb, seed, data.files, data.bytes, initial, change, changes, *checked[0],
+                       work=str(work), account=archive.user, sshd_pid=archive.process.pid)
+    raise AssertionError("unreachable")  # for mypy: ExitStack never swallows here
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = [[c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+              enumerate(zip(row, widths, strict=True))] for row in (header, *rows)]
+    return "\n".join("  ".join(line).rstrip() for line in lines)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:,.2f}" if b else "-"
+
+
+def report(f: Figures) -> str:
+    enc, plain, whole = f.change.encrypted.bytes_sent, f.change.plain.bytes_sent, \
+        f.whole_file_bytes
+    changes = table(["change", "files", "plaintext bytes", "re-encrypted whole"],
+                    [[c.kind, f"{c.files:,}", f"{c.plaintext_bytes:,}",
+                      f"{c.whole_file_bytes:,}"] for c in f.changes])
+    bytes_rows = [
+        ["full encrypted path (rdiff-backup, gocryptfs -reverse, rsync)",
+         f"{f.initial.encrypted.bytes_sent:,}", f"{enc:,}"],
+        ["plain rsync of the plaintext (the limit)", f"{f.initial.plain.bytes_sent:,}",
+         f"{plain:,}"],
+        ["changed and new files re-encrypted, sent whole (counted)", "-", f"{whole:,}"],
+        ["  the repository's changed files, whole (rsync's transferred size)",
+         f"{f.initial.encrypted.transferred_file_bytes:,}",
+         f"{f.change.encrypted.transferred_file_bytes:,}"],
+    ]
+    check = "exact" if f.formula_predicted == f.formula_shown else "MISMATCH"
+    return "\n".join([
+        f"Offsite on the wire, {f.when}, {f.cpus} CPUs, Python {platform.python_version()}",
+        f"data set: {f.files:,} files, {f.plaintext_bytes:,} bytes (--size-mb {f.size_mb:g}, "
+        f"seed {f.seed}); the change:", "", changes, "",
+        "Bytes sent (rsync --stats \"Total bytes sent\"), over the same ssh and rrsync -wo:", "",
+        table(["", "initial", "change"], bytes_rows), "",
+        f"change: encrypted path / plain rsync = {_ratio(enc, plain)}; "
+        f"whole-file / encrypted path = {_ratio(whole, enc)}",
+        f"gocryptfs size formula against the view: {f.formula_files:,} files, predicted "
+        f"{f.formula_predicted:,}, shown {f.formula_shown:,} bytes: {check}", "",
+        f"Seconds per step, and MB/s of the initial send ({f.plaintext_bytes / MB:,.1f} MB of "
+        "plaintext, MB = 10^6 bytes):", "", throughput(f)])
+
+
+def throughput(f: Figures) -> str:
+    p, c = f.initial, f.change
+
+    def row(name: str, first: float, then: float | None) -> list[str]:
+        return [name, f"{first:,.1f}", f"{f.plaintext_bytes / MB / first:,.1f}",
+                "-" if then is None else f"{then:,.1f}"]
+
+    return table(["", "initial s", "MB/s", "change s"], [
+        row("full path: history + view + rsync", p.full_path_s, c.full_path_s),
+        row("  rdiff-backup (history)", p.history_s, c.history_s),
+        row("  rsync of the view", p.encrypted.seconds, c.encrypted.seconds),
+        row("  verify (rsync --checksum --dry-run)", p.verify_s, c.verify_s),
+        row("plain rsync of the plaintext", p.plain.seconds, c.plain.seconds),
+    ])
+
+
+def as_json(f: Figures) -> str:
+    data = asdict(f)
+    data["whole_file_bytes"] = f.whole_file_bytes
+    for name in ("initial", "change"):
+        data[name]["full_path_s"] = getattr(f, name).full_path_s
+    return json.dumps(data, indent=2)
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+def _size(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text}: want 1 to 100000 (MB)")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size-mb", type=_size, default=200.0,
+                   help="size of the generated data set (default 200)")
+    p.add_argument("--seed", type=int, default=SEED, help=f"data seed (default {SEED})")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p.parse_args(argv)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        figures = measure(args.size_mb, args.seed, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted; everything the bench made is removed", file=sys.stderr)
+        return 130
+    except (BenchError, OffsiteError, OSError, subprocess.SubprocessError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(as_json(figures) if args.json else report(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

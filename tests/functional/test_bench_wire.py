@@ -1,0 +1,129 @@
+"""Smoke test of bench/wire on a data set of a few MB: the real rdiff-backup, gocryptfs, rsync
+and a throwaway sshd, then the figures checked against what the data forces them to be, and the
+machine checked for anything the bench left behind. No wall-clock time is asserted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench.wire import (
+    Figures,
+    Shape,
+    apply_changes,
+    as_json,
+    ciphertext_size,
+    generate,
+    measure,
+    mounts_under,
+    report,
+)
+
+SIZE_MB = 3.0
+TOOLS = ("rsync", "ssh", "rdiff-backup", "gocryptfs", "fusermount3", "ssh-keygen", "useradd",
+         "rrsync")
+
+needs_root_and_tools = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd")
+    or any(shutil.which(t) is None for t in TOOLS),
+    reason="bench/wire needs root (it adds a Unix account), sshd, rsync, rdiff-backup, gocryptfs")
+
+
+def real_tools(test: Callable[..., None]) -> Callable[..., None]:
+    """Runs sshd, rsync, gocryptfs and rdiff-backup: wrap runs in
+    `flock /tmp/offsite-e2e.lock` beside the e2e tests."""
+    marked: Callable[..., None] = pytest.mark.e2e(needs_root_and_tools(test))
+    return marked
+
+
+@pytest.fixture(scope="module")
+def figures() -> Figures:
+    return measure(SIZE_MB, quiet=True)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_data_set_and_its_change_are_the_same_for_the_same_seed(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = generate(a, Shape.of(1), seed=7)
+    assert generate(b, Shape.of(1), seed=7) == data
+    assert apply_changes(a, data, seed=8) == apply_changes(b, data, seed=8)
+    assert _digest(a) == _digest(b)
+    assert data.files == len(data.large) + len(data.logs) + len(data.small) > 20
+
+
+def test_the_change_set_has_every_kind_of_change(tmp_path: Path) -> None:
+    data = generate(tmp_path, Shape.of(1), seed=7)
+    kinds = {c.kind: c for c in apply_changes(tmp_path, data, seed=8)}
+    assert set(kinds) == {"edits inside large files", "appended log files", "new files",
+                          "deleted files"}
+    assert all(c.files > 0 and c.plaintext_bytes > 0 for c in kinds.values())
+    assert kinds["deleted files"].whole_file_bytes == 0
+    edits = kinds["edits inside large files"]
+    assert edits.whole_file_bytes == sum(ciphertext_size((tmp_path / rel).stat().st_size)
+                                         for rel in data.large)
+
+
+def test_ciphertext_size_follows_the_gocryptfs_format() -> None:
+    assert ciphertext_size(0) == 0
+    assert ciphertext_size(1) == 18 + 1 + 32
+    assert ciphertext_size(4096) == 18 + 4096 + 32
+    assert ciphertext_size(4097) == 18 + 4097 + 64
+
+
+@real_tools
+def test_the_initial_send_carries_all_the_data(figures: Figures) -> None:
+    assert figures.plaintext_bytes >= SIZE_MB * 1_000_000 - 1
+    assert figures.initial.plain.bytes_sent > figures.plaintext_bytes
+    # ciphertext is larger than plaintext, and the repository adds rdiff-backup's metadata
+    assert figures.initial.encrypted.bytes_sent > figures.initial.plain.bytes_sent
+
+
+@real_tools
+def test_the_change_costs_more_than_plain_rsync_and_far_less_than_whole_files(
+        figures: Figures) -> None:
+    written = sum(c.plaintext_bytes for c in figures.changes if c.kind != "deleted files")
+    plain, encrypted = figures.change.plain.bytes_sent, figures.change.encrypted.bytes_sent
+    assert plain >= written  # rsync must at least send the new data itself
+    assert encrypted >= plain
+    edits = next(c for c in figures.changes if c.kind == "edits inside large files")
+    assert encrypted * 3 < edits.whole_file_bytes < figures.whole_file_bytes
+
+
+@real_tools
+def test_the_size_formula_matches_the_real_view(figures: Figures) -> None:
+    assert figures.formula_files > figures.files
+    assert figures.formula_predicted == figures.formula_shown > figures.plaintext_bytes
+
+
+@real_tools
+def test_nothing_is_left_behind(figures: Figures) -> None:
+    work = Path(figures.work)
+    assert work.name.startswith("offsite-bench-wire-")
+    assert not work.exists()
+    assert mounts_under(work) == []
+    assert not Path(f"/proc/{figures.sshd_pid}").exists() or \
+        str(work) not in Path(f"/proc/{figures.sshd_pid}/cmdline").read_text(errors="replace")
+    with pytest.raises(KeyError):
+        pwd.getpwnam(figures.account)
+
+
+@real_tools
+def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
+    text = report(figures)
+    assert f"{figures.change.encrypted.bytes_sent:,}" in text
+    assert f"{figures.whole_file_bytes:,}" in text
+    assert ": exact" in text
+    data = json.loads(as_json(figures))
+    assert data["change"]["encrypted"]["bytes_sent"] == figures.change.encrypted.bytes_sent
+    assert data["whole_file_bytes"] == figures.whole_file_bytes
