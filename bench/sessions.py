@@ -11,7 +11,7 @@
    PyPI), beside the same distributions installed in the venv, and app.py imported from the
    unpacked zip without a bytecode cache, as a Lambda cold start does.
 
-See bench/sessions.md for how to read the figures.
+bench/README.md ("sessions") says how to read the figures.
 """
 
 from __future__ import annotations
