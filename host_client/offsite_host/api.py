@@ -30,6 +30,7 @@ class Prepared:
     url: str
     body: bytes
     headers: dict[str, str]
+    method: str = "POST"
 
 
 @dataclass(frozen=True)
@@ -66,21 +67,26 @@ class UnreachableError(ServerError):
 Transport = Callable[[Prepared, float], Answer]
 
 
-def prepare(api_url: str, path: str, payload: Mapping[str, Any], key: SigningKey,
+def prepare(api_url: str, path: str, payload: Mapping[str, Any] | None, key: SigningKey,
             host: str, created: int, nonce: str) -> Prepared:
-    """The signed POST of `payload` (compact JSON) to `api_url` + `path`; `keyid` is the host."""
+    """The signed POST of `payload` (compact JSON) to `api_url` + `path`, or, when `payload` is
+    None, the signed GET (its empty body bound by the digest all the same); `keyid` is the
+    host."""
     url = api_url.rstrip("/") + path
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    headers = sign_request("POST", url, body, key, host, created, nonce, base_url=api_url)
+    method = "GET" if payload is None else "POST"
+    body = b"" if payload is None else json.dumps(payload, separators=(",", ":"),
+                                                   sort_keys=True).encode("utf-8")
+    headers = sign_request(method, url, body, key, host, created, nonce, base_url=api_url)
     headers["Accept"] = "application/json"
     headers["User-Agent"] = USER_AGENT
-    return Prepared(url, body, headers)
+    return Prepared(url, body, headers, method)
 
 
 def urllib_transport(request: Prepared, timeout: float) -> Answer:
-    """Sends one POST. Any HTTP status is an `Answer`; only a failure to get one raises."""
-    req = urllib.request.Request(request.url, data=request.body,  # noqa: S310 (http/https only)
-                                 headers=request.headers, method="POST")
+    """Sends one request. Any HTTP status is an `Answer`; only a failure to get one raises."""
+    data = request.body if request.method == "POST" else None
+    req = urllib.request.Request(request.url, data=data,  # noqa: S310 (http/https only)
+                                 headers=request.headers, method=request.method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310
             return Answer(response.status, dict(response.headers.items()),
@@ -101,6 +107,12 @@ class ApiClient:
         self._transport, self._timeout, self._clock = transport, timeout, clock
 
     def post(self, path: str, payload: Mapping[str, Any]) -> Answer:
+        return self._send(path, payload)
+
+    def get(self, path: str) -> Answer:
+        return self._send(path, None)
+
+    def _send(self, path: str, payload: Mapping[str, Any] | None) -> Answer:
         request = prepare(self.api_url, path, payload, self._key, self.host,
                           int(self._clock()), secrets.token_urlsafe(16))
         return self._transport(request, self._timeout)

@@ -14,17 +14,20 @@ from types import FrameType
 
 from nacl.signing import SigningKey
 
-from offsite_host import encrypt, keys, state, tools
+from offsite_host import encrypt, keys, points, preflight, restore_plan, state, tools
 from offsite_host.config import Config, default_config_path, load_config
 from offsite_host.console import Console
+from offsite_host.drill import Drill
 from offsite_host.exitcodes import ConfigError, ExitCode, OffsiteError, exit_codes_help
 from offsite_host.lock import RunLock
+from offsite_host.restore import Restorer, RestoreRequest
 from offsite_host.run import Outcome, Routine, outcome_of
 
 DESCRIPTION = """\
 Encrypted, resumable off-site backups of this host (Offsite's host client).
 Typical setup: write host.toml, then `keygen` (enrol the printed key), `init`, and a cron
-line running `run` nightly."""
+line running `run` nightly. Restoring: `snapshots` lists the recovery points, `restore --date
+YYYY-MM-DD --to DIR` brings one back, and `verify --deep` is a restore drill."""
 
 EPILOG = f"""\
 {exit_codes_help()}
@@ -101,7 +104,29 @@ def cmd_run(cfg: Config, args: argparse.Namespace, console: Console) -> int:
 
 def cmd_verify(cfg: Config, args: argparse.Namespace, console: Console) -> int:
     with RunLock(cfg.state_dir / "run.lock"):
+        if args.deep:
+            return _recorded("verify --deep", cfg, lambda: Drill(Restorer(cfg, console)).run())
         return _recorded("verify", cfg, lambda: Routine(cfg, console).verify())
+
+
+def cmd_snapshots(cfg: Config, args: argparse.Namespace, console: Console) -> int:
+    ready = preflight.check_restore(cfg)
+    for line in points.describe(points.fetch_points(Restorer(cfg, console).client(ready))):
+        print(line)
+    return ExitCode.OK
+
+
+def cmd_restore(cfg: Config, args: argparse.Namespace, console: Console) -> int:
+    if args.list:
+        return cmd_snapshots(cfg, args, console)
+    if not args.date or not args.to:
+        raise ConfigError("restore needs --date YYYY-MM-DD and --to DIR (or --list)")
+    request = RestoreRequest(
+        day=points.check_day(args.date), at=restore_plan.check_at(args.at),
+        path=Path(args.path) if args.path else None, target=Path(args.to).absolute(),
+        overwrite=args.force_overwrite, allow_incomplete=args.allow_incomplete)
+    with RunLock(cfg.state_dir / "run.lock"):
+        return _recorded("restore", cfg, lambda: Restorer(cfg, console).restore(request))
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace, console: Console) -> int:
@@ -148,11 +173,46 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="back up, encrypt, send, verify and report (for cron)",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
                         ).set_defaults(handler=cmd_run)
-    commands.add_parser("verify", help="check the archive copy against the encrypted view "
-                        "in a new session (reports nothing)").set_defaults(handler=cmd_verify)
+    verify = commands.add_parser("verify", help="check the archive copy against the encrypted "
+                                 "view in a new session (reports nothing); --deep: a restore "
+                                 "drill of the newest recovery point")
+    verify.add_argument("--deep", action="store_true", help="fetch the newest recovery point, "
+                        "decrypt and restore it into a temporary directory, and compare it "
+                        "with the local backup it came from (reports to the restore window)")
+    verify.set_defaults(handler=cmd_verify)
+    commands.add_parser("snapshots", help="list the recovery points on the archive").set_defaults(
+        handler=cmd_snapshots)
+    _restore_parser(commands)
     commands.add_parser("status", help="summarise the last run").set_defaults(
         handler=cmd_status)
     return parser
+
+
+def _restore_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    restore = commands.add_parser(
+        "restore", help="bring back a recovery point (a retained day) into a directory",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fetches the recovery point of --date over rsync, decrypts it here and "
+        "runs rdiff-backup restore into --to, which must be empty or absent (and not a "
+        "configured path) unless --force-overwrite is given. Nothing is written into --to "
+        "until the whole restore has succeeded.")
+    restore.add_argument("--list", action="store_true", help="list the recovery points and exit")
+    restore.add_argument("--date", metavar="YYYY-MM-DD", help="the day of the recovery point")
+    restore.add_argument("--at", default="now", metavar="TIME",
+                         help="an older increment inside that point: an rdiff-backup time "
+                         "(2B = two backups before the point's newest, 2030-03-15, "
+                         "2030-03-15T01:30:00Z, or an interval before now such as 3D); "
+                         "default: now, the point's newest state")
+    restore.add_argument("--path", metavar="P", help="a path inside the backup: one of the "
+                         "configured paths or below it (default: every configured path, each "
+                         "into DIR/<its repository name>)")
+    restore.add_argument("--to", metavar="DIR", help="where to restore: absent or empty")
+    restore.add_argument("--force-overwrite", "--in-place", dest="force_overwrite",
+                         action="store_true", help="allow DIR to be non-empty or a configured "
+                         "live path: its content is replaced, once the restore is complete")
+    restore.add_argument("--allow-incomplete", action="store_true",
+                         help="restore a point whose backup did not report success")
+    restore.set_defaults(handler=cmd_restore)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from offsite_host import tools
-from offsite_host.exitcodes import ConfigError, LocalStageError
+from offsite_host.exitcodes import ConfigError, LocalStageError, RestoreError
 
 REVERSE_CONF = ".gocryptfs.reverse.conf"
+FORWARD_CONF = "gocryptfs.conf"  # how the reverse view (and so the archive copy) shows it
+FSCK_TIMEOUT_S = 24 * 3600.0
 PASSWORD_INCORRECT = 12  # gocryptfs' documented exit code
 MOUNT_TIMEOUT_S = 120.0
 
@@ -34,6 +36,18 @@ def mount_argv(gocryptfs: str, password_file: Path, repository: Path,
                mountpoint: Path) -> list[str]:
     return [gocryptfs, "-reverse", "-ro", "-q", "-passfile", str(password_file),
             str(repository), str(mountpoint)]
+
+
+def plain_mount_argv(gocryptfs: str, password_file: Path, cipherdir: Path,
+                     mountpoint: Path) -> list[str]:
+    """Forward mode over a fetched copy, read-only: every block is authenticated (AES-GCM), and
+    one that fails is an I/O error (EIO), never wrong bytes."""
+    return [gocryptfs, "-ro", "-q", "-passfile", str(password_file), str(cipherdir),
+            str(mountpoint)]
+
+
+def fsck_argv(gocryptfs: str, password_file: Path, cipherdir: Path) -> list[str]:
+    return [gocryptfs, "-fsck", "-q", "-passfile", str(password_file), str(cipherdir)]
 
 
 def unmount_argv(fusermount: str, mountpoint: Path, platform: str, lazy: bool = False) -> list[str]:
@@ -62,17 +76,54 @@ def mounted_view(gocryptfs: str, fusermount: str, password_file: Path, repositor
     unmount failure is only warned about: the next run detaches a stale mount first."""
     if not (repository / REVERSE_CONF).exists():
         raise ConfigError(f"{repository} has no {REVERSE_CONF}: run `offsite-host init`")
+    with _mounted(mount_argv(gocryptfs, password_file, repository, mountpoint), fusermount,
+                  mountpoint, password_file, repository / REVERSE_CONF, warn,
+                  "the encrypted view"):
+        yield mountpoint
+
+
+@contextlib.contextmanager
+def mounted_plain(gocryptfs: str, fusermount: str, password_file: Path, cipherdir: Path,
+                  mountpoint: Path, warn: Callable[[str], None]) -> Iterator[Path]:
+    """Mounts the decrypted, read-only view of a fetched copy; always unmounts it."""
+    if not (cipherdir / FORWARD_CONF).is_file():
+        raise RestoreError(f"the fetched copy in {cipherdir} has no {FORWARD_CONF}: it is not "
+                           "an Offsite archive copy")
+    with _mounted(plain_mount_argv(gocryptfs, password_file, cipherdir, mountpoint),
+                  fusermount, mountpoint, password_file, cipherdir / FORWARD_CONF, warn,
+                  "the fetched copy"):
+        yield mountpoint
+
+
+def fsck(gocryptfs: str, password_file: Path, cipherdir: Path) -> str | None:
+    """Reads and authenticates every name and block of a fetched copy; what is wrong, or
+    None."""
+    done = tools.run(fsck_argv(gocryptfs, password_file, cipherdir), timeout=FSCK_TIMEOUT_S)
+    if done.returncode == 0:
+        return None
+    if done.returncode == PASSWORD_INCORRECT:
+        raise ConfigError(f"gocryptfs refused the password in {password_file} for the fetched "
+                          "copy (password incorrect)")
+    found = [line.strip() for line in (done.stdout + done.stderr).splitlines()
+             if "corrupt" in line.lower() or "error" in line.lower()]
+    return (f"gocryptfs -fsck found damage (exit {done.returncode}): "
+            f"{' | '.join(found[-3:]) or tools.tail(done.stderr)}")
+
+
+@contextlib.contextmanager
+def _mounted(argv: list[str], fusermount: str, mountpoint: Path, password_file: Path,
+             conf: Path, warn: Callable[[str], None], what: str) -> Iterator[None]:
     release_stale(fusermount, mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    done = _run(mount_argv(gocryptfs, password_file, repository, mountpoint))
+    done = _run(argv)
     if done.returncode == PASSWORD_INCORRECT:
-        raise ConfigError(f"gocryptfs refused the password in {password_file} for "
-                          f"{repository / REVERSE_CONF} (password incorrect)")
+        raise ConfigError(f"gocryptfs refused the password in {password_file} for {conf} "
+                          "(password incorrect)")
     if done.returncode != 0:
-        raise LocalStageError(f"cannot mount the encrypted view ({done.returncode}): "
+        raise LocalStageError(f"cannot mount {what} ({done.returncode}): "
                               f"{tools.tail(done.stderr)}")
     try:
-        yield mountpoint
+        yield
     finally:
         try:
             unmount(fusermount, mountpoint)

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     LOCKED = 7
     LOCAL_FAILED = 8
     SERVER = 9
+    RESTORE_FAILED = 10
 
 
 def exit_codes_help() -> str:
@@ -35,16 +36,24 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.OK: "done: the backup was shipped, verified and reported succeeded "
                  "(other commands: they worked)",
     ExitCode.CONFIG: "configuration error: config file, key, password, tool or path, or the "
-                     "server refused this host (400/401/403); nothing was sent",
-    ExitCode.NO_WINDOW: "no backup window is open; normal under cron, try again next time",
+                     "server refused this host (400/401/403); nothing was sent; for restore: "
+                     "a bad request (unknown date, incomplete point, path not in the backup, "
+                     "target not empty), nothing was written",
+    ExitCode.NO_WINDOW: "no backup window is open; normal under cron, try again next time "
+                        "(restore: another window is active on the archive)",
     ExitCode.DEADLINE: "the window deadline (or the certificate's end) was reached; what "
-                       "arrived stays on the archive and the next run resumes from it",
+                       "arrived stays on the archive and the next run resumes from it "
+                       "(restore: what was fetched is kept and the next attempt resumes)",
     ExitCode.TRANSFER_FAILED: "the transfer failed (rsync or ssh: network, archive, auth)",
-    ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view",
+    ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view (verify "
+                            "--deep: the restore drill failed, or differs from the local "
+                            "backup)",
     ExitCode.LOCKED: "another offsite-host run holds the lock; this one did nothing",
     ExitCode.LOCAL_FAILED: "the local stage failed (rdiff-backup or the gocryptfs view)",
     ExitCode.SERVER: "the control plane is unreachable, was still opening the window after "
                      "max_wait_s, or answered outside the contract",
+    ExitCode.RESTORE_FAILED: "the restore failed: the fetched copy could not be decrypted "
+                             "(corrupted ciphertext) or restored; the target was left as it was",
 }
 
 
@@ -84,3 +93,7 @@ class LocalStageError(OffsiteError):
 
 class ServerError(OffsiteError):
     exit_code = ExitCode.SERVER
+
+
+class RestoreError(OffsiteError):
+    exit_code = ExitCode.RESTORE_FAILED

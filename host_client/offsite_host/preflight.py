@@ -58,3 +58,16 @@ def check_password_file(path: Path) -> None:
         raise ConfigError(f"cannot read the password file {path}: {exc.strerror}") from None
     if not data.strip():
         raise ConfigError(f"the password file {path} is empty")
+
+
+def check_restore(cfg: Config, needs_repository: bool = False) -> Ready:
+    """Before a restore: every tool, the identity key and the password. The local repository is
+    needed only by `verify --deep` (a restore onto a new host has none yet)."""
+    resolved = tools.resolve(cfg.tools)
+    identity = keys.load_identity(cfg.key_file)
+    repos = history.plan(cfg.paths, cfg.excludes, cfg.repository, (cfg.repository, cfg.state_dir))
+    check_password_file(cfg.password_file)
+    if needs_repository and not (cfg.repository / encrypt.REVERSE_CONF).is_file():
+        raise ConfigError(f"{cfg.repository} is not initialised (no {encrypt.REVERSE_CONF}): "
+                          "there is no local backup to compare with")
+    return Ready(resolved, identity, repos)

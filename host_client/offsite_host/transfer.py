@@ -101,6 +101,30 @@ def rsync_argv(rsync: str, rsh: str, view: str, session: Session, *, io_timeout_
     return [*argv, "--", view.rstrip("/") + "/", destination(session)]
 
 
+PULL_FLAGS = ("-rlt", "--partial", "--delete", "--exclude=.~tmp~/")
+
+
+def pull_argv(rsync: str, rsh: str, session: Session, staging: str, *, io_timeout_s: int,
+              bwlimit_kib: int = 0, progress: bool = False) -> list[str]:
+    """The fetch of a restore session's copy (`rrsync -ro`) into the local staging directory.
+
+    `--partial` keeps a cut-off file as the delta basis of the next attempt, and finished files
+    stay, so a new attempt fetches only what is missing; `--delete` makes the staging an exact
+    copy; the `.~tmp~` directories a cut-off backup left are not part of any copy."""
+    argv = [rsync, *PULL_FLAGS, f"--timeout={io_timeout_s}", "-e", rsh, "--stats"]
+    if progress:
+        argv.append("--info=progress2")
+    if bwlimit_kib:
+        argv.append(f"--bwlimit={bwlimit_kib}")
+    return [*argv, "--", destination(session).rstrip("/") + "/", staging.rstrip("/") + "/"]
+
+
+def received(stdout: str) -> int:
+    """`Total bytes received` of `rsync --stats` (0 when absent)."""
+    match = re.search(r"^Total bytes received:\s*([\d,.' ]+)$", stdout, re.M)
+    return int(re.sub(r"\D", "", match.group(1)) or 0) if match else 0
+
+
 def rsync_local_path(path: Path, platform: str) -> str:
     """How rsync names a local directory: as is, except Windows drive paths, which the
     Cygwin-based rsync builds (cwRsync, Cygwin) take as /cygdrive/<drive>/..."""

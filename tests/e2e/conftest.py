@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -181,14 +181,17 @@ LogLevel VERBOSE
                 time.sleep(0.2)
         shutil.rmtree(self.volumes, ignore_errors=True)
 
-    def issue(self, public_line: str, account: Account, validity_s: int, key_id: str) -> str:
-        """An OpenSSH user certificate over `public_line`, as the control plane would make."""
+    def issue(self, public_line: str, account: Account, validity_s: int, key_id: str,
+              root: Path | None = None, access: str = "-wo") -> str:
+        """An OpenSSH user certificate over `public_line`, as the control plane would make:
+        write-only on the account's volume (a backup), or read-only (`access="-ro"`) on a
+        restored copy of it (`root`)."""
         self._serial += 1
         pub = self.root / f"request-{self._serial}.pub"
         pub.write_text(public_line + "\n")
         must(["ssh-keygen", "-q", "-s", str(self.ca), "-I", key_id, "-n", account.name,
               "-z", str(self._serial), "-V", f"-1m:+{validity_s}s", "-O", "clear",
-              "-O", f"force-command={RRSYNC} -wo {account.volume}", str(pub)])
+              "-O", f"force-command={RRSYNC} {access} {root or account.volume}", str(pub)])
         return (self.root / f"request-{self._serial}-cert.pub").read_text().strip()
 
     def known_hosts(self) -> str:
@@ -197,11 +200,40 @@ LogLevel VERBOSE
 
 
 @dataclass
+class Snapshot:
+    """A point-in-time copy of a host's volume, as an EBS snapshot would hold it."""
+
+    snapshot_id: str
+    window_id: str
+    day: str
+    started_at: float
+    complete: bool
+    copy: Path
+
+    def listed(self) -> dict[str, Any]:
+        return {"snapshot_id": self.snapshot_id, "window_id": self.window_id, "day": self.day,
+                "started_at": iso(self.started_at), "complete": self.complete, "size_gib": 1}
+
+
+@dataclass
+class RestoreWindow:
+    window_id: str
+    snapshot: Snapshot
+    volume: Path
+    """The restored copy the read-only certificate is confined to."""
+
+
+@dataclass
 class HostEntry:
     account: Account
     validity_s: int = 3600
     remote_path: str = "current/"
     script: deque[tuple[int, dict[str, str], bytes]] = field(default_factory=deque)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    restore: RestoreWindow | None = None
+    restores: list[RestoreWindow] = field(default_factory=list)
+    on_restore: Callable[[Path], None] | None = None
+    """Called with each restored copy before its session is issued (to damage it)."""
 
 
 class SessionServer:
@@ -223,6 +255,34 @@ class SessionServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def snapshot(self, host: str, day: str, complete: bool = True) -> Snapshot:
+        """Copies the host's volume as it is now, as the window's snapshot of `day`."""
+        entry = self.hosts[host]
+        number = len(entry.snapshots) + 1
+        snap_id = f"snap-{host}-{number}"
+        copy = self.archive.volumes / "snapshots" / host / snap_id
+        copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copytree(entry.account.volume, copy, symlinks=True)
+        snap = Snapshot(snap_id, f"w-{day}-{number}", day, time.time(), complete, copy)
+        entry.snapshots.append(snap)
+        return snap
+
+    def open_restore(self, host: str, snap: Snapshot) -> RestoreWindow:
+        """What the control plane does for a restore: a volume made from the snapshot, which
+        the host's account can read."""
+        entry = self.hosts[host]
+        window_id = f"r-{snap.snapshot_id}-{len(entry.restores) + 1}"
+        volume = self.archive.volumes / "restored" / window_id
+        volume.parent.mkdir(exist_ok=True, mode=0o755)
+        shutil.copytree(snap.copy, volume, symlinks=True)
+        for path in [volume, *volume.rglob("*")]:
+            os.lchown(path, entry.account.uid, 0)
+        if entry.on_restore is not None:
+            entry.on_restore(volume)
+        entry.restore = RestoreWindow(window_id, snap, volume)
+        entry.restores.append(entry.restore)
+        return entry.restore
+
     def reports_of(self, host: str) -> list[dict[str, Any]]:
         with self.lock:
             return [r for r in self.reports if r.get("host") == host]
@@ -241,7 +301,13 @@ class SessionServer:
         if path == "/api/v1/reports":
             with self.lock:
                 self.reports.append(data)
+                entry = self.hosts.get(data.get("host", ""))
+                if entry and entry.restore and entry.restore.window_id == data.get("window_id"):
+                    entry.restore = None  # the report closes the restore window
             return _json(200, {"ok": True})
+        parts = path.split("/")
+        if len(parts) == 6 and parts[:4] == ["", "api", "v1", "hosts"]:
+            return self._hosts_route(parts[4], parts[5], data, headers)
         if path != "/api/v1/sessions":
             return _json(404, {"error": "not_found", "message": path})
         entry = self.hosts.get(data.get("host", ""))
@@ -250,14 +316,45 @@ class SessionServer:
         if entry.script:
             return entry.script.popleft()
         now = time.time()
-        window = "w-e2e-1"
+        window, root, access = "w-e2e-1", None, "-wo"
+        if data.get("purpose") == "restore":
+            if entry.restore is None:
+                return _json(409, {"error": "no_open_window", "message": "no restore window"})
+            window, root, access = entry.restore.window_id, entry.restore.volume, "-ro"
         certificate = self.archive.issue(data["ssh_public_key"], entry.account,
-                                         entry.validity_s, f"{entry.account.name}/{window}")
+                                         entry.validity_s, f"{entry.account.name}/{window}",
+                                         root, access)
         return _json(201, {
             "window_id": window, "address": "127.0.0.1", "port": self.archive.port,
             "user": entry.account.name, "certificate": certificate,
             "known_hosts": self.archive.known_hosts(), "remote_path": entry.remote_path,
             "not_after": iso(now + entry.validity_s), "deadline": iso(now + 3 * 3600)})
+
+    def _hosts_route(self, host: str, route: str, data: dict[str, Any],
+                     headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """`GET /v1/hosts/{name}/snapshots` and `POST /v1/hosts/{name}/restores`."""
+        entry = self.hosts.get(host)
+        if entry is None or headers.get("method") not in ("GET", "POST"):
+            return _json(403, {"error": "unknown_host", "message": "this host is not enrolled"})
+        newest_first = sorted(entry.snapshots, key=lambda s: s.started_at, reverse=True)
+        if route == "snapshots" and headers["method"] == "GET":
+            return _json(200, {"host": host, "snapshots": [s.listed() for s in newest_first]})
+        if route != "restores" or headers["method"] != "POST":
+            return _json(404, {"error": "not_found", "message": route})
+        if entry.restore is not None:
+            return _json(409, {"error": "window_active", "message": "a restore is open"})
+        chosen = [s for s in newest_first if data.get("snapshot_id") in (None, s.snapshot_id)
+                  and data.get("day") in (None, s.day)]
+        if not chosen:
+            return _json(404, {"error": "no_recovery_point", "message": "no such point",
+                               "days": sorted({s.day for s in entry.snapshots}, reverse=True)})
+        snap = next((s for s in chosen if s.complete), chosen[0])
+        if not snap.complete and not data.get("allow_incomplete"):
+            return _json(409, {"error": "incomplete_snapshot", "message": snap.snapshot_id})
+        restore = self.open_restore(host, snap)
+        return _json(202, {"window_id": restore.window_id, "snapshot_id": snap.snapshot_id,
+                           "day": snap.day, "complete": snap.complete,
+                           "deadline": iso(time.time() + 3600)})
 
 
 def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> tuple[
@@ -271,6 +368,7 @@ def _handler(server: SessionServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
+            headers["method"] = self.command
             status, extra, payload = server.answer(self.path, headers, body)
             self.send_response(status)
             for name, value in extra.items():
@@ -278,6 +376,8 @@ def _handler(server: SessionServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+
+        do_GET = do_POST
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

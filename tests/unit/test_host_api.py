@@ -39,3 +39,17 @@ def test_error_text_reads_the_servers_json_error() -> None:
     assert Answer(400, {}, b'{"error": "bad"}').error_text() == "bad"
     assert Answer(502, {}, b"<html>").error_text() == "HTTP 502 without a JSON error"
     assert Answer(200, {"Retry-After": "3"}, b"").header("retry-after") == "3"
+
+
+def test_a_get_is_signed_over_its_empty_body_and_verifies_on_the_server() -> None:
+    from chalicelib.httpsig import SignedRequest, verify_request
+
+    key = SigningKey(bytes(range(32)))
+    request = prepare("https://api.example.com/prod", "/v1/hosts/web-1/snapshots", None, key,
+                      "web-1", 1_900_000_000, "n0nce")
+    assert request.method == "GET" and request.body == b""
+    signed = SignedRequest("GET", "api.example.com", "/v1/hosts/web-1/snapshots", "",
+                           request.headers, b"")
+    verified = verify_request(signed, now=1_900_000_000,
+                              lookup=lambda keyid: bytes(key.verify_key))
+    assert verified.keyid == "web-1"

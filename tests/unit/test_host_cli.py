@@ -56,3 +56,22 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     for code in ("0", "2", "3", "4", "5", "6", "7", "8", "9"):
         assert f"\n  {code}  " in out
     assert "cppcryptfs" in out and "macFUSE" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["restore", "--to", "/tmp/x"], "needs --date"),
+    (["restore", "--date", "2030-02-30", "--to", "/tmp/x"], "is not a day"),
+    (["restore", "--date", "2030-03-01", "--at", "yesterday", "--to", "/tmp/x"], "--at"),
+])
+def test_restore_arguments_are_checked_first(config: Path, args: list[str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (config.parent / "state" / "run.lock").exists()  # refused before anything
+
+
+def test_help_documents_the_restore_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["restore", "--help"])
+    out = capsys.readouterr().out
+    assert "  10  the restore failed" in out and "--force-overwrite" in out

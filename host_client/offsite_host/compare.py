@@ -1,0 +1,66 @@
+"""Comparing two trees for `verify --deep`: names, kinds, content, symlink targets and modes.
+
+`inventory` reads a tree into a plain mapping (the only I/O); `differences` compares two such
+mappings and is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+Entry = tuple[str, int, str]
+"""(kind, permission bits, sha-256 of the content or the link's target; "" for others)."""
+
+CHUNK = 1024 * 1024
+
+
+def inventory(root: Path, skip: tuple[str, ...] = ()) -> dict[str, Entry]:
+    """Every entry below `root` (not `root` itself), by relative POSIX path; top-level names in
+    `skip` (rdiff-backup's own `rdiff-backup-data`) are left out with all below them."""
+    found: dict[str, Entry] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
+        for name in sorted(dirnames) + sorted(filenames):
+            path = here / name
+            found[path.relative_to(root).as_posix()] = _entry(path)
+    return found
+
+
+def differences(expected: dict[str, Entry], actual: dict[str, Entry]) -> list[str]:
+    """What differs, one line each, sorted by path."""
+    lines = []
+    for name in sorted(set(expected) | set(actual)):
+        want, got = expected.get(name), actual.get(name)
+        if got is None:
+            lines.append(f"missing: {name}")
+        elif want is None:
+            lines.append(f"unexpected: {name}")
+        elif want[0] != got[0]:
+            lines.append(f"kind: {name} is a {got[0]}, expected a {want[0]}")
+        elif want[2] != got[2]:
+            lines.append(f"{'target' if want[0] == 'link' else 'content'}: {name}")
+        elif want[1] != got[1] and want[0] != "link":
+            lines.append(f"mode: {name} is {got[1]:04o}, expected {want[1]:04o}")
+    return lines
+
+
+def _entry(path: Path) -> Entry:
+    info = path.lstat()
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return ("link", mode, os.readlink(path))
+    if stat.S_ISDIR(info.st_mode):
+        return ("dir", mode, "")
+    if stat.S_ISREG(info.st_mode):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return ("file", mode, digest.hexdigest())
+    return ("special", mode, str(stat.S_IFMT(info.st_mode)))

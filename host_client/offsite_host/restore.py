@@ -1,0 +1,185 @@
+"""`offsite-host restore` and the fetch it shares with `verify --deep`.
+
+1. choose the recovery point (`GET /v1/hosts/{name}/snapshots`) and ask for it
+   (`POST /v1/hosts/{name}/restores`): the control plane opens a restore window;
+2. session: `POST /v1/sessions` with purpose "restore", a read-only (`rrsync -ro`) certificate;
+3. fetch: rsync the ciphertext down into `<state_dir>/restore/<snapshot>`, resumable (a cut-off
+   fetch is kept, and the next attempt fetches only what is missing);
+4. decrypt: gocryptfs forward mode, read-only; a block that fails authentication is an I/O
+   error, which fails the restore (exit 10), never wrong data;
+5. restore: `rdiff-backup restore --at` into a temporary directory beside the target, renamed
+   into place only once complete, so a failure leaves the target as it was;
+6. report: the restore window always hears how it ended, which closes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from offsite_host import encrypt, preflight, restore_plan, runner, tools, transfer
+from offsite_host.api import ApiClient, Transport, urllib_transport
+from offsite_host.config import Config
+from offsite_host.console import Console
+from offsite_host.ephemeral import Ephemeral
+from offsite_host.exitcodes import (
+    DeadlineError,
+    ExitCode,
+    OffsiteError,
+    ServerError,
+    TransferError,
+)
+from offsite_host.points import Choice, RestoreWindow, choose, fetch_points, request_restore
+from offsite_host.report import Report, send_report
+from offsite_host.restore_plan import Selection
+from offsite_host.run import Outcome, outcome_of
+from offsite_host.session import Session, open_session
+from offsite_host.unpack import place, restore_into, target_state
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    day: str
+    at: str
+    path: PurePath | None
+    target: Path
+    overwrite: bool
+    allow_incomplete: bool
+
+
+class Restorer:
+    def __init__(self, cfg: Config, console: Console, transport: Transport = urllib_transport,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cfg, self.console, self.transport = cfg, console, transport
+        self.clock, self.sleep = clock, sleep
+
+    def client(self, ready: preflight.Ready) -> ApiClient:
+        return ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
+                         clock=self.clock)
+
+    def restore(self, request: RestoreRequest) -> Outcome:
+        selections = restore_plan.select(request.path, self.cfg.paths)
+        restore_plan.check_target(request.target, target_state(request.target), self.cfg.paths,
+                                  (self.cfg.repository, self.cfg.state_dir), request.overwrite)
+        ready = preflight.check_restore(self.cfg)
+        client = self.client(ready)
+        choice = choose(fetch_points(client), request.day, request.allow_incomplete)
+        return self.in_window(client, choice, lambda staging: self._unpack(
+            ready, staging, request, selections, choice))
+
+    def in_window(self, client: ApiClient, choice: Choice,
+                  work: Callable[[Path], Outcome]) -> Outcome:
+        """Opens the restore window of `choice`, fetches its copy, hands it to `work`, and
+        reports how it all ended to the window, whatever happened."""
+        self.console.step("restore", f"{choice.point.snapshot_id}: {choice.reason}")
+        window = request_restore(client, choice.point)
+        started = self.clock()
+        try:
+            staging = self._fetch(client, window)
+            try:
+                outcome = work(staging)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # fetched whole: never reused
+        except OffsiteError as exc:
+            self.console.error(str(exc))
+            failed = outcome_of(exc, window.window_id)
+            self._report(client, window, "failed", failed.detail, started)
+            return failed
+        except KeyboardInterrupt:  # the window must still close: tell it, then stop
+            self._report(client, window, "failed", "interrupted", started)
+            raise
+        self._report(client, window, "succeeded", outcome.detail, started)
+        return outcome
+
+    def _fetch(self, client: ApiClient, window: RestoreWindow) -> Path:
+        ready_tools = tools.resolve(self.cfg.tools, ("rsync", "ssh"))
+        staging = self.cfg.state_dir / "restore" / window.snapshot_id
+        _drop_other_stagings(staging)
+        staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
+            session = open_session(client, eph.public_line, self.cfg.max_wait_s,
+                                   self._step("session"), self.clock, self.sleep,
+                                   purpose="restore")
+            if session.window_id != window.window_id:
+                raise ServerError(f"the restore session is for window {session.window_id}, "
+                                  f"not the restore window {window.window_id}")
+            eph.write_session(session)
+            self.console.step("session", f"window {session.window_id}: read-only "
+                              f"{session.user}@{session.address}:{session.port}")
+            rsh = transfer.rsh_command(transfer.ssh_argv(ready_tools.ssh, eph.files, session))
+            argv = transfer.pull_argv(ready_tools.rsync, rsh, session,
+                                      transfer.rsync_local_path(staging, sys.platform),
+                                      io_timeout_s=self.cfg.io_timeout_s,
+                                      bwlimit_kib=self.cfg.bwlimit_kib,
+                                      progress=self.console.tty)
+            started = time.monotonic()
+            done = self._until_stop(argv, session)
+        self.console.step("fetch", f"{transfer.received(done.stdout)} bytes received in "
+                          f"{time.monotonic() - started:.1f} s into {staging}")
+        return staging
+
+    def _until_stop(self, argv: list[str], session: Session) -> runner.Finished:
+        stop_at = session.stop_at - self.cfg.deadline_margin_s
+        if stop_at <= self.clock():
+            raise DeadlineError("the restore session ends too soon for the fetch "
+                                f"(deadline_margin_s={self.cfg.deadline_margin_s})")
+        done = runner.run_until(argv, stop_at, self.console.progress if self.console.tty
+                                else None, self.clock)
+        if done.stopped:
+            raise DeadlineError("the restore session ended during the fetch; what arrived is "
+                                "kept, and the next attempt fetches only the rest")
+        if done.returncode != 0:
+            raise TransferError(f"fetching the recovery point failed (rsync exit "
+                                f"{done.returncode}): {tools.tail(done.stderr, 4)}; what "
+                                "arrived is kept for the next attempt")
+        return done
+
+    def _unpack(self, ready: preflight.Ready, staging: Path, request: RestoreRequest,
+                selections: list[Selection], choice: Choice) -> Outcome:
+        with self.plain(ready, staging) as plain:
+            def build(tree: Path) -> None:
+                for sel in selections:
+                    restore_into(ready.tools.rdiff_backup, plain, request.at, sel,
+                                 tree if request.path else tree / sel.repository)
+
+            placed = place(request.target, request.overwrite, build,
+                           (request.path.name or "root") if request.path else None)
+        what = str(request.path) if request.path else ", ".join(str(s.path) for s in selections)
+        detail = (f"restored {what} of {choice.point.day} ({choice.point.snapshot_id}) at "
+                  f"{request.at} into {placed}")
+        self.console.step("restore", detail)
+        return Outcome(ExitCode.OK, "restored", detail)
+
+    @contextlib.contextmanager
+    def plain(self, ready: preflight.Ready, staging: Path) -> Iterator[Path]:
+        with encrypt.mounted_plain(ready.tools.gocryptfs, ready.tools.fusermount,
+                                   self.cfg.password_file, staging,
+                                   self.cfg.state_dir / "plain", self._step("decrypt")) as plain:
+            self.console.step("decrypt", f"{staging} on {plain} (read-only)")
+            yield plain
+
+    def _report(self, client: ApiClient, window: RestoreWindow, status: str, detail: str,
+                started: float) -> None:
+        try:
+            send_report(client, Report(window.window_id, status, 0, 0, self.clock() - started,
+                                       detail), sleep=self.sleep)
+            self.console.step("report", status)
+        except OffsiteError as exc:
+            self.console.step("report", f"not sent: {exc}")
+
+    def _step(self, name: str) -> Callable[[str], None]:
+        return lambda message: self.console.step(name, message)
+
+
+def _drop_other_stagings(keep: Path) -> None:
+    """Only one fetched copy is kept: another snapshot's partial fetch is dropped."""
+    if keep.parent.is_dir():
+        for other in keep.parent.iterdir():
+            if other != keep:
+                shutil.rmtree(other, ignore_errors=True)

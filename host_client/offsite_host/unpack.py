@@ -1,0 +1,80 @@
+"""Writing a restore: `rdiff-backup restore` of a selection from the decrypted copy, into a
+temporary directory beside the target that is renamed into place only once complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from offsite_host import restore_plan, tools
+from offsite_host.exitcodes import ConfigError, RestoreError
+from offsite_host.restore_plan import Selection, TargetState
+
+RESTORE_TIMEOUT_S = 24 * 3600.0
+
+
+def target_state(target: Path) -> TargetState:
+    try:
+        if not target.is_dir():
+            return TargetState.NOT_A_DIRECTORY if target.exists() or target.is_symlink() \
+                else TargetState.ABSENT
+        with os.scandir(target) as entries:
+            return TargetState.NOT_EMPTY if next(entries, None) else TargetState.EMPTY
+    except OSError as exc:
+        raise ConfigError(f"--to {target}: {exc.strerror}") from None
+
+
+def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> None:
+    """`rdiff-backup restore --at` of one selection of the decrypted copy into `out` (which
+    must not exist); a path absent at that time is an error, not an empty result."""
+    repo = plain / sel.repository
+    if not (repo / "rdiff-backup-data").is_dir():
+        raise ConfigError(f"{sel.path} is not in the backup: this recovery point has no "
+                          f"repository {sel.repository}")
+    done = tools.run(restore_plan.restore_argv(rdiff_backup, at, repo.joinpath(*sel.inner),
+                                               out), timeout=RESTORE_TIMEOUT_S)
+    problem = restore_plan.restore_problem(done.returncode, done.stderr)
+    if problem:
+        raise RestoreError(f"restoring {sel.path} failed: {problem}; nothing was written "
+                           "to the target")
+    if not out.exists() and not out.is_symlink():
+        raise ConfigError(f"{sel.path} is not in the backup at {at}: nothing to restore")
+
+
+def place(target: Path, overwrite: bool, build: Callable[[Path], object],
+          file_name: str | None) -> Path:
+    """Builds the restored tree in a temporary directory beside `target` (same file system),
+    then renames it into place; on any failure the temporary directory goes and `target`
+    stays as it was. `build` makes the tree at the path it is given: one selection (named
+    `file_name`; a file, rather than a directory, is put inside the target under that name),
+    or, when `file_name` is None, a directory `build` fills."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.offsite-restore-", dir=target.parent))
+    try:
+        tree = work / "tree"
+        if file_name is None:
+            tree.mkdir(mode=0o755)
+        build(tree)
+        if file_name is not None and (tree.is_symlink() or not tree.is_dir()):
+            holder = work / "holder"
+            holder.mkdir(mode=0o755)
+            tree.rename(holder / file_name)
+            tree = holder
+        _swap(tree, target, work, overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _swap(tree: Path, target: Path, work: Path, overwrite: bool) -> None:
+    state = target_state(target)
+    if state is TargetState.NOT_EMPTY and not overwrite:
+        raise ConfigError(f"--to {target} is no longer empty; nothing was changed")
+    if state is TargetState.NOT_EMPTY:
+        target.rename(work / "previous")
+    elif state is TargetState.EMPTY:
+        target.rmdir()
+    tree.rename(target)

@@ -1,0 +1,310 @@
+"""Restore: any retained day comes back byte for byte (content, names, symlinks, modes) through
+the real path (restore window, read-only certificate, rsync, gocryptfs, rdiff-backup); damaged
+ciphertext fails loudly; bad requests are refused with nothing overwritten; `verify --deep`
+proves a point readable."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    Host,
+    HostFactory,
+    SessionServer,
+    Snapshot,
+    make_tree,
+    must,
+    run,
+    tree_digest,
+)
+
+pytestmark = pytest.mark.e2e
+
+DAYS = ["2030-03-01", "2030-03-02", "2030-03-03"]
+INCOMPLETE_DAY = "2030-03-04"
+Tree = dict[str, tuple[str, int, str]]
+
+
+def tree(root: Path) -> Tree:
+    """Every entry below `root`: kind, permission bits, content hash or link target."""
+    found: Tree = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISLNK(info.st_mode):
+            found[path.relative_to(root).as_posix()] = ("link", 0, os.readlink(path))
+        elif stat.S_ISDIR(info.st_mode):
+            found[path.relative_to(root).as_posix()] = ("dir", mode, "")
+        else:
+            found[path.relative_to(root).as_posix()] = (
+                "file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+@dataclass
+class ThreeDays:
+    host: Host
+    trees: dict[str, Tree]
+    snapshots: dict[str, Snapshot]
+
+
+def backup(host: Host, server: SessionServer, day: str, complete: bool = True) -> Snapshot:
+    done = host.cli("run")
+    assert done.returncode == 0, done.stderr
+    return server.snapshot(host.name, day, complete)
+
+
+@pytest.fixture(scope="module")
+def days(make_module_host: HostFactory, session_server: SessionServer) -> ThreeDays:
+    """Three nightly backups with changes between them (content, a new file, a deleted one, a
+    re-pointed symlink, modes), each snapshotted as its day; then an incomplete fourth."""
+    host = make_module_host()
+    src = host.source
+    make_tree(src, large_bytes=512 * 1024)
+    (src / "notes-folder" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "notes-folder" / "run.sh").chmod(0o755)
+    (src / "binary-folder" / "blob-sample.bin").chmod(0o640)
+    (src / "binary-folder").chmod(0o750)
+    trees, snaps = {}, {}
+    for number, day in enumerate(DAYS):
+        if number == 1:
+            (src / "notes-folder" / "quarterly-report-marker.txt").write_text("edited on day 2\n")
+            (src / "notes-folder" / "added-day-2.txt").write_text("new\n")
+            (src / "Ünïcødé-файл-名前.txt").unlink()
+            (src / "notes-folder" / "run.sh").chmod(0o700)
+        if number == 2:
+            (src / "pointer-to-report").unlink()
+            (src / "pointer-to-report").symlink_to("notes-folder/added-day-2.txt")
+            (src / "binary-folder" / "blob-sample.bin").write_bytes(os.urandom(50_000))
+            (src / "day-3-only").mkdir(mode=0o711)
+        snaps[day] = backup(host, session_server, day)
+        trees[day] = tree(src)
+    session_server.snapshot(host.name, INCOMPLETE_DAY, complete=False)
+    return ThreeDays(host, trees, snaps)
+
+
+@pytest.fixture(autouse=True)
+def restore_window_closed(days: ThreeDays) -> Iterator[None]:
+    """Every case ends with its restore window reported (closed) and nothing left mounted."""
+    yield
+    entry = days.host.entry
+    entry.on_restore = None
+    assert entry.restore is None, "the restore window was not reported"
+    with open("/proc/mounts") as mounts:
+        assert str(days.host.root) not in mounts.read()
+
+
+def restore(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return host.cli("restore", *args, timeout=180)
+
+
+def expect(done: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".offsite-restore-" in p.name]
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_each_day_restores_byte_identical(days: ThreeDays, session_server: SessionServer,
+                                          tmp_path: Path, day: str) -> None:
+    host = days.host
+    done = restore(host, "--date", day, "--path", str(host.source), "--to",
+                   str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "out") == days.trees[day]
+    report = session_server.reports_of(host.name)[-1]
+    assert report["status"] == "succeeded"
+    assert report["window_id"] == host.entry.restores[-1].window_id
+    assert host.entry.restores[-1].snapshot is days.snapshots[day]
+    assert leftovers(tmp_path) == []
+    assert not any((host.root / "state" / "restore").iterdir())
+
+
+def test_at_an_older_increment_inside_the_point(days: ThreeDays, tmp_path: Path) -> None:
+    host = days.host
+    done = restore(host, "--date", DAYS[2], "--at", "2B", "--path", str(host.source), "--to",
+                   str(tmp_path / "older"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "older") == days.trees[DAYS[0]]
+
+
+def test_a_path_below_a_configured_one_and_no_path(days: ThreeDays, tmp_path: Path) -> None:
+    host = days.host
+    sub = host.source / "notes-folder"
+    done = restore(host, "--date", DAYS[1], "--path", str(sub), "--to", str(tmp_path / "sub"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "sub") == {k.removeprefix("notes-folder/"): v
+                                      for k, v in days.trees[DAYS[1]].items()
+                                      if k.startswith("notes-folder/")}
+    one = sub / "run.sh"
+    done = restore(host, "--date", DAYS[1], "--path", str(one), "--to", str(tmp_path / "file"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "file") == {"run.sh": days.trees[DAYS[1]]["notes-folder/run.sh"]}
+    done = restore(host, "--date", DAYS[0], "--to", str(tmp_path / "all"))
+    assert done.returncode == 0, done.stderr
+    (name,) = [p.name for p in (tmp_path / "all").iterdir()]
+    assert tree(tmp_path / "all" / name) == days.trees[DAYS[0]]
+
+
+def test_listing_the_recovery_points(days: ThreeDays) -> None:
+    for args in (["snapshots"], ["restore", "--list"]):
+        done = days.host.cli(*args)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert [line.split()[0] for line in lines[1:]] == [INCOMPLETE_DAY, *DAYS[::-1]]
+        assert "INCOMPLETE" in lines[1] and "complete" in lines[2]
+
+
+def test_a_restore_certificate_cannot_write(days: ThreeDays, session_server: SessionServer,
+                                            tmp_path: Path) -> None:
+    host = days.host
+    window = session_server.open_restore(host.name, days.snapshots[DAYS[0]])
+    try:
+        key = tmp_path / "id_ed25519"
+        must(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        cert = session_server.archive.issue(Path(f"{key}.pub").read_text().strip(),
+                                            host.account, 600, "probe", window.volume, "-ro")
+        Path(f"{key}-cert.pub").write_text(cert + "\n")
+        known = tmp_path / "known_hosts"
+        known.write_text(session_server.archive.known_hosts() + "\n")
+        ssh = (f"ssh -F none -p {session_server.archive.port} -l {host.name} -i {key} "
+               f"-o CertificateFile={key}-cert.pub -o IdentitiesOnly=yes -o BatchMode=yes "
+               f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known}")
+        (tmp_path / "push").mkdir()
+        (tmp_path / "push" / "intruder.txt").write_text("must not land\n")
+        before = tree_digest(window.volume)
+        pushed = run(["rsync", "-r", "-e", ssh, f"{tmp_path / 'push'}/",
+                      "127.0.0.1:current/"])
+        assert pushed.returncode != 0
+        assert "read-only" in pushed.stderr or "sending to read-only" in pushed.stderr, \
+            pushed.stderr
+        assert tree_digest(window.volume) == before
+        pulled = run(["rsync", "-r", "-e", ssh, "127.0.0.1:current/", f"{tmp_path / 'pull'}/"])
+        assert pulled.returncode == 0, pulled.stderr
+        assert (tmp_path / "pull" / "gocryptfs.conf").is_file()
+    finally:
+        host.entry.restore = None
+
+
+def flip_a_byte(volume: Path) -> None:
+    """Damages the largest ciphertext file in place: same size, same mtime."""
+    victim = max((p for p in (volume / "current").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    info = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def test_corrupted_ciphertext_fails_loudly(days: ThreeDays, session_server: SessionServer,
+                                           tmp_path: Path) -> None:
+    host = days.host
+    host.entry.on_restore = flip_a_byte
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (tmp_path / "absent", empty):
+        done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to",
+                       str(target))
+        expect(done, 10, "input/output error")
+        assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+    assert not (tmp_path / "absent").exists()
+    assert list(empty.iterdir()) == []
+    assert leftovers(tmp_path) == []
+    host.entry.on_restore = None
+    done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(empty))
+    assert done.returncode == 0, done.stderr  # a damaged fetch is not reused
+    assert tree(empty) == days.trees[DAYS[2]]
+
+
+def test_unknown_date(days: ThreeDays, tmp_path: Path) -> None:
+    opened = len(days.host.entry.restores)
+    done = restore(days.host, "--date", "2031-01-01", "--to", str(tmp_path / "x"))
+    expect(done, 2, "no recovery point on 2031-01-01")
+    assert DAYS[0] in done.stderr
+    done = restore(days.host, "--date", "2030-02-30", "--to", str(tmp_path / "x"))
+    expect(done, 2, "is not a day")
+    assert len(days.host.entry.restores) == opened
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_day_with_only_an_incomplete_point(days: ThreeDays, tmp_path: Path) -> None:
+    host = days.host
+    opened = len(host.entry.restores)
+    done = restore(host, "--date", INCOMPLETE_DAY, "--path", str(host.source), "--to",
+                   str(tmp_path / "x"))
+    expect(done, 2, "--allow-incomplete")
+    assert len(host.entry.restores) == opened and not (tmp_path / "x").exists()
+    done = restore(host, "--date", INCOMPLETE_DAY, "--allow-incomplete", "--path",
+                   str(host.source), "--to", str(tmp_path / "x"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "x") == days.trees[DAYS[2]]
+
+
+def test_a_path_not_in_the_backup(days: ThreeDays, session_server: SessionServer,
+                                  tmp_path: Path) -> None:
+    host = days.host
+    opened = len(host.entry.restores)
+    done = restore(host, "--date", DAYS[0], "--path", "/etc", "--to", str(tmp_path / "x"))
+    expect(done, 2, "is not in the backup")
+    assert len(host.entry.restores) == opened
+    missing = host.source / "day-3-only"  # exists on day 3 only
+    done = restore(host, "--date", DAYS[0], "--path", str(missing), "--to", str(tmp_path / "x"))
+    expect(done, 2, "is not in the backup")
+    assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+    assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+
+
+def test_a_target_that_is_not_empty(days: ThreeDays, tmp_path: Path) -> None:
+    host = days.host
+    opened = len(host.entry.restores)
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine\n")
+    done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to", str(target))
+    expect(done, 2, "is not empty")
+    done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to",
+                   str(host.source))
+    expect(done, 2, "live data")
+    assert len(host.entry.restores) == opened
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to", str(target),
+                   "--force-overwrite")
+    assert done.returncode == 0, done.stderr
+    assert tree(target) == days.trees[DAYS[0]]
+
+
+def test_verify_deep_passes_on_a_good_copy_and_fails_on_a_damaged_one(
+        days: ThreeDays, session_server: SessionServer) -> None:
+    host = days.host
+    done = host.cli("verify", "--deep", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "identical to the local backup" in done.stderr
+    report = session_server.reports_of(host.name)[-1]
+    assert report["status"] == "succeeded"
+    assert host.entry.restores[-1].snapshot is days.snapshots[DAYS[2]]
+    host.entry.on_restore = flip_a_byte
+    done = host.cli("verify", "--deep", timeout=180)
+    expect(done, 6, "restore drill")
+    assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+
+
+def test_verify_deep_after_the_local_repository_moved_on(days: ThreeDays) -> None:
+    host = days.host
+    (host.source / "after-the-snapshot.txt").write_text("local only\n")
+    done = host.cli("run")
+    assert done.returncode == 0, done.stderr
+    done = host.cli("verify", "--deep", timeout=180)
+    assert done.returncode == 0, done.stderr
