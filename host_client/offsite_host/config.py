@@ -47,6 +47,7 @@ class Config:
     io_timeout_s: int
     bwlimit_kib: int
     tools: Tools
+    connect_wait_s: int = 120
 
 
 def default_config_path(platform: str, environ: dict[str, str]) -> PurePath:
@@ -92,6 +93,7 @@ def load_config(path: Path, platform: str, environ: dict[str, str]) -> Config:
 
 _TOP_KEYS = {"api_url", "host", "paths", "excludes", "key_file", "password_file", "repository",
              "state_dir", "retention_days", "max_wait_s", "deadline_margin_s", "io_timeout_s",
+             "connect_wait_s",
              "bwlimit_kib", "tools"}
 
 
@@ -123,6 +125,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, platform: str,
         io_timeout_s=_int(data, "io_timeout_s", 300, 10),
         bwlimit_kib=_int(data, "bwlimit_kib", 0, 0),
         tools=_tools(data.get("tools", {}), platform),
+        connect_wait_s=_int(data, "connect_wait_s", 120, 0),
     )
 
 

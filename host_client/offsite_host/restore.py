@@ -129,8 +129,9 @@ class Restorer:
         if stop_at <= self.clock():
             raise DeadlineError("the restore session ends too soon for the fetch "
                                 f"(deadline_margin_s={self.cfg.deadline_margin_s})")
-        done = runner.run_until(argv, stop_at, self.console.progress if self.console.tty
-                                else None, self.clock)
+        done = runner.run_until_reachable(
+            argv, stop_at, self.cfg.connect_wait_s, self._step("fetch"),
+            self.console.progress if self.console.tty else None, self.clock, self.sleep)
         if done.stopped:
             raise DeadlineError("the restore session ended during the fetch; what arrived is "
                                 "kept, and the next attempt fetches only the rest")

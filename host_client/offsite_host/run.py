@@ -154,7 +154,9 @@ class Routine:
             raise DeadlineError(f"the session ends at {_utc(session.stop_at)}, too soon for "
                                 f"{what} (deadline_margin_s={self.cfg.deadline_margin_s})")
         progress = self.console.progress if self.console.tty else None
-        done = runner.run_until(argv, stop_at, progress, self.clock)
+        done = runner.run_until_reachable(argv, stop_at, self.cfg.connect_wait_s,
+                                          self._step("transfer"), progress, self.clock,
+                                          self.sleep)
         if done.stopped:
             raise DeadlineError(f"deadline reached during {what} ({_utc(stop_at)}); what "
                                 "arrived is kept and the next run resumes from it")

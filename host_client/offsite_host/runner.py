@@ -7,6 +7,7 @@ the archive's rsync then keeps what it received (see `transfer`), so the next ru
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -16,6 +17,15 @@ from dataclasses import dataclass
 from typing import IO
 
 GRACE_S = 10.0
+RETRY_DELAYS_S = (2.0, 4.0, 8.0, 15.0)  # then 15 s apart
+# ssh could not reach sshd at all: nothing was sent, so trying again is safe. EC2 reports an
+# instance `running` (and the window OPEN) a little before its sshd listens.
+_UNREACHABLE = re.compile(r"Connection refused|Connection reset|Connection timed out|"
+                          r"Connection closed by|kex_exchange_identification|No route to host|"
+                          r"Network is unreachable")
+_CONNECTION_LOST = "connection unexpectedly closed (0 bytes received so far)"
+_REFUSED = re.compile(r"Permission denied|Host key verification failed|IDENTIFICATION HAS "
+                      r"CHANGED|rrsync", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,39 @@ def run_until(argv: list[str], stop_at: float, progress: Callable[[str], None] |
         for reader in readers:
             reader.join(timeout=5)
     return Finished(proc.returncode, "".join(out), "".join(err), stopped)
+
+
+def unreachable(done: Finished) -> bool:
+    """True when ssh never reached the archive's sshd (rsync's exit 255), not when sshd or the
+    certificate's forced command refused us."""
+    if done.returncode != 255 or done.stopped or _REFUSED.search(done.stderr):
+        return False
+    if _UNREACHABLE.search(done.stderr):
+        return True
+    own = [line for line in done.stderr.splitlines()
+           if line.strip() and not line.startswith("rsync error:")]
+    return len(own) == 1 and _CONNECTION_LOST in own[0]
+
+
+def run_until_reachable(argv: list[str], stop_at: float, wait_s: float,
+                        note: Callable[[str], None],
+                        progress: Callable[[str], None] | None = None,
+                        clock: Callable[[], float] = time.time,
+                        sleep: Callable[[float], None] = time.sleep) -> Finished:
+    """`run_until`, tried again while the archive cannot be reached yet: for at most `wait_s`
+    after the first try, and never past `stop_at`."""
+    give_up = min(clock() + wait_s, stop_at)
+    attempt = 0
+    while True:
+        done = run_until(argv, stop_at, progress, clock)
+        delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+        if not unreachable(done) or clock() + delay >= give_up:
+            return done
+        reason = next((line for line in done.stderr.splitlines() if line.strip()), "")
+        note(f"the archive is not reachable yet ({reason.strip()}); trying again in "
+             f"{delay:.0f} s")
+        sleep(delay)
+        attempt += 1
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int, posix: bool) -> None:
