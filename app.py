@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import boto3
 from aws_lambda_powertools import Logger
@@ -30,7 +30,14 @@ from chalicelib.hosts import HostService, host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
 from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
-from chalicelib.payloads import parse_json_object, parse_open_request, parse_report
+from chalicelib.payloads import (
+    InvalidPayloadError,
+    parse_json_object,
+    parse_open_request,
+    parse_report,
+)
+from chalicelib.recovery import parse_restore_request, point_view
+from chalicelib.restores import RestoreService
 from chalicelib.schedule import next_open
 from chalicelib.sessions import (
     CertificatePolicy,
@@ -74,6 +81,11 @@ def host_service() -> HostService:
 
 
 @functools.cache
+def restore_service() -> RestoreService:
+    return RestoreService(window_service())
+
+
+@functools.cache
 def session_service() -> SessionService:
     s, ports = settings(), window_service().ports
     ssm = SSMProvider(boto3_client=boto3.client("ssm", config=_AWS_CONFIG))
@@ -86,7 +98,8 @@ def session_service() -> SessionService:
         metrics=ports.metrics, clock=utc_now,
         next_window=lambda now: next_open(s.open_schedule, now),
         policy=CertificatePolicy(
-            rrsync=s.rrsync, mount_root=s.mount_root, port=s.ssh_port, endpoint=s.ssh_endpoint,
+            rrsync=s.rrsync, mount_root=s.mount_root, restore_root=s.restore_root,
+            port=s.ssh_port, endpoint=s.ssh_endpoint,
             source_address=s.source_address, retry_after=s.retry_after))
 
 
@@ -136,13 +149,22 @@ def _body() -> dict[str, Any]:
 def _signer() -> str:
     """The host that signed this request (RFC 9421), or NotAuthenticated/HostNotAllowed."""
     request = _request()
-    path = request.to_original_event().get("path") or request.path
+    path = request.to_original_event().get("path") or _resolved(request)
     query = urlencode(request.query_params) if request.query_params else ""
     body = request.raw_body or b""
     return authenticator().authenticate(SignedRequest(
         method=request.method, authority=request.headers.get("host", ""), path=path,
         query=query, headers=dict(request.headers),
         body=body.encode() if isinstance(body, str) else body))
+
+
+def _resolved(request: Request) -> str:
+    """The path requested, from the route's template and its parameters (chalice's local
+    server gives only the template; API Gateway gives the path itself)."""
+    path = request.path
+    for name, value in (request.uri_params or {}).items():
+        path = path.replace(f"{{{name}}}", quote(value, safe=""))
+    return path
 
 
 def _request_id() -> str:
@@ -209,6 +231,7 @@ def reconciler(event: Any) -> None:
     decision = window_service().reconcile()
     if decision is not None:
         logger.info("reconciled", extra={"reason": decision.reason})
+    window_service().sweep_restore_volumes()
 
 
 # AWS events ------------------------------------------------------------------------------
@@ -241,6 +264,45 @@ def revoke_host(name: str) -> dict[str, Any]:
 @api("/v1/hosts", "GET")
 def list_hosts() -> dict[str, Any]:
     return {"hosts": [host_view(h) for h in host_service().list()]}
+
+
+# restores ----------------------------------------------------------------------------------
+@api("/v1/snapshots", "GET")
+def list_snapshots() -> dict[str, Any]:
+    host = dict(_request().query_params or {}).get("host")
+    if not host:
+        raise InvalidPayloadError("say whose snapshots: ?host=NAME")
+    return _snapshots(host)
+
+
+@api("/v1/restores", "POST")
+def open_restore() -> Response:
+    answer = restore_service().open(parse_restore_request(_body()), trigger="api")
+    return Response(body=answer, status_code=202)
+
+
+@api("/v1/hosts/{name}/snapshots", "GET", admin=False)
+def host_snapshots(name: str) -> dict[str, Any]:
+    _signed_by(name)
+    return _snapshots(name)
+
+
+@api("/v1/hosts/{name}/restores", "POST", admin=False)
+def host_restore(name: str) -> Response:
+    _signed_by(name)
+    answer = restore_service().open(parse_restore_request(_body(), host=name), trigger="host")
+    return Response(body=answer, status_code=202)
+
+
+def _snapshots(host: str) -> dict[str, Any]:
+    points = restore_service().recovery_points(host)
+    return {"host": host, "snapshots": [point_view(p) for p in points]}
+
+
+def _signed_by(name: str) -> None:
+    signer = _signer()
+    if signer != name:
+        raise WrongHostError(f"{signer} may not act for {name}")
 
 
 # hosts: signed requests --------------------------------------------------------------------

@@ -11,12 +11,13 @@ from chalicelib.adapters.store import WindowActiveError
 from chalicelib.host_auth import HostNotAllowedError, NotAuthenticatedError
 from chalicelib.hosts import UnknownHostNameError
 from chalicelib.payloads import InvalidPayloadError
+from chalicelib.recovery import IncompleteSnapshotError, NoRecoveryPointError
 from chalicelib.sessions import (
     NoOpenWindowError,
     NotExpectedError,
-    RestoreNotOpenError,
     WindowOpeningError,
     WrongHostError,
+    WrongPurposeError,
 )
 from chalicelib.windows import (
     HostNotExpectedError,
@@ -38,7 +39,9 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (UnknownHostNameError, 404, "unknown_host"),
     (NoOpenWindowError, 409, "no_open_window"),
     (NotExpectedError, 409, "not_expected"),
-    (RestoreNotOpenError, 409, "no_restore_open"),
+    (WrongPurposeError, 409, "wrong_purpose"),
+    (NoRecoveryPointError, 404, "no_recovery_point"),
+    (IncompleteSnapshotError, 409, "incomplete_snapshot"),
     (NoFreeDeviceError, 409, "no_free_device"),
     (WindowOpeningError, 503, "window_opening"),
     (UnknownHostError, 400, "unknown_host"),
@@ -68,6 +71,8 @@ def _extra(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, NoOpenWindowError):
         upcoming = exc.next_window
         return {"next_window": upcoming.isoformat() if upcoming else None}
+    if isinstance(exc, NoRecoveryPointError | IncompleteSnapshotError):
+        return {"days": exc.days}
     return {}
 
 

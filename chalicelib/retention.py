@@ -20,6 +20,8 @@ class RecoveryPoint:
     window_id: str
     started: datetime
     complete: bool
+    size_gib: int = 0
+    state: str = "completed"  # pending | completed | error, as EBS says
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,9 @@ class Deletion:
     reason: str
 
 
-def choose_deletions(points: Iterable[RecoveryPoint], keep_days: int) -> list[Deletion]:
+def choose_deletions(points: Iterable[RecoveryPoint], keep_days: int,
+                     in_use: frozenset[str] = frozenset()) -> list[Deletion]:
+    """`in_use`: snapshots a restore is serving now; never deleted, whatever their age."""
     if keep_days < 1:
         raise ValueError("keep_days must be at least 1")
     by_host: dict[str, list[RecoveryPoint]] = defaultdict(list)
@@ -38,7 +42,7 @@ def choose_deletions(points: Iterable[RecoveryPoint], keep_days: int) -> list[De
     deletions: list[Deletion] = []
     for host in sorted(by_host):
         deletions.extend(_host_deletions(by_host[host], keep_days))
-    return deletions
+    return [d for d in deletions if d.snapshot_id not in in_use]
 
 
 def _host_deletions(points: list[RecoveryPoint], keep_days: int) -> list[Deletion]:

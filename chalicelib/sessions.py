@@ -30,8 +30,9 @@ REMOTE_PATH = "archive/"
 
 
 class NoOpenWindowError(Exception):
-    def __init__(self, next_window: datetime | None) -> None:
-        super().__init__("no backup window is open")
+    def __init__(self, next_window: datetime | None,
+                 message: str = "no backup window is open") -> None:
+        super().__init__(message)
         self.next_window = next_window
 
 
@@ -49,8 +50,8 @@ class WrongHostError(Exception):
     pass
 
 
-class RestoreNotOpenError(Exception):
-    pass
+class WrongPurposeError(Exception):
+    """A restore session asked during a backup window, or a backup session during a restore."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class CertificatePolicy:
 
     rrsync: str = "/usr/bin/rrsync"
     mount_root: str = "/srv/offsite"
+    restore_root: str = "/srv/offsite-restore"  # restore volumes, mounted read-only
     port: int = 22
     endpoint: str | None = None  # a fixed address (Elastic IP, DNS name) instead of the
     # instance's current public address
@@ -93,8 +95,9 @@ class CertificatePolicy:
     retry_after: int = 30
 
     def force_command(self, host: str, purpose: str) -> str:
-        mode = "-wo" if purpose == "backup" else "-ro"
-        return f"{self.rrsync} {mode} {self.mount_root}/{host}"
+        if purpose == "backup":
+            return f"{self.rrsync} -wo {self.mount_root}/{host}"
+        return f"{self.rrsync} -ro {self.restore_root}/{host}"
 
 
 @dataclass
@@ -111,9 +114,7 @@ class SessionService:
     def issue(self, signer: str, request: SessionRequest, request_id: str) -> dict[str, Any]:
         if request.host != signer:
             raise WrongHostError(f"{signer} may not ask for {request.host}'s session")
-        if request.purpose == "restore":
-            raise RestoreNotOpenError("no restore is open for this host")
-        window, now = self._open_window(), self.clock()
+        window, now = self._open_window(request), self.clock()
         if request.host not in window.expected:
             raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
         spec = CertificateSpec(
@@ -140,12 +141,19 @@ class SessionService:
             return {"state": "NONE", "next_window": upcoming.isoformat() if upcoming else None}
         return {"window_id": window.window_id, "state": window.state.value,
                 "deadline": window.deadline.isoformat(), "expected": host in window.expected,
-                "reported": window.reports.get(host)}
+                "reported": window.reports.get(host), "purpose": window.purpose}
 
-    def _open_window(self) -> Window:
+    def _open_window(self, request: SessionRequest) -> Window:
         now = self.clock()
         window_id = self.store.active_window_id()
         window = self.store.get_window(window_id) if window_id else None
+        if window is not None and window.purpose != request.purpose:
+            raise WrongPurposeError(
+                f"a {request.purpose} session was asked during {window.purpose} window "
+                f"{window.window_id}")
+        if request.purpose == "restore" and (window is None
+                                             or request.host not in window.expected):
+            raise NoOpenWindowError(None, f"no restore is open for {request.host}")
         if window is not None and window.state is State.OPENING:
             raise WindowOpeningError(self.policy.retry_after)
         if window is None or window.state is not State.OPEN or window.deadline <= now \

@@ -37,6 +37,8 @@ class Settings:
     retry_after: int = 30
     source_address: str | None = None
     open_schedule: str = DEFAULT_OPEN_SCHEDULE
+    restore_hours: float = 2.0
+    restore_root: str = "/srv/offsite-restore"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +69,8 @@ class Settings:
             retry_after=int(env.get("SESSION_RETRY_AFTER", "30")),
             source_address=env.get("CERT_SOURCE_ADDRESS") or None,
             open_schedule=open_schedule_expression(env),
+            restore_hours=float(env.get("RESTORE_HOURS", "2")),
+            restore_root=env.get("RESTORE_ROOT", "/srv/offsite-restore").rstrip("/"),
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),

@@ -1,4 +1,4 @@
-"""The backup window's state machine, as pure code.
+"""The window's state machine (backup and restore windows), as pure code.
 
 `decide(window, event, now)` answers what should happen, as a `Decision` carrying the state to
 move to (or none), the actions to take and a human-readable `reason`. The service applies it
@@ -9,6 +9,13 @@ the transition. Time comes in as `now`; nothing here reads a clock or touches AW
     (none) -open-> OPENING -running-> OPEN -all reported | deadline | admin-> CLOSING
     CLOSING -stopped-> SNAPSHOTTING -all snapshots settled-> CLOSED
     OPENING -start failed | never came up-> FAILED
+
+A restore window (`purpose` "restore") serves one host a read-only volume made from one of its
+snapshots. It shares the opening and closing steps, but is never snapshotted: once the instance
+has stopped it goes straight to CLOSED and its restore volume is deleted, exactly once, by
+whoever wins that transition (or the FAILED one).
+
+    CLOSING -stopped-> CLOSED (delete the restore volume)
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ class Action(str, Enum):
     APPLY_RETENTION = "apply_retention"
     NOTIFY = "notify"
     RECORD_METRICS = "record_metrics"
+    DELETE_RESTORE_VOLUME = "delete_restore_volume"
+
+
+BACKUP = "backup"
+RESTORE = "restore"
 
 
 class SnapshotStatus(str, Enum):
@@ -67,6 +79,13 @@ class Window:
     reports: Mapping[str, str] = field(default_factory=dict)  # host -> succeeded | failed
     snapshots: Mapping[str, SnapshotStatus] = field(default_factory=dict)  # host -> status
     entered: Mapping[str, datetime] = field(default_factory=dict)  # state -> when
+    purpose: str = BACKUP  # backup | restore
+    snapshot_id: str | None = None  # restore: the recovery point served
+    restore_volume_id: str | None = None  # restore: the volume made from it
+
+    @property
+    def is_restore(self) -> bool:
+        return self.purpose == RESTORE
 
     @property
     def missing(self) -> frozenset[str]:
@@ -189,6 +208,8 @@ def _on_running(window: Window, event: InstanceRunning) -> Decision:
 
 
 def _on_stopped(window: Window) -> Decision:
+    if window.is_restore:
+        return _restore_stopped(window)
     if window.state is State.CLOSING:
         return Decision(
             State.SNAPSHOTTING,
@@ -205,9 +226,31 @@ def _on_stopped(window: Window) -> Decision:
     return nothing(f"instance stopped while {window.state.value}; nothing to do")
 
 
+def _restore_stopped(window: Window) -> Decision:
+    if window.state is State.CLOSING:
+        return Decision(
+            State.CLOSED,
+            f"instance {window.instance_id} stopped; restore of {window.snapshot_id} ended",
+            (Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
+        )
+    if window.state is State.OPEN:
+        return Decision(
+            State.CLOSED,
+            f"instance {window.instance_id} stopped while the restore was open",
+            (Action.DELETE_DEADLINE, Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
+        )
+    return nothing(f"instance stopped while {window.state.value}; nothing to do")
+
+
 def _on_start_failed(window: Window, cause: str) -> Decision:
     if window.state is not State.OPENING:
         return nothing(f"start failure reported while {window.state.value}; ignored")
+    if window.is_restore:
+        return Decision(
+            State.FAILED,
+            f"instance {window.instance_id} could not start for the restore: {cause}",
+            (Action.DELETE_DEADLINE, Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
+        )
     return Decision(
         State.FAILED,
         f"instance {window.instance_id} could not start: {cause}",

@@ -25,12 +25,13 @@ from chalicelib.adapters.compute import (
 from chalicelib.adapters.metrics import Metrics
 from chalicelib.adapters.notifier import Notifier
 from chalicelib.adapters.scheduler import DeadlineScheduler
-from chalicelib.adapters.store import WindowStore
+from chalicelib.adapters.store import WindowActiveError, WindowStore
 from chalicelib.payloads import OpenRequest, ReportRequest
 from chalicelib.records import Report, SnapshotRecord
 from chalicelib.retention import choose_deletions
 from chalicelib.settings import Settings
 from chalicelib.window import (
+    RESTORE,
     Action,
     AdminClose,
     DeadlineReached,
@@ -123,6 +124,36 @@ class WindowService:
             instance_id=self.settings.instance_id, trigger=trigger, updated_at=now,
             reason=f"opened by {trigger} for {len(expected)} hosts", entered={"OPENING": now})
         store.create_window(window)
+        return self._start(window)
+
+    def open_restore(self, trigger: str, host: str, snapshot_id: str) -> Window:
+        """A restore window: `host` reads a volume made from `snapshot_id` until it reports or
+        the restore's own deadline passes. The volume is made before the window is recorded
+        (a window never names a volume it does not have); losing the race for the active-window
+        guard deletes it again."""
+        store, compute = self.ports.store, self.ports.compute
+        active = store.active_window_id()
+        if active is not None:
+            raise WindowActiveError(active)
+        window_id = self._new_id(self._clock())
+        volume_id = compute.create_restore_volume(snapshot_id, host, window_id,
+                                                  self.settings.instance_id)
+        now = self._clock()
+        window = Window(
+            window_id=window_id, state=State.OPENING, opened_at=now,
+            deadline=now + timedelta(hours=self.settings.restore_hours),
+            expected=frozenset({host}), instance_id=self.settings.instance_id, trigger=trigger,
+            updated_at=now, reason=f"restore of {snapshot_id} for {host}, opened by {trigger}",
+            entered={"OPENING": now}, purpose=RESTORE, snapshot_id=snapshot_id,
+            restore_volume_id=volume_id)
+        try:
+            store.create_window(window)
+        except WindowActiveError:
+            compute.delete_restore_volume(volume_id, window.instance_id)
+            raise
+        return self._start(window)
+
+    def _start(self, window: Window) -> Window:
         logger.info("window transition", extra=_log(window, None, State.OPENING, window.reason))
         try:
             started_as = self.ports.compute.start(window.instance_id,
@@ -204,6 +235,22 @@ class WindowService:
         view = self.ports.compute.describe(window.instance_id)
         return self._apply(window, Tick(view.state), address=view.address)
 
+    def sweep_restore_volumes(self) -> list[str]:
+        """Delete restore volumes left behind (their window ended but the deletion failed, or
+        a Lambda died between making the volume and recording its window)."""
+        store, deleted = self.ports.store, []
+        active = store.active_window_id()
+        for volume_id, (window_id, created) in self.ports.compute.restore_volumes().items():
+            window = store.get_window(window_id)
+            if window_id == active or (window is None
+                                       and self._clock() - created < CLAIM_TIMEOUT):
+                continue
+            self.ports.compute.delete_restore_volume(volume_id, self.settings.instance_id)
+            logger.info("leftover restore volume deleted", extra={
+                "volume_id": volume_id, "window_id": window_id})
+            deleted.append(volume_id)
+        return deleted
+
     # queries ---------------------------------------------------------------------------
     def get_window(self, window_id: str) -> Window:
         return self._window(window_id)
@@ -244,6 +291,7 @@ class WindowService:
             Action.APPLY_RETENTION: lambda w, _: self._apply_retention(),
             Action.NOTIFY: self._notify,
             Action.RECORD_METRICS: lambda w, _: self._record_metrics(w),
+            Action.DELETE_RESTORE_VOLUME: lambda w, _: self._delete_restore_volume(w),
         }
         for action in decision.actions:
             handlers[action](window, decision)
@@ -294,9 +342,23 @@ class WindowService:
                 store.settle_snapshot(snapshot_id, SnapshotStatus.COMPLETED
                                       if state == "completed" else SnapshotStatus.FAILED)
 
+    def _delete_restore_volume(self, window: Window) -> None:
+        if window.restore_volume_id:
+            self.ports.compute.delete_restore_volume(window.restore_volume_id,
+                                                     window.instance_id)
+            logger.info("restore volume deleted", extra={
+                "window_id": window.window_id, "volume_id": window.restore_volume_id})
+
     def _apply_retention(self) -> None:
+        # A restore opens only once this window has released the active-window guard, so the
+        # restore read here (if any) is the only one that can be using a snapshot. One opened
+        # after this read gets its volume from a snapshot retention may delete next: EBS keeps
+        # a volume whole once it is made, and a snapshot gone first answers 404 to the restore.
+        active = self._active()
+        in_use = frozenset({active.snapshot_id}) if active is not None and \
+            active.is_restore and active.snapshot_id else frozenset()
         points = self.ports.compute.recovery_points()
-        for deletion in choose_deletions(points, self.settings.retention_days):
+        for deletion in choose_deletions(points, self.settings.retention_days, in_use):
             self.ports.compute.delete_snapshot(deletion.snapshot_id)
             logger.info("snapshot deleted by retention", extra={
                 "snapshot_id": deletion.snapshot_id, "host": deletion.host,
@@ -333,6 +395,11 @@ class WindowService:
 def summary(window: Window) -> str:
     lines = [f"window {window.window_id} ({window.trigger}), opened "
              f"{window.opened_at.isoformat()}, deadline {window.deadline.isoformat()}"]
+    if window.is_restore:
+        host = ", ".join(sorted(window.expected))
+        lines.append(f"  restore of {window.snapshot_id} for {host} on volume "
+                     f"{window.restore_volume_id}: report {window.reports.get(host, 'none')}")
+        return "\n".join(lines)
     for host in sorted(window.expected):
         lines.append(f"  {host}: report {window.reports.get(host, 'none')}, "
                      f"snapshot {_status(window, host)}")
@@ -353,6 +420,8 @@ def window_view(window: Window) -> dict[str, Any]:
         "missing": sorted(window.missing), "address": window.address, "reason": window.reason,
         "snapshots": {h: s.value for h, s in sorted(window.snapshots.items())},
         "entered": {state: at.isoformat() for state, at in window.entered.items()},
+        "purpose": window.purpose, "snapshot_id": window.snapshot_id,
+        "restore_volume_id": window.restore_volume_id,
     }
 
 

@@ -82,22 +82,27 @@ def aws_client(name: str, endpoint: str) -> Any:
     return session.client(name, endpoint_url=endpoint)  # type: ignore[call-overload]
 
 
-def provision(endpoint: str) -> Deployment:
-    """The table, the topic, the scheduler group, the keys in SSM and the stopped instance."""
+def provision(endpoint: str, initialised: bool = False) -> Deployment:
+    """The table, the topic, the scheduler group, the keys in SSM and the stopped instance.
+    `initialised`: `offsite-admin init --stage local` made the table and the keys already;
+    the keys are read back from SSM, not made."""
 
     def client(name: str) -> Any:
         return aws_client(name, endpoint)
 
-    create_table(client("dynamodb"), TABLE)
+    names, ssm = KeyParameters(KEY_PREFIX), client("ssm")
+    if initialised:
+        keys = read_key_material(ssm, names)
+    else:
+        create_table(client("dynamodb"), TABLE)
+        keys = generate_key_material("offsite-local")
+        for name, value, kind in [(names.ca_private, keys.ca_seed_b64, "SecureString"),
+                                  (names.ca_public, keys.ca_public_line, "String"),
+                                  (names.host_private, keys.host_private_pem, "SecureString"),
+                                  (names.host_public, keys.host_public_line, "String")]:
+            ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
     topic = client("sns").create_topic(Name="offsite-local")["TopicArn"]
     client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
-    keys = generate_key_material("offsite-local")
-    names, ssm = KeyParameters(KEY_PREFIX), client("ssm")
-    for name, value, kind in [(names.ca_private, keys.ca_seed_b64, "SecureString"),
-                              (names.ca_public, keys.ca_public_line, "String"),
-                              (names.host_private, keys.host_private_pem, "SecureString"),
-                              (names.host_public, keys.host_public_line, "String")]:
-        ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
     ec2 = client("ec2")
     instance = ec2.run_instances(
         ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.small",
@@ -106,3 +111,12 @@ def provision(endpoint: str) -> Deployment:
     )["Instances"][0]
     ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
     return Deployment(endpoint, instance["InstanceId"], topic, keys)
+
+
+def read_key_material(ssm: Any, names: KeyParameters) -> KeyMaterial:
+    def read(name: str) -> str:
+        return str(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+
+    return KeyMaterial(ca_seed_b64=read(names.ca_private), ca_public_line=read(names.ca_public),
+                       host_private_pem=read(names.host_private),
+                       host_public_line=read(names.host_public))

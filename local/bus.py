@@ -1,7 +1,8 @@
 """The local event bus: watches the emulated AWS and delivers to the app's own handlers what
 AWS would, when AWS would: EC2 state changes (after the instance's boot time, once sshd is up),
 EBS snapshot completions (after the point-in-time copy is made), the one-time deadline
-schedules at their time, and the reconciler on its rate."""
+schedules at their time, and the reconciler on its rate. A restore volume made from a
+snapshot appears on the instance as that snapshot's copy, and goes when EC2 deletes it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class EventBus:
         self._seen_state = "stopped"
         self._running_since: float | None = None
         self._snapshots: dict[str, str] = {}  # id -> host
+        self._restores: dict[str, str] = {}  # restore volume id -> host
         self._last_reconcile = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="event-bus", daemon=True)
@@ -55,8 +57,8 @@ class EventBus:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
-            for step in (self._watch_instance, self._fire_deadlines, self._watch_snapshots,
-                         self._reconcile):
+            for step in (self._watch_restore_volumes, self._watch_instance,
+                         self._fire_deadlines, self._watch_snapshots, self._reconcile):
                 try:
                     step()
                 except Exception:
@@ -70,6 +72,7 @@ class EventBus:
             self._running_since = self._running_since or time.monotonic()
             if time.monotonic() - self._running_since < self._boot_seconds:
                 return  # still booting: sshd not up, no event yet
+            self._watch_restore_volumes()  # attached before the start: mounted at boot
             self._instance.start()
             self._deliver_state("running")
         elif state == "stopped" and self._seen_state != "stopped":
@@ -82,15 +85,38 @@ class EventBus:
         self._log(f"bus: EC2 {self._instance_id} is {state}")
         self.invoke("instance_state", events.instance_state(self._instance_id, state))
 
+    def _watch_restore_volumes(self) -> None:
+        found = self._ec2.describe_volumes(Filters=[
+            {"Name": "tag-key", "Values": ["offsite:restore-window"]}])["Volumes"]
+        current = {v["VolumeId"]: v for v in found}
+        for volume_id in set(self._restores) - set(current):  # deleted after the restore
+            self._instance.detach_restore(self._restores.pop(volume_id))
+            self._log(f"bus: restore volume {volume_id} deleted")
+        for volume_id, volume in current.items():
+            if volume_id in self._restores or not volume.get("Attachments"):
+                continue
+            host = next(t["Value"] for t in volume["Tags"] if t["Key"] == "offsite:host")
+            self._instance.attach_restore(host, volume["SnapshotId"])
+            self._restores[volume_id] = host
+            self._log(f"bus: restore volume {volume_id} of {host} from {volume['SnapshotId']}")
+
     def _fire_deadlines(self) -> None:
         schedules = self._scheduler.list_schedules(GroupName=SCHEDULE_GROUP)["Schedules"]
+        gone = self._scheduler.exceptions.ResourceNotFoundException
         for summary in schedules:
-            schedule = self._scheduler.get_schedule(Name=summary["Name"],
-                                                    GroupName=SCHEDULE_GROUP)
+            try:  # the window may close early and delete its schedule between the two calls
+                schedule = self._scheduler.get_schedule(Name=summary["Name"],
+                                                        GroupName=SCHEDULE_GROUP)
+            except gone:
+                continue
             at = datetime.strptime(schedule["ScheduleExpression"], "at(%Y-%m-%dT%H:%M:%S)")
             if at.replace(tzinfo=timezone.utc) <= datetime.now(timezone.utc):
+                try:
+                    self._scheduler.delete_schedule(Name=summary["Name"],
+                                                    GroupName=SCHEDULE_GROUP)
+                except gone:
+                    continue  # deleted by the window's early close: a deleted one never fires
                 self._log(f"bus: schedule {summary['Name']} fires")
-                self._scheduler.delete_schedule(Name=summary["Name"], GroupName=SCHEDULE_GROUP)
                 self.invoke("window_deadline", json.loads(schedule["Target"]["Input"]))
 
     def _watch_snapshots(self) -> None:

@@ -1,6 +1,7 @@
 """The archive instance on this machine: a real sshd on loopback that runs while the emulated
 EC2 instance runs, one real Unix account per host, each host's volume a directory it alone
-owns, and snapshots as point-in-time copies.
+owns, snapshots as point-in-time copies, and a restore volume (made from a snapshot) as a copy
+of that snapshot at the host's restore mount, read-only for the host's account.
 
 sshd checks the certificates exactly as on EC2 (TrustedUserCAKeys, one principals file per
 account, the certificate's forced rrsync); only the volumes are directories, not EBS.
@@ -31,6 +32,7 @@ class LocalInstance:
         self.port = port
         self.volumes = root / "volumes"
         self.snapshots = root / "snapshots"
+        self.restores = root / "restore"  # RESTORE_ROOT: one read-only "mount" per host
         self._etc = root / "etc"
         self._ca = ca_public_line
         self._host_key = host_key_pem
@@ -78,6 +80,30 @@ class LocalInstance:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         shutil.rmtree(self.snapshots / snapshot_id, ignore_errors=True)
+
+    def attach_restore(self, host: str, snapshot_id: str) -> Path:
+        """A volume made from `snapshot_id`, mounted read-only for `host` (as boot.sh mounts
+        one with `-o ro`): a copy of the snapshot where no write bit is left, its root the
+        account's alone (0500)."""
+        target = self.restores / host
+        self.detach_restore(host)
+        self.restores.mkdir(parents=True, exist_ok=True)
+        self.restores.chmod(0o755)
+        partial = self.restores / f".{host}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(self.snapshots / snapshot_id), str(partial)],
+                       check=True, timeout=600)
+        subprocess.run(["chmod", "-R", "a-w", str(partial)], check=True, timeout=600)
+        shutil.chown(partial, user=host, group=GROUP)
+        partial.chmod(0o500)
+        partial.rename(target)
+        return target
+
+    def detach_restore(self, host: str) -> None:
+        target = self.restores / host
+        if target.exists():
+            subprocess.run(["chmod", "-R", "u+w", str(target)], check=False, timeout=600)
+            shutil.rmtree(target, ignore_errors=True)
 
     # sshd ------------------------------------------------------------------------------------
     @property

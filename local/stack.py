@@ -50,6 +50,7 @@ class StackSettings:
     reconcile_seconds: float = 5.0
     retry_after: int = 2
     retention_days: int = 20
+    restore_hours: float = 0.05
 
 
 class StackError(RuntimeError):
@@ -58,8 +59,13 @@ class StackError(RuntimeError):
 
 class LocalStack:
     def __init__(self, root: Path, settings: StackSettings = StackSettings(),
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 initialise: Callable[[str], None] | None = None) -> None:
+        """`initialise(endpoint)`, if given, runs against the fresh moto server before the
+        rest is provisioned (e.g. `offsite-admin init --stage local`): it makes the table and
+        the keys, which the stack then uses."""
         self.root = root
+        self.initialise = initialise
         self.settings = settings
         self.log = log
         self.ssh_port = free_port()
@@ -95,7 +101,9 @@ class LocalStack:
         moto = MotoServer()
         moto.start()
         self._exit.callback(moto.stop)
-        self.deployment = provision(moto.endpoint)
+        if self.initialise is not None:
+            self.initialise(moto.endpoint)
+        self.deployment = provision(moto.endpoint, initialised=self.initialise is not None)
         os.environ.update(self.deployment.app_environment())
         os.environ.update({
             "SSH_ENDPOINT": "127.0.0.1", "SSH_PORT": str(self.ssh_port),
@@ -116,6 +124,8 @@ class LocalStack:
                                       self.deployment.keys.host_private_pem)
         self._exit.callback(self.instance.remove_accounts)
         os.environ["MOUNT_ROOT"] = str(self.instance.volumes)
+        os.environ["RESTORE_ROOT"] = str(self.instance.restores)
+        os.environ["RESTORE_HOURS"] = str(self.settings.restore_hours)
         self._exit.callback(self.instance.stop)
         self._start_api()
         self.bus = EventBus(self._clients(), self.deployment.instance_id, self.instance,
@@ -189,6 +199,17 @@ class LocalStack:
         _, windows = self.admin("GET", "/v1/windows")
         return dict(windows["windows"][0])
 
+    def snapshots(self, host: str) -> list[dict[str, Any]]:
+        """The host's recovery points, newest first (`GET /v1/snapshots?host=`)."""
+        status, body = self.admin("GET", f"/v1/snapshots?host={host}")
+        if status != 200:
+            raise StackError(f"snapshots of {host}: {status} {body}")
+        return list(body["snapshots"])
+
+    def restore(self, host: str, **request: Any) -> tuple[int, Any]:
+        """An admin's restore (`POST /v1/restores`): day= or snapshot_id=, allow_incomplete=."""
+        return self.admin("POST", "/v1/restores", {"host": host, **request})
+
     def window(self, window_id: str) -> dict[str, Any]:
         status, body = self.admin("GET", f"/v1/windows/{window_id}")
         if status != 200:
@@ -208,5 +229,6 @@ class LocalStack:
 
 def _clear_app_caches() -> None:
     for getter in (app_module.settings, app_module.window_service, app_module.host_service,
-                   app_module.session_service, app_module.authenticator):
+                   app_module.session_service, app_module.authenticator,
+                   app_module.restore_service):
         getter.cache_clear()

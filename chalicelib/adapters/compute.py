@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 TAG_WINDOW = "offsite:window"
 TAG_HOST = "offsite:host"
 TAG_COMPLETE = "offsite:complete"
+TAG_RESTORE = "offsite:restore-window"  # on a restore volume: the window it serves
+# On the instance, while a restore volume is attached: "<host> <volume id>". boot.sh reads it
+# from the instance metadata (instance tags in IMDS), so no tag key may hold ':' or '/'.
+INSTANCE_TAG_RESTORE = "offsite-restore"
 
 # Errors after which another instance type may still start (capacity) or a later try may
 # (throttling, which boto3's own retries did not get past).
@@ -65,6 +69,21 @@ class Compute(Protocol):
 
     def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
         """A new encrypted volume for `host`, attached to the instance; its id."""
+
+    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
+                              instance_id: str) -> str:
+        """A volume made from `snapshot_id`, attached to the (stopped) instance and named in
+        its `offsite-restore` tag; its id. Raises SnapshotGoneError if EBS no longer has it."""
+
+    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
+        """Detach and delete it, and clear the instance's tag; a volume already gone is fine."""
+
+    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
+        """Every restore volume that still exists: volume id -> (window id, created)."""
+
+
+class SnapshotGoneError(LookupError):
+    pass
 
 
 class Ec2Compute:
@@ -132,7 +151,8 @@ class Ec2Compute:
                 points.append(RecoveryPoint(
                     snapshot_id=snap["SnapshotId"], host=tags[TAG_HOST],
                     window_id=tags.get(TAG_WINDOW, ""), started=snap["StartTime"],
-                    complete=tags.get(TAG_COMPLETE) == "true"))
+                    complete=tags.get(TAG_COMPLETE) == "true",
+                    size_gib=int(snap.get("VolumeSize", 0)), state=snap["State"]))
         return points
 
     def delete_snapshot(self, snapshot_id: str) -> None:
@@ -144,11 +164,7 @@ class Ec2Compute:
 
     def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
         instance = self._instance(instance_id)
-        used = {m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])}
-        used.add(instance.get("RootDeviceName", ""))
-        device = next((d for d in DEVICE_NAMES if d not in used), None)
-        if device is None:
-            raise NoFreeDeviceError(f"instance {instance_id} has no free device for {host}")
+        device = _free_device(instance, host)
         volume_id = self._ec2.create_volume(
             AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=size_gib,
             VolumeType="gp3", Encrypted=True, TagSpecifications=[{
@@ -158,9 +174,67 @@ class Ec2Compute:
         self._ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
         return volume_id
 
+    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
+                              instance_id: str) -> str:
+        instance = self._instance(instance_id)
+        device = _free_device(instance, host)
+        try:
+            volume_id = self._ec2.create_volume(
+                AvailabilityZone=instance["Placement"]["AvailabilityZone"],
+                SnapshotId=snapshot_id, VolumeType="gp3", TagSpecifications=[{
+                    "ResourceType": "volume", "Tags": [
+                        {"Key": TAG_HOST, "Value": host},
+                        {"Key": TAG_RESTORE, "Value": window_id}]}],
+            )["VolumeId"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
+                raise
+            raise SnapshotGoneError(f"snapshot {snapshot_id} no longer exists") from exc
+        try:
+            self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
+            self._ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
+            self._ec2.create_tags(Resources=[instance_id], Tags=[
+                {"Key": INSTANCE_TAG_RESTORE, "Value": f"{host} {volume_id}"}])
+        except Exception:
+            self.delete_restore_volume(volume_id, instance_id)
+            raise
+        return volume_id
+
+    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
+        self._ec2.delete_tags(Resources=[instance_id], Tags=[{"Key": INSTANCE_TAG_RESTORE}])
+        try:
+            volume = self._ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+            if volume.get("Attachments"):
+                self._ec2.detach_volume(VolumeId=volume_id, InstanceId=instance_id)
+                self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
+            self._ec2.delete_volume(VolumeId=volume_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidVolume.NotFound":
+                raise
+
+    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
+        pages = self._ec2.get_paginator("describe_volumes").paginate(
+            Filters=[{"Name": "tag-key", "Values": [TAG_RESTORE]}])
+        found: dict[str, tuple[str, datetime]] = {}
+        for page in pages:
+            for volume in page["Volumes"]:
+                tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
+                found[volume["VolumeId"]] = (tags[TAG_RESTORE], volume["CreateTime"])
+        return found
+
     def _instance(self, instance_id: str) -> dict:  # type: ignore[type-arg]
         answer = self._ec2.describe_instances(InstanceIds=[instance_id])
         return dict(answer["Reservations"][0]["Instances"][0])
+
+
+def _free_device(instance: dict, host: str) -> str:  # type: ignore[type-arg]
+    used = {m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])}
+    used.add(instance.get("RootDeviceName", ""))
+    device = next((d for d in DEVICE_NAMES if d not in used), None)
+    if device is None:
+        raise NoFreeDeviceError(
+            f"instance {instance['InstanceId']} has no free device for {host}")
+    return device
 
 
 class FakeCompute:
@@ -175,6 +249,8 @@ class FakeCompute:
         self.stops = 0
         self.snapshots: dict[str, dict[str, object]] = {}
         self.volumes: dict[str, str] = {}
+        self.restores: dict[str, dict[str, str]] = {}  # volume id -> snapshot, host, window
+        self.restore_deletions: list[str] = []
         self._ids = itertools.count(1)
         self.now = datetime(2026, 11, 29, 2, 0)
 
@@ -222,7 +298,8 @@ class FakeCompute:
             tags, started = snap["tags"], snap["started"]
             assert isinstance(tags, dict) and isinstance(started, datetime)
             points.append(RecoveryPoint(snapshot_id, tags[TAG_HOST], tags[TAG_WINDOW],
-                                        started, tags[TAG_COMPLETE] == "true"))
+                                        started, tags[TAG_COMPLETE] == "true", 20,
+                                        str(snap["state"])))
         return points
 
     def delete_snapshot(self, snapshot_id: str) -> None:
@@ -232,3 +309,20 @@ class FakeCompute:
         volume_id = f"vol-{next(self._ids):017x}"
         self.volumes[volume_id] = host
         return volume_id
+
+    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
+                              instance_id: str) -> str:
+        if snapshot_id not in self.snapshots:
+            raise SnapshotGoneError(f"snapshot {snapshot_id} no longer exists")
+        volume_id = f"vol-{next(self._ids):017x}"
+        self.restores[volume_id] = {"snapshot_id": snapshot_id, "host": host,
+                                    "window_id": window_id}
+        return volume_id
+
+    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
+        self.restore_deletions.append(volume_id)
+        self.restores.pop(volume_id, None)
+
+    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
+        created = self.now.replace(tzinfo=self.now.tzinfo or timezone.utc)
+        return {v: (r["window_id"], created) for v, r in self.restores.items()}

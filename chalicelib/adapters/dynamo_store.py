@@ -3,7 +3,9 @@
     pk                 sk              what
     ACTIVE             ACTIVE          the guard: id of the one active window
     WINDOWS            <window id>     index of windows (ids sort by open time)
-    WINDOW#<id>        META            state, deadline, expected hosts, instance, address, reason
+    WINDOW#<id>        META            state, deadline, expected hosts, instance, address, reason,
+                                       purpose (backup | restore) and, for a restore, the
+                                       snapshot served and the volume made from it
     WINDOW#<id>        REPORT#<host>   a host's report
     WINDOW#<id>        SNAP#<host>     a host's snapshot: claimed -> pending -> completed|failed
     SNAPSHOT#<snap id> SNAPSHOT        snapshot id -> window and host, for EBS events
@@ -287,7 +289,8 @@ def _window_attrs(window: Window) -> dict[str, Any]:
         "deadline": window.deadline.isoformat(), "expected": sorted(window.expected),
         "instance_id": window.instance_id, "trigger": window.trigger,
         "updated_at": window.updated_at.isoformat(), "address": window.address,
-        "reason": window.reason,
+        "reason": window.reason, "purpose": window.purpose, "snapshot_id": window.snapshot_id,
+        "restore_volume_id": window.restore_volume_id,
         **{f"entered_{state}": at.isoformat() for state, at in window.entered.items()},
     }
 
@@ -302,6 +305,8 @@ def _window_from(meta: Mapping[str, Any], reports: Mapping[str, str],
         trigger=meta["trigger"], updated_at=datetime.fromisoformat(meta["updated_at"]),
         address=meta.get("address"), reason=meta.get("reason", ""),
         reports=dict(reports), snapshots=dict(snaps),
+        purpose=meta.get("purpose", "backup"), snapshot_id=meta.get("snapshot_id"),
+        restore_volume_id=meta.get("restore_volume_id"),
         entered={k[len("entered_"):]: datetime.fromisoformat(v) for k, v in meta.items()
                  if k.startswith("entered_")})
 

@@ -10,6 +10,9 @@
 #   host_key_parameter <SSM parameter holding the sshd host private key>
 #   ca <CA public key line>                 (one or more; several while the CA rotates)
 #   host <name> <vol-id> [<uid>]            (one per host)
+#   restore <name> <vol-id>                 (a restore volume for host <name>; also read, one
+#                                            "<name> <vol-id>" per line, from the restore
+#                                            command's output: see OFFSITE_RESTORE_COMMAND)
 #
 # For each host: a Unix account named exactly <name> (the certificate's principal), password
 # field "*", shell /bin/sh (sshd runs the certificate's forced rrsync through it), in group
@@ -17,6 +20,10 @@
 # $OFFSITE_MOUNT_ROOT/<name>, owned by the account alone (0700). Then sshd: the CA key, one
 # principals file per account, the host key from SSM, a drop-in. Running it again changes
 # nothing, and it never formats a device that holds anything.
+#
+# A restore volume (made by the control plane from one of the host's snapshots) is mounted
+# read-only (ro,noload) at $OFFSITE_RESTORE_ROOT/<name>: it holds what the host's volume held at
+# snapshot time, whose root the host's account alone may read; it is never formatted or chowned.
 #
 # One host's failure does not stop the others; the exit status is 1 if anything failed.
 #
@@ -26,6 +33,10 @@
 #   OFFSITE_SSHD_CONFIG      /etc/ssh/sshd_config  gets an Include of the drop-in dir if missing
 #   OFFSITE_SSHD_DROPIN_DIR  /etc/ssh/sshd_config.d
 #   OFFSITE_MOUNT_ROOT       /srv/offsite
+#   OFFSITE_RESTORE_ROOT     /srv/offsite-restore
+#   OFFSITE_RESTORE_COMMAND  sh command printing "<name> <vol-id>" restore records; default:
+#                            the instance tag offsite-restore, from the instance metadata
+#                            (IMDSv2; nothing when the tag or metadata tags are absent)
 #   OFFSITE_BY_ID_DIR        /dev/disk/by-id
 #   OFFSITE_GROUP            offsite
 #   OFFSITE_RRSYNC           /usr/bin/rrsync       the path certificates' force-command runs
@@ -44,6 +55,13 @@ CONFIG=${OFFSITE_CONFIG:-$ETC/instance.conf}
 SSHD_CONFIG=${OFFSITE_SSHD_CONFIG:-/etc/ssh/sshd_config}
 DROPIN_DIR=${OFFSITE_SSHD_DROPIN_DIR:-/etc/ssh/sshd_config.d}
 MOUNT_ROOT=${OFFSITE_MOUNT_ROOT:-/srv/offsite}
+RESTORE_ROOT=${OFFSITE_RESTORE_ROOT:-/srv/offsite-restore}
+IMDS=http://169.254.169.254/latest
+# shellcheck disable=SC2016  # expanded by the sh that runs the command
+FETCH_RESTORE='t=$(curl -sf -m 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" '
+FETCH_RESTORE+="$IMDS/api/token"') && curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" '
+FETCH_RESTORE+="$IMDS/meta-data/tags/instance/offsite-restore; true"
+RESTORE_COMMAND=${OFFSITE_RESTORE_COMMAND-$FETCH_RESTORE}
 BY_ID_DIR=${OFFSITE_BY_ID_DIR:-/dev/disk/by-id}
 GROUP=${OFFSITE_GROUP:-offsite}
 RRSYNC=${OFFSITE_RRSYNC:-/usr/bin/rrsync}
@@ -65,7 +83,7 @@ REGION=
 HOST_KEY_PARAMETER=
 CA_LINES=()
 HOST_NAMES=()
-declare -A HOST_VOLUME=() HOST_UID=()
+declare -A HOST_VOLUME=() HOST_UID=() RESTORE_VOLUME=()
 FAILED=()
 
 log() { printf 'offsite-boot: %s\n' "$*" >&2; }
@@ -92,6 +110,7 @@ read_config() {
         HOST_VOLUME[$name]=$volume
         HOST_UID[$name]=$uid
         ;;
+      restore) add_restore "$rest" ;;
       *) die "unknown record in $CONFIG: $kind" ;;
     esac
   done <"$CONFIG"
@@ -99,9 +118,27 @@ read_config() {
   [[ $HOST_KEY_PARAMETER =~ ^[A-Za-z0-9_./-]+$ ]] || die "bad or missing host_key_parameter"
   ((${#CA_LINES[@]} > 0)) || die "no ca line"
   local path
-  for path in "$ETC" "$SSHD_CONFIG" "$DROPIN_DIR" "$MOUNT_ROOT" "$RRSYNC"; do
+  for path in "$ETC" "$SSHD_CONFIG" "$DROPIN_DIR" "$MOUNT_ROOT" "$RESTORE_ROOT" "$RRSYNC"; do
     [[ $path =~ ^/[A-Za-z0-9_./-]+$ ]] || die "unusable path (absolute, no spaces): $path"
   done
+}
+
+add_restore() {
+  local name volume extra
+  read -r name volume extra <<<"$1"
+  [[ -n $name ]] || return 0
+  [[ $name =~ $NAME_RE && ! $name =~ ^[0-9]+$ ]] || die "bad restore host name: $name"
+  [[ $volume =~ $VOLUME_RE ]] || die "bad restore volume id for $name: $volume"
+  [[ -z $extra ]] || die "trailing fields on restore $name"
+  RESTORE_VOLUME[$name]=$volume
+}
+
+read_restore_records() {
+  local line
+  [[ -n $RESTORE_COMMAND ]] || return 0
+  while read -r line || [[ -n $line ]]; do
+    add_restore "$line"
+  done < <(sh -c "$RESTORE_COMMAND" offsite-restore)
 }
 
 # Run "$@" in a subshell with errexit on; record a failure instead of stopping the other steps.
@@ -255,6 +292,29 @@ mount_volume() {
   own_volume "$name" "$mnt"
 }
 
+# Read-only, never formatted, never chowned: the copy is what the snapshot holds. noload: no
+# journal replay on a read-only mount.
+mount_restore() {
+  local name=$1 volume=${RESTORE_VOLUME[$1]} mnt=$RESTORE_ROOT/$1 link device source
+  [[ -n ${HOST_VOLUME[$name]-} ]] || { log "restore for unknown host $name"; return 1; }
+  link=$BY_ID_DIR/$EBS_LINK_PREFIX${volume/-/}
+  wait_for "$link" || { log "$name: restore $volume is not attached ($link missing)"; return 1; }
+  device=$(readlink -f "$link")
+  [[ -b $device ]] || { log "$name: $link does not lead to a block device"; return 1; }
+  ensure_dir "$RESTORE_ROOT" 0755
+  if mountpoint -q "$mnt"; then
+    source=$(findmnt -rno SOURCE --mountpoint "$mnt")
+    [[ $(readlink -f "$source") == "$device" ]] ||
+      { log "$name: $mnt holds $source, not $volume ($device)"; return 1; }
+    return 0
+  fi
+  ensure_dir "$mnt" 0755
+  mount -o ro,noload,nodev,nosuid,noexec,noatime "$device" "$mnt"
+  log "$name: restore $volume mounted read-only at $mnt"
+  [[ $(stat -c %u "$mnt") == "$(id -u "$name")" ]] ||
+    log "$name: the restore's root belongs to uid $(stat -c %u "$mnt"), not the account"
+}
+
 wait_for() {
   while [[ ! -e $1 ]]; do
     (($(date +%s) < DEVICE_DEADLINE)) || return 1
@@ -393,6 +453,7 @@ reload_sshd() {
 main() {
   local before name
   read_config
+  read_restore_records
   ensure_dir "$ETC" 0755
   exec 9>>"$ETC/.lock"
   flock -w 600 9 || die "another offsite-boot holds $ETC/.lock"
@@ -406,6 +467,9 @@ main() {
   step install_ca_keys
   for name in "${HOST_NAMES[@]}"; do
     step setup_host "$name"
+  done
+  for name in "${!RESTORE_VOLUME[@]}"; do
+    step mount_restore "$name"
   done
   step prune_principals
   step configure_sshd

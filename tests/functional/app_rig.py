@@ -181,5 +181,6 @@ def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
 
 def clear_caches() -> None:
     for getter in (app_module.settings, app_module.window_service, app_module.host_service,
-                   app_module.session_service, app_module.authenticator):
+                   app_module.session_service, app_module.authenticator,
+                   app_module.restore_service):
         getter.cache_clear()

@@ -145,6 +145,8 @@ def make_sandbox(cleanup: ExitStack, hosts: list[Host], device_wait: int = 5) ->
         "OFFSITE_DEVICE_WAIT": str(device_wait),
         "OFFSITE_HOST_KEY_COMMAND": fetch,
         "OFFSITE_SSHD_RELOAD": f"echo reload >> {sandbox.reloads}",
+        "OFFSITE_RESTORE_ROOT": str(root / "srv/offsite-restore"),
+        "OFFSITE_RESTORE_COMMAND": "",  # no instance metadata here
     }
     return sandbox
 
@@ -439,6 +441,41 @@ def test_a_missing_or_unknown_volume_fails_that_host_only() -> None:
         unmounted = sandbox.mount_path(unknown).stat()  # its home, where it must not write
         assert (unmounted.st_uid, unmounted.st_mode & 0o777) == (0, 0o755)
         check(["sshd", "-t", "-f", str(sandbox.sshd_config)])
+
+
+def test_a_restore_volume_is_mounted_read_only_for_its_host() -> None:
+    host = new_host("r", secrets.token_hex(3))
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [host])
+        attach_volume(sandbox, host, None)
+        write_config(sandbox, [host])
+        assert sandbox.boot().returncode == 0
+        backup = sandbox.mount_path(host) / "archive.bin"
+        backup.write_bytes(b"backed up")
+        check(["umount", str(sandbox.mount_path(host))])
+        # the "snapshot": a copy of the host's volume, attached as a new volume
+        restore = Host(host.name, f"vol-{secrets.token_hex(9)[:17]}")
+        image = sandbox.root / "images" / f"{host.name}.img"
+        copy = image.with_name(f"{host.name}-restore.img")
+        shutil.copyfile(image, copy)
+        restore.device = check(["losetup", "-f", "--show", str(copy)]).strip()
+        mnt = sandbox.root / "srv/offsite-restore" / host.name
+        cleanup.callback(run, ["losetup", "-d", restore.device])
+        cleanup.callback(run, ["umount", str(mnt)])
+        link = f"nvme-Amazon_Elastic_Block_Store_{restore.volume_id.replace('-', '')}"
+        (sandbox.root / "dev/disk/by-id" / link).symlink_to(restore.device)
+        sandbox.env["OFFSITE_RESTORE_COMMAND"] = f"echo '{host.name} {restore.volume_id}'"
+        result = sandbox.boot()
+        assert result.returncode == 0, result.stderr
+        assert f"restore {restore.volume_id} mounted read-only" in result.stderr
+        assert (mnt / "archive.bin").read_bytes() == b"backed up"
+        options = check(["findmnt", "-rno", "OPTIONS", "--mountpoint", str(mnt)]).split(",")
+        assert "ro" in options
+        stat = mnt.stat()
+        assert (stat.st_uid, stat.st_mode & 0o777) == (pwd.getpwnam(host.name).pw_uid, 0o700)
+        with pytest.raises(OSError):
+            (mnt / "new").write_text("refused")
+        assert sandbox.boot().returncode == 0  # a second boot changes nothing
 
 
 def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path) -> None:

@@ -293,6 +293,9 @@ FENCES = {
     "ec2:CreateSnapshot": {
         VOLUME: {"Null": {"aws:ResourceTag/offsite:host": "true"}},
         SNAPSHOT: {"Null": {"aws:RequestTag/offsite:host": "true"}}},
+    "ec2:DetachVolume": {
+        INSTANCE: {"StringNotEquals": {"aws:ResourceTag/offsite:role": "archive"}},
+        VOLUME: {"Null": {"aws:ResourceTag/offsite:restore-window": "true"}}},
 }
 
 
@@ -316,6 +319,9 @@ def test_ec2_writes_are_confined_to_offsite_tagged_resources(name: str) -> None:
         elif action == "ec2:CreateVolume":
             assert statement["Condition"] == {"Null": {"aws:RequestTag/offsite:host": "false"},
                                               "Bool": {"ec2:Encrypted": "true"}}
+        elif action == "ec2:DeleteVolume":  # restore volumes only, never a host's own
+            assert statement["Condition"] == {
+                "Null": {"aws:ResourceTag/offsite:restore-window": "false"}}
         else:
             assert action == "ec2:DeleteSnapshot", action
             assert statement["Condition"] == {"Null": {"aws:ResourceTag/offsite:host": "false"}}

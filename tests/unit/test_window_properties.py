@@ -48,6 +48,7 @@ class World:
     stops: int = 0
     snapshots_created: dict[str, int] = field(default_factory=dict)
     ebs: dict[str, str] = field(default_factory=dict)  # host -> pending | completed
+    restore_volume_deletions: int = 0
 
     def apply(self, event: Event) -> None:
         decision = decide(self.window, event, self.now, TIMING)
@@ -60,6 +61,8 @@ class World:
                     self.instance = "stopping"
             elif action is Action.SNAPSHOT_VOLUMES:
                 self._snapshot()
+            elif action is Action.DELETE_RESTORE_VOLUME:
+                self.restore_volume_deletions += 1
 
     def _snapshot(self) -> None:
         snaps = dict(self.window.snapshots)
@@ -128,6 +131,14 @@ def new_world(hours: float = 1.0) -> World:
     return World(window)
 
 
+def new_restore_world(hours: float = 2.0) -> World:
+    window = Window(window_id="w-r", state=State.OPENING, opened_at=T0,
+                    deadline=T0 + timedelta(hours=hours), expected=frozenset({"c"}),
+                    instance_id="i-1", trigger="restore:api", updated_at=T0,
+                    purpose="restore", snapshot_id="snap-1", restore_volume_id="vol-r")
+    return World(window)
+
+
 @settings(max_examples=400, deadline=None)
 @given(steps)
 def test_never_two_stops_nor_two_rounds_of_snapshots(script: list[tuple[str, str, int]]) -> None:
@@ -176,3 +187,51 @@ def test_a_window_whose_events_all_arrive_ends_closed(script: list[tuple[str, st
         world.step("snapshot_event", host, 0)
     assert world.window.state is State.CLOSED, world.window
     assert world.stops == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps)
+def test_a_restore_window_is_never_snapshotted_and_drops_its_volume_once(
+        script: list[tuple[str, str, int]]) -> None:
+    world = new_restore_world()
+    for kind, host, minutes in script:
+        world.step(kind, host, minutes)
+        assert world.snapshots_created == {}
+        assert world.stops <= 1
+        assert world.restore_volume_deletions <= 1
+        assert world.window.state is not State.SNAPSHOTTING
+        if not world.window.state.active:
+            assert world.restore_volume_deletions == 1, world.window
+        else:
+            assert world.restore_volume_deletions == 0, world.window
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_a_restore_window_is_never_open_past_its_deadline_plus_one_period(
+        script: list[tuple[str, str, int]]) -> None:
+    world = new_restore_world(hours=0.5)
+    for kind, host, minutes in script:
+        world.step(kind, host, minutes)
+        if world.now >= world.window.deadline + PERIOD:
+            assert world.window.state not in (State.OPENING, State.OPEN), world.window
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps)
+def test_a_restore_whose_events_all_arrive_ends_closed(script: list[tuple[str, str, int]]) -> None:
+    world = new_restore_world()
+    for kind, host, minutes in script:
+        world.step(kind, host, minutes)
+    if world.window.state is State.FAILED:
+        assert world.restore_volume_deletions == 1
+        return
+    for kind in ("boot", "running_event", "report"):
+        world.step(kind, "c", 0)
+    world.step("halt", "c", 1)
+    world.step("stopped_event", "c", 0)
+    world.step("halt", "c", 5)
+    world.step("stopped_event", "c", 5)
+    assert world.window.state is State.CLOSED, world.window
+    assert world.stops == 1 and world.restore_volume_deletions == 1
+    assert world.snapshots_created == {}
