@@ -52,10 +52,11 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt host_client/pyproject.toml
+# -e .: the `offsite-admin` command (chalicelib.admin), see pyproject.toml.
+$(VENV)/.installed: requirements.txt requirements-dev.txt host_client/pyproject.toml pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt -e ./host_client
+	$(BIN)/pip install -q -r requirements-dev.txt -e ./host_client -e .
 	touch $@
 
 clean:

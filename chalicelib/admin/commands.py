@@ -1,0 +1,263 @@
+"""The commands: each gathers what it needs (the admin API, AWS), and prints a table, or the
+JSON with --json. Nothing printed is a secret: keys appear as parameter names and
+fingerprints, never as values."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from chalicelib.admin import views
+from chalicelib.admin.api import AdminApi, region_of
+from chalicelib.admin.deploy import Deployer, DeployError, StackInputs, stack_outputs
+from chalicelib.admin.initialise import (
+    InitError,
+    Target,
+    apply_init,
+    existing_parameters,
+    plan_init,
+    render_plan,
+    table_exists,
+)
+from chalicelib.admin.usage import NoUsageError, observe
+from chalicelib.cost import GIB, load_prices, month_at, month_kept_up, render
+
+DEFAULT_VOLUME_GIB = 20.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class AdminError(Exception):
+    """A refusal of this tool's own, printed as is."""
+
+
+class UsageError(Exception):
+    pass
+
+
+EXPECTED = (AdminError, InitError, DeployError, NoUsageError)
+
+
+@dataclasses.dataclass
+class Context:
+    args: argparse.Namespace
+    out: Callable[[str], None] = print
+
+    @functools.cached_property
+    def session(self) -> boto3.session.Session:
+        return boto3.session.Session(region_name=self.args.region)
+
+    def client(self, name: str) -> Any:
+        return self.session.client(name, endpoint_url=self.args.endpoint_url)  # type: ignore[call-overload]
+
+    def api(self) -> AdminApi:
+        url = self.args.api_url or self._stack_api_url()
+        region = self.session.region_name or "us-east-1"
+        credentials = self.session.get_credentials()
+        if credentials is None and urllib.parse.urlsplit(url).hostname not in LOOPBACK:
+            raise NoCredentialsError()
+        return AdminApi(url, credentials, region_of(url, region))
+
+    def _stack_api_url(self) -> str:
+        if self.args.endpoint_url:
+            raise AdminError("against the local stack, give --api-url (the stack prints it)")
+        name = f"offsite-{self.args.stage}"
+        url = stack_outputs(self.client("cloudformation"), name).get("EndpointURL")
+        if not url:
+            raise AdminError(f"the stack {name} has no EndpointURL output; give --api-url")
+        return str(url)
+
+    def show(self, data: Any, text: str) -> int:
+        self.out(json.dumps(data, indent=2, sort_keys=True) if self.args.json else text)
+        return 0
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    ctx = Context(args, out)
+    handler = HANDLERS[(args.command, getattr(args, "action", None))]
+    return handler(ctx)
+
+
+# init ------------------------------------------------------------------------------------------
+def cmd_init(ctx: Context) -> int:
+    args = ctx.args
+    target = Target(args.stage, local=bool(args.endpoint_url))
+    ssm, dynamodb = ctx.client("ssm"), ctx.client("dynamodb")
+    deployer = None if target.local or args.no_deploy else _deployer(ctx, target)
+    steps = plan_init(target, existing_parameters(ssm, target.keys),
+                      table_exists(dynamodb, target.table),
+                      deployer.check() if deployer else None)
+    where = (f"AWS at {args.endpoint_url} (the local stack)" if target.local
+             else f"region {ctx.session.region_name or '(default)'}")
+    print(render_plan(target, steps, where), file=sys.stderr)
+    if not any(s.does_something for s in steps):
+        print("nothing to do: already initialised", file=sys.stderr)
+        return ctx.show(_steps_data(steps), "initialised")
+    if not args.yes and not _confirmed():
+        raise AdminError("nothing done")
+    apply_init(target, steps, ssm, dynamodb, deployer or (lambda: None),
+               lambda line: print(line, file=sys.stderr))
+    return ctx.show(_steps_data(steps), f"initialised stage {target.stage}")
+
+
+def _deployer(ctx: Context, target: Target) -> Deployer:
+    args = ctx.args
+    if not args.artifact_bucket:
+        raise UsageError("the deploy needs --artifact-bucket (an S3 bucket of yours for the "
+                         "bundle and the template), or --no-deploy")
+    inputs = StackInputs(image_id=args.image_id, vpc_id=args.vpc_id, subnet_id=args.subnet_id,
+                         ssh_cidrs=tuple(args.ssh_cidr), alert_email=args.alert_email,
+                         instance_type=args.instance_type)
+    return Deployer(ctx.client("cloudformation"), ctx.client("s3"), target.stage,
+                    target.stack_name, args.artifact_bucket, inputs,
+                    lambda line: print(line, file=sys.stderr))
+
+
+def _confirmed() -> bool:
+    if not sys.stdin.isatty():
+        raise AdminError("not a terminal: add --yes to go ahead without being asked")
+    return input("Go ahead? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _steps_data(steps: list[Any]) -> dict[str, Any]:
+    return {"steps": [dataclasses.asdict(s) for s in steps]}
+
+
+# hosts -----------------------------------------------------------------------------------------
+def public_key_from(args: argparse.Namespace) -> str:
+    text: str | None = args.public_key
+    if text is None:
+        try:
+            text = Path(args.public_key_file).read_text()
+        except OSError as exc:
+            raise AdminError(f"cannot read {args.public_key_file}: {exc.strerror}") from None
+    if "PRIVATE KEY" in text:
+        raise AdminError("that is a private key: give the host's public key line "
+                         "(what `offsite-host keygen` printed), never its private key")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise AdminError("the public key must be one 'ssh-ed25519 AAAA...' line")
+    return lines[0]
+
+
+def cmd_host_add(ctx: Context) -> int:
+    args = ctx.args
+    body: dict[str, Any] = {"public_key": public_key_from(args)}
+    if args.size_gib is not None:
+        body["size_gib"] = args.size_gib
+    if args.volume_id:
+        body["volume_id"] = args.volume_id
+    host = ctx.api().call("PUT", f"/v1/hosts/{_segment(args.name)}", body)
+    return ctx.show(host, views.host_line(host, new=None))
+
+
+def cmd_host_revoke(ctx: Context) -> int:
+    host = ctx.api().call("DELETE", f"/v1/hosts/{_segment(ctx.args.name)}")
+    return ctx.show(host, f"revoked {host['name']}: its next request is refused; its volume "
+                          "and snapshots stay")
+
+
+def cmd_host_list(ctx: Context) -> int:
+    answer = ctx.api().call("GET", "/v1/hosts")
+    return ctx.show(answer, views.hosts_table(answer.get("hosts", [])))
+
+
+# windows ---------------------------------------------------------------------------------------
+def cmd_window_open(ctx: Context) -> int:
+    body: dict[str, Any] = {}
+    if ctx.args.hours is not None:
+        body["duration_hours"] = ctx.args.hours
+    if ctx.args.hosts:
+        body["hosts"] = ctx.args.hosts
+    window = ctx.api().call("POST", "/v1/windows", body)
+    return ctx.show(window, f"opened {window['window_id']} ({window['state']}), expecting "
+                            f"{', '.join(window['expected'])}; deadline {window['deadline']}")
+
+
+def cmd_window_close(ctx: Context) -> int:
+    answer = ctx.api().call("POST", f"/v1/windows/{_segment(ctx.args.window_id)}/close")
+    return ctx.show(answer, f"{answer['window_id']}: {answer['state']} ({answer['reason']})")
+
+
+def cmd_window_status(ctx: Context) -> int:
+    api, window_id = ctx.api(), ctx.args.window_id
+    if window_id is None:
+        windows = api.call("GET", "/v1/windows").get("windows", [])
+        current = views.current_of(windows)
+        if current is None:
+            last = f"; the last was {windows[0]['window_id']} ({windows[0]['state']})" \
+                if windows else ""
+            return ctx.show({"current": None}, f"no window open{last}")
+        window_id = current["window_id"]
+    window = api.call("GET", f"/v1/windows/{_segment(window_id)}")
+    return ctx.show(window, views.window_summary(window))
+
+
+def cmd_window_history(ctx: Context) -> int:
+    windows = ctx.api().call("GET", "/v1/windows").get("windows", [])[:ctx.args.limit]
+    return ctx.show({"windows": windows}, views.windows_table(windows))
+
+
+# snapshots and cost ----------------------------------------------------------------------------
+def cmd_snapshots(ctx: Context) -> int:
+    answer = ctx.api().call("GET", "/v1/snapshots", query={"host": ctx.args.host})
+    return ctx.show(answer, views.snapshots_table(answer))
+
+
+def cmd_cost(ctx: Context) -> int:
+    args, api = ctx.args, ctx.api()
+    listed = api.call("GET", "/v1/windows").get("windows", [])
+    closed = [w for w in listed if w.get("state") == "CLOSED"][:args.windows]
+    windows = [api.call("GET", f"/v1/windows/{_segment(w['window_id'])}") for w in closed]
+    hosts = api.call("GET", "/v1/hosts").get("hosts", [])
+    observed = observe(
+        windows, instance_type=args.instance_type, volume_gib=_volume_gib(ctx, hosts),
+        retention_days=args.retention_days,
+        stored_bytes=None if args.stored_gib is None else round(args.stored_gib * GIB))
+    if args.window_hours is not None:
+        observed = dataclasses.replace(observed, usage=dataclasses.replace(
+            observed.usage, window_seconds=args.window_hours * 3600))
+    prices = load_prices(Path(args.prices) if args.prices else None)
+    mine, kept_up = month_at(observed.usage, prices), month_kept_up(observed.usage, prices)
+    return ctx.show(views.cost_data(observed, mine, kept_up, prices),
+                    views.cost_text(observed, render(mine, kept_up, prices)))
+
+
+def _volume_gib(ctx: Context, hosts: list[dict[str, Any]]) -> float:
+    """The enabled hosts' volumes: as EC2 has them, else --volume-gib (or 20) each."""
+    enabled = [h for h in hosts if h.get("enabled")]
+    if ctx.args.volume_gib is not None:
+        return float(ctx.args.volume_gib) * len(enabled)
+    ids = [str(h["volume_id"]) for h in enabled if h.get("volume_id")]
+    if not ids:
+        return 0.0
+    try:
+        found = ctx.client("ec2").describe_volumes(VolumeIds=ids)["Volumes"]
+    except (ClientError, BotoCoreError, NoCredentialsError) as exc:
+        print(f"offsite-admin: volume sizes not read from EC2 ({exc}); assuming "
+              f"{DEFAULT_VOLUME_GIB:g} GiB each (or give --volume-gib)", file=sys.stderr)
+        return DEFAULT_VOLUME_GIB * len(enabled)
+    return float(sum(v["Size"] for v in found))
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+HANDLERS: dict[tuple[str, str | None], Callable[[Context], int]] = {
+    ("init", None): cmd_init,
+    ("host", "add"): cmd_host_add, ("host", "revoke"): cmd_host_revoke,
+    ("host", "list"): cmd_host_list,
+    ("window", "open"): cmd_window_open, ("window", "close"): cmd_window_close,
+    ("window", "status"): cmd_window_status, ("window", "history"): cmd_window_history,
+    ("snapshots", None): cmd_snapshots, ("cost", None): cmd_cost,
+}
