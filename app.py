@@ -7,6 +7,7 @@ answers. AWS clients are built once per container, on first use, in the cached g
 from __future__ import annotations
 
 import functools
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from chalicelib.host_auth import HostAuthenticator
 from chalicelib.hosts import HostService, host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
+from chalicelib.instance.userdata import BootRenderer
 from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
 from chalicelib.payloads import (
     InvalidPayloadError,
@@ -62,6 +64,7 @@ def settings() -> Settings:
 @functools.cache
 def window_service() -> WindowService:
     s = settings()
+    names = KeyParameters(s.key_prefix)
     ports = Ports(
         store=DynamoStore(boto3.client("dynamodb", config=_AWS_CONFIG), s.table_name),
         compute=Ec2Compute(boto3.client("ec2", config=_AWS_CONFIG)),
@@ -70,8 +73,29 @@ def window_service() -> WindowService:
                                        s.schedule_group),
         notifier=SnsNotifier(boto3.client("sns", config=_AWS_CONFIG), s.topic_arn),
         metrics=EmfMetrics(namespace="Offsite", service="offsite"),
+        boot=BootRenderer(lambda: read_parameter(names.ca_public), names.host_private,
+                          os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"]),
     )
     return WindowService(s, ports)
+
+
+def read_parameter(name: str) -> str:
+    """An SSM parameter, decrypted, through powertools' cache."""
+    return str(_ssm().get(name, decrypt=True, max_age=CACHE_SECONDS))
+
+
+@functools.cache
+def _ssm() -> SSMProvider:
+    return SSMProvider(boto3_client=boto3.client("ssm", config=_AWS_CONFIG))
+
+
+def reset_caches() -> None:
+    """Drops the cached settings, clients and services (and the parameters read), as a new
+    Lambda container would start: for the local stack, tests and benches, which change the
+    environment between runs in one process."""
+    for getter in (settings, window_service, host_service, restore_service, session_service,
+                   authenticator, _ssm):
+        getter.cache_clear()
 
 
 @functools.cache
@@ -88,13 +112,8 @@ def restore_service() -> RestoreService:
 @functools.cache
 def session_service() -> SessionService:
     s, ports = settings(), window_service().ports
-    ssm = SSMProvider(boto3_client=boto3.client("ssm", config=_AWS_CONFIG))
-
-    def read(name: str) -> str:
-        return str(ssm.get(name, decrypt=True, max_age=CACHE_SECONDS))
-
     return SessionService(
-        store=ports.store, ca=CertificateAuthority(read, KeyParameters(s.key_prefix)),
+        store=ports.store, ca=CertificateAuthority(read_parameter, KeyParameters(s.key_prefix)),
         metrics=ports.metrics, clock=utc_now,
         next_window=lambda now: next_open(s.open_schedule, now),
         policy=CertificatePolicy(

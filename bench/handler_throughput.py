@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Protocol, TypeVar
 
-from bench.simulated_window import SimClock
+from bench.simulated_window import SimClock, bench_boot
 from chalicelib.adapters.compute import FakeCompute
 from chalicelib.adapters.metrics import FakeMetrics
 from chalicelib.adapters.notifier import FakeNotifier
@@ -180,7 +180,8 @@ class FakesDriver:
             store.put_host(Host(name, "ssh-ed25519 BENCH", True, f"vol-{i:017x}", self.clock()))
         settings = Settings(table_name="bench", instance_id="i-bench", topic_arn="arn:bench",
                             deadline_target_arn="arn:bench", scheduler_role_arn="arn:bench")
-        ports = Ports(store, self.compute, FakeScheduler(), FakeNotifier(), FakeMetrics())
+        ports = Ports(store, self.compute, FakeScheduler(), FakeNotifier(), FakeMetrics(),
+                      bench_boot())
         self.service = WindowService(settings, ports, clock=self.clock)
 
     def open(self, duration_hours: float | None) -> str:

@@ -29,6 +29,7 @@ from moto.server import ThreadedMotoServer
 import app as app_module
 from bench.handler_throughput import BenchError, Timings, expect_state, run_windows, succeeded
 from chalicelib.adapters.dynamo_store import create_table
+from chalicelib.keys import KeyParameters, generate_key_material
 from chalicelib.records import Host
 from chalicelib.windows import WindowService, utc_now
 
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "tests" / "events"
 # The dev stage's names: chalice's test client sets the stage's variables on every invocation.
 STAGE, TABLE, SCHEDULE_GROUP = "dev", "offsite-dev", "offsite-dev"
+KEYS = "/offsite/dev"
 MAX_DEADLINE_WAIT_S = 5.0
 
 
@@ -118,7 +120,11 @@ def provision(hosts: Sequence[str]) -> MotoRig:
     topic = boto3.client("sns").create_topic(Name="offsite")["TopicArn"]
     boto3.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
     create_table(boto3.client("dynamodb"), TABLE)
-    env = {"TABLE_NAME": TABLE, "SCHEDULE_GROUP": SCHEDULE_GROUP, "INSTANCE_ID": instance_id,
+    ssm = boto3.client("ssm")  # the boot config of each open reads the CA's public key
+    for name, value, kind in generate_key_material("bench").parameters(KeyParameters(KEYS)):
+        ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
+    env = {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEYS, "SCHEDULE_GROUP": SCHEDULE_GROUP,
+           "INSTANCE_ID": instance_id,
            "INSTANCE_TYPES": "t3.small,t3a.small", "TOPIC_ARN": topic, "WINDOW_HOURS": "3.6",
            "DEADLINE_TARGET_ARN":
                "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline",
@@ -183,13 +189,11 @@ class AppDriver:
 @contextmanager
 def _fresh_app() -> Iterator[None]:
     """app.py's cached settings and clients, built anew here and dropped after."""
-    app_module.settings.cache_clear()
-    app_module.window_service.cache_clear()
+    app_module.reset_caches()
     try:
         yield
     finally:
-        app_module.settings.cache_clear()
-        app_module.window_service.cache_clear()
+        app_module.reset_caches()
 
 
 @contextmanager

@@ -70,7 +70,6 @@ from chalicelib.window import State, Window
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ssm import SSMClient
-    from mypy_boto3_ssm.literals import ParameterTypeType
 
 HOSTS = ("c", "h", "o", "l")
 API, AUTHORITY, PATH = "https://api.offsite.test", "api.offsite.test", "/v1/sessions"
@@ -194,12 +193,7 @@ def signed_session(key: SigningKey, host: str) -> tuple[bytes, SignedRequest]:
 
 def put_key_material(ssm: SSMClient, material: KeyMaterial) -> None:
     names = KeyParameters(KEY_PREFIX)
-    parameters: list[tuple[str, str, ParameterTypeType]] = [
-        (names.ca_private, material.ca_seed_b64, "SecureString"),
-        (names.ca_public, material.ca_public_line, "String"),
-        (names.host_private, material.host_private_pem, "SecureString"),
-        (names.host_public, material.host_public_line, "String")]
-    for name, value, kind in parameters:
+    for name, value, kind in material.parameters(names):
         ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
 
 
@@ -303,15 +297,11 @@ def stage_probes(rig: SessionRig) -> dict[str, Probe]:
 @contextmanager
 def fresh_app() -> Iterator[None]:
     """app.py's cached settings, clients and services, built anew here and dropped after."""
-    getters = (app_module.settings, app_module.window_service, app_module.host_service,
-               app_module.session_service, app_module.authenticator)
-    for getter in getters:
-        getter.cache_clear()
+    app_module.reset_caches()
     try:
         yield
     finally:
-        for getter in getters:
-            getter.cache_clear()
+        app_module.reset_caches()
 
 
 @contextmanager

@@ -23,14 +23,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from nacl.signing import SigningKey
+
 from chalicelib.adapters.compute import FakeCompute
 from chalicelib.adapters.metrics import FakeMetrics
 from chalicelib.adapters.notifier import FakeNotifier
 from chalicelib.adapters.scheduler import FakeScheduler
 from chalicelib.adapters.store import InMemoryStore
+from chalicelib.instance.userdata import BootRenderer
 from chalicelib.payloads import ReportRequest
 from chalicelib.records import Host
 from chalicelib.settings import Settings
+from chalicelib.sshcert import ca_public_key_line
 from chalicelib.window import State
 from chalicelib.windows import Ports, WindowNotOpenError, WindowService
 
@@ -146,6 +150,12 @@ class EventBus:
         return due
 
 
+def bench_boot() -> BootRenderer:
+    """The real user-data renderer (its cost is part of every open), with a throwaway CA."""
+    ca_line = ca_public_key_line(SigningKey.generate())
+    return BootRenderer(lambda: ca_line, "/offsite/bench/host-key", "us-east-1")
+
+
 class SimulatedEc2(FakeCompute):
     """FakeCompute whose starts, stops and snapshots take time and end in an event."""
 
@@ -208,7 +218,8 @@ def _build(scenario: Scenario) -> _World:
     settings = Settings(table_name="bench", instance_id=INSTANCE_ID, topic_arn="arn:bench",
                         deadline_target_arn="arn:bench", scheduler_role_arn="arn:bench",
                         window_hours=scenario.window_hours)
-    service = WindowService(settings, Ports(store, ec2, scheduler, FakeNotifier(), metrics),
+    ports = Ports(store, ec2, scheduler, FakeNotifier(), metrics, bench_boot())
+    service = WindowService(settings, ports,
                             clock=clock, new_id=lambda now: f"w-{now:%Y%m%dT%H%M%SZ}-bench0")
     return _World(scenario, clock, bus, ec2, scheduler, metrics, service)
 

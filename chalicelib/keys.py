@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from nacl.signing import SigningKey
 
@@ -50,12 +51,22 @@ class KeyParameters:
         return f"{self.prefix}/host-key.pub"
 
 
+ParameterKind = Literal["String", "SecureString"]
+
+
 @dataclass(frozen=True)
 class KeyMaterial:
     ca_seed_b64: str
     ca_public_line: str
     host_private_pem: str
     host_public_line: str
+
+    def parameters(self, names: KeyParameters) -> list[tuple[str, str, ParameterKind]]:
+        """(SSM parameter name, value, type) of each of the four parameters."""
+        return [(names.ca_private, self.ca_seed_b64, "SecureString"),
+                (names.ca_public, self.ca_public_line, "String"),
+                (names.host_private, self.host_private_pem, "SecureString"),
+                (names.host_public, self.host_public_line, "String")]
 
 
 def generate_key_material(comment: str = "offsite") -> KeyMaterial:

@@ -8,10 +8,10 @@ stop and one round of snapshots.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
@@ -26,6 +26,7 @@ from chalicelib.adapters.metrics import Metrics
 from chalicelib.adapters.notifier import Notifier
 from chalicelib.adapters.scheduler import DeadlineScheduler
 from chalicelib.adapters.store import WindowActiveError, WindowStore
+from chalicelib.instance.userdata import BootConfigError
 from chalicelib.payloads import OpenRequest, ReportRequest
 from chalicelib.records import Report, SnapshotRecord
 from chalicelib.retention import choose_deletions
@@ -81,6 +82,13 @@ class NotClosableError(Exception):
     pass
 
 
+class Boot(Protocol):
+    """What the archive instance runs at boot (chalicelib/instance/userdata.BootRenderer)."""
+
+    def user_data(self, hosts: Sequence[tuple[str, str]],
+                  restores: Sequence[tuple[str, str]] = ()) -> str: ...
+
+
 @dataclass(frozen=True)
 class Ports:
     store: WindowStore
@@ -88,6 +96,7 @@ class Ports:
     scheduler: DeadlineScheduler
     notifier: Notifier
     metrics: Metrics
+    boot: Boot
 
 
 def utc_now() -> datetime:
@@ -156,15 +165,25 @@ class WindowService:
     def _start(self, window: Window) -> Window:
         logger.info("window transition", extra=_log(window, None, State.OPENING, window.reason))
         try:
+            self.ports.compute.configure_boot(window.instance_id, self._user_data(window))
             started_as = self.ports.compute.start(window.instance_id,
                                                   self.settings.instance_types)
-        except StartFailedError as exc:
+        except (StartFailedError, BootConfigError) as exc:
             self._apply(window, StartFailed(str(exc)))
         else:
             logger.info("instance starting", extra={"window_id": window.window_id,
                                                     "instance_type": started_as})
             self.ports.scheduler.create_deadline(window.window_id, window.deadline)
         return self._window(window.window_id)
+
+    def _user_data(self, window: Window) -> str:
+        """The boot config of this window: an account and volume for every enabled host (a
+        host enrolled since the last boot gets its account now), and the restore volume."""
+        hosts = {h.name: h.volume_id for h in self.ports.store.list_hosts()
+                 if h.volume_id and (h.enabled or h.name in window.expected)}
+        restores = ([(next(iter(window.expected)), window.restore_volume_id)]
+                    if window.purpose == RESTORE and window.restore_volume_id else [])
+        return self.ports.boot.user_data(sorted(hosts.items()), restores)
 
     # events ----------------------------------------------------------------------------
     def on_instance_state(self, instance_id: str, state: str) -> Decision | None:

@@ -96,10 +96,7 @@ def provision(endpoint: str, initialised: bool = False) -> Deployment:
     else:
         create_table(client("dynamodb"), TABLE)
         keys = generate_key_material("offsite-local")
-        for name, value, kind in [(names.ca_private, keys.ca_seed_b64, "SecureString"),
-                                  (names.ca_public, keys.ca_public_line, "String"),
-                                  (names.host_private, keys.host_private_pem, "SecureString"),
-                                  (names.host_public, keys.host_public_line, "String")]:
+        for name, value, kind in keys.parameters(names):
             ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
     topic = client("sns").create_topic(Name="offsite-local")["TopicArn"]
     client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)

@@ -228,7 +228,4 @@ class LocalStack:
 
 
 def _clear_app_caches() -> None:
-    for getter in (app_module.settings, app_module.window_service, app_module.host_service,
-                   app_module.session_service, app_module.authenticator,
-                   app_module.restore_service):
-        getter.cache_clear()
+    app_module.reset_caches()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ class Compute(Protocol):
         Raises StartFailedError with every type's cause when none started."""
 
     def stop(self, instance_id: str) -> None: ...
+
+    def configure_boot(self, instance_id: str, user_data: str) -> None:
+        """Sets what the stopped instance runs at its next boot; raises StartFailedError when
+        the instance is not stopped."""
 
     def describe(self, instance_id: str) -> InstanceView: ...
 
@@ -110,6 +115,22 @@ class Ec2Compute:
 
     def stop(self, instance_id: str) -> None:
         self._ec2.stop_instances(InstanceIds=[instance_id])
+
+    def configure_boot(self, instance_id: str, user_data: str) -> None:
+        # Unlike RunInstances, ModifyInstanceAttribute takes the user-data base64-encoded by
+        # the caller (botocore then encodes the blob once more for the wire); only while
+        # the instance is stopped.
+        try:
+            self._ec2.modify_instance_attribute(
+                InstanceId=instance_id,
+                UserData={"Value": base64.b64encode(user_data.encode())})
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code != "IncorrectInstanceState":
+                raise
+            raise StartFailedError(f"the instance's boot config cannot be set: {code} "
+                                   f"({exc.response.get('Error', {}).get('Message', '')})"
+                                   ) from exc
 
     def describe(self, instance_id: str) -> InstanceView:
         instance = self._instance(instance_id)
@@ -246,6 +267,7 @@ class FakeCompute:
         self.address = "203.0.113.10"
         self.unavailable_types = set(unavailable_types)
         self.started_as: list[str] = []
+        self.user_data: str | None = None
         self.stops = 0
         self.snapshots: dict[str, dict[str, object]] = {}
         self.volumes: dict[str, str] = {}
@@ -268,6 +290,11 @@ class FakeCompute:
     def stop(self, instance_id: str) -> None:
         self.stops += 1
         self.state = "stopped"
+
+    def configure_boot(self, instance_id: str, user_data: str) -> None:
+        if self.state != "stopped":
+            raise StartFailedError(f"the instance's boot config cannot be set: {self.state}")
+        self.user_data = user_data
 
     def describe(self, instance_id: str) -> InstanceView:
         return InstanceView(self.state, self.address if self.state == "running" else None)

@@ -117,7 +117,8 @@ def _deployer(ctx: Context, target: Target) -> Deployer:
     inputs = StackInputs(image_id=args.image_id, vpc_id=args.vpc_id, subnet_id=args.subnet_id,
                          ssh_cidrs=tuple(args.ssh_cidr), alert_email=args.alert_email,
                          instance_type=args.instance_type)
-    return Deployer(ctx.client("cloudformation"), ctx.client("s3"), target.stage,
+    return Deployer(ctx.client("cloudformation"), ctx.client("s3"), ctx.client("ec2"),
+                    target.stage,
                     target.stack_name, args.artifact_bucket, inputs,
                     lambda line: print(line, file=sys.stderr))
 

@@ -85,6 +85,7 @@ def package_command(stage: str, outdir: Path) -> list[str]:
 class Deployer:
     cloudformation: Any
     s3: Any
+    ec2: Any
     stage: str
     stack_name: str
     bucket: str
@@ -144,6 +145,12 @@ class Deployer:
         cfn.get_waiter(waiter).wait(StackName=self.stack_name,
                                     WaiterConfig={"Delay": 10, "MaxAttempts": 180})
         outputs = stack_outputs(cfn, self.stack_name)
+        instance_id = outputs.get("ArchiveInstanceId")
+        if not exists and instance_id:
+            # EC2 starts an instance when it is created; it should run only during windows,
+            # and each window's open gives it its boot config (which needs it stopped).
+            self.ec2.stop_instances(InstanceIds=[instance_id])
+            self.log(f"stopped the archive instance {instance_id}: it runs only in windows")
         self.log(f"deployed {self.stack_name}; API {outputs.get('EndpointURL', '?')}")
 
 

@@ -123,11 +123,7 @@ def put_keys(ssm: Any, target: Target, steps: Sequence[Step],
     if not created:
         return
     keys, material = target.keys, make(f"offsite-{target.stage}")
-    values = [(keys.ca_private, material.ca_seed_b64, "SecureString"),
-              (keys.ca_public, material.ca_public_line, "String"),
-              (keys.host_private, material.host_private_pem, "SecureString"),
-              (keys.host_public, material.host_public_line, "String")]
-    for name, value, kind in values:
+    for name, value, kind in material.parameters(keys):
         if name in created:
             ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=False,
                               Description=f"offsite {target.stage}: made by offsite-admin init")

@@ -22,7 +22,8 @@ import base64
 import binascii
 import gzip
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.names import check_host_name
@@ -58,13 +59,15 @@ def render_user_data(
     region: str,
     *,
     uids: Mapping[str, int] | None = None,
+    restores: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The user-data for these (host name, volume id) pairs.
 
     Raises chalicelib.names.InvalidHostNameError, InvalidVolumeIdError, BootConfigError (CA
     key, parameter, region, duplicates, uids) or UserDataTooLargeError; all are ValueErrors.
     """
-    config = render_boot_config(hosts, ca_public_key, host_key_parameter, region, uids=uids)
+    config = render_boot_config(hosts, ca_public_key, host_key_parameter, region, uids=uids,
+                                restores=restores)
     commands = [
         "set -e",
         "umask 022",
@@ -95,8 +98,10 @@ def render_boot_config(
     region: str,
     *,
     uids: Mapping[str, int] | None = None,
+    restores: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The text of instance.conf, the file boot.sh reads (format in boot.sh's header)."""
+    """The text of instance.conf, the file boot.sh reads (format in boot.sh's header).
+    `restores` are (host, volume id) pairs of restore volumes, each for a listed host."""
     uids = uids or {}
     if not REGION.fullmatch(region):
         raise BootConfigError(f"not an AWS region: {region!r}")
@@ -118,7 +123,29 @@ def render_boot_config(
         lines.append(f"host {name} {volume_id}" + ("" if uid is None else f" {uid}"))
     if len(set(uids.values())) < len(uids):
         raise BootConfigError("two hosts share a uid")
+    for name, volume_id in sorted(restores):
+        if name not in names:
+            raise BootConfigError(f"a restore volume for {name}, which is not listed")
+        if not VOLUME_ID.fullmatch(volume_id):
+            raise InvalidVolumeIdError(
+                f"restore volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
+        lines.append(f"restore {name} {volume_id}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class BootRenderer:
+    """The window service's Boot port: the user-data for a window's hosts, with the CA public
+    key read when asked (so a rotated CA reaches the next boot)."""
+
+    ca_public_key: Callable[[], str]
+    host_key_parameter: str
+    region: str
+
+    def user_data(self, hosts: Sequence[tuple[str, str]],
+                  restores: Sequence[tuple[str, str]] = ()) -> str:
+        return render_user_data(hosts, self.ca_public_key(), self.host_key_parameter,
+                                self.region, restores=restores)
 
 
 def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

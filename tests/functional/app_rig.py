@@ -32,10 +32,7 @@ KEY_PREFIX = "/offsite/test"
 
 def put_key_material(material: KeyMaterial) -> None:
     ssm, names = boto3.client("ssm"), KeyParameters(KEY_PREFIX)
-    for name, value, kind in [(names.ca_private, material.ca_seed_b64, "SecureString"),
-                              (names.ca_public, material.ca_public_line, "String"),
-                              (names.host_private, material.host_private_pem, "SecureString"),
-                              (names.host_public, material.host_public_line, "String")]:
+    for name, value, kind in material.parameters(names):
         ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
 
 
@@ -180,7 +177,4 @@ def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
 
 
 def clear_caches() -> None:
-    for getter in (app_module.settings, app_module.window_service, app_module.host_service,
-                   app_module.session_service, app_module.authenticator,
-                   app_module.restore_service):
-        getter.cache_clear()
+    app_module.reset_caches()

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from nacl.signing import SigningKey
 
 from chalicelib.adapters.compute import FakeCompute
 from chalicelib.adapters.metrics import FakeMetrics
 from chalicelib.adapters.notifier import FakeNotifier
 from chalicelib.adapters.scheduler import FakeScheduler
 from chalicelib.adapters.store import InMemoryStore
+from chalicelib.instance.userdata import BootRenderer
 from chalicelib.records import Host
 from chalicelib.settings import Settings
+from chalicelib.sshcert import ca_public_key_line
 from chalicelib.windows import Ports, WindowService
 
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
@@ -49,12 +52,18 @@ def make_settings(**changes: object) -> Settings:
     return Settings(**{**base, **changes})  # type: ignore[arg-type]
 
 
+
+def throwaway_boot() -> BootRenderer:
+    """The real user-data renderer, with a CA made for this test."""
+    ca_line = ca_public_key_line(SigningKey.generate())
+    return BootRenderer(lambda: ca_line, "/offsite/test/host-key", "us-east-1")
+
 @pytest.fixture
 def rig() -> Rig:
     store, compute, clock = InMemoryStore(), FakeCompute(), Clock()
     for i, name in enumerate(HOSTS):
         store.put_host(Host(name, f"ssh-ed25519 KEY{i}", True, f"vol-{i:017x}", T0))
-    ports = Ports(store, compute, FakeScheduler(), FakeNotifier(), FakeMetrics())
+    ports = Ports(store, compute, FakeScheduler(), FakeNotifier(), FakeMetrics(), throwaway_boot())
     service = WindowService(make_settings(), ports, clock=clock,
                             new_id=lambda now: f"w-{now:%Y%m%dT%H%M%SZ}-000000")
     return Rig(service, store, compute, ports.scheduler, ports.notifier,  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import os
@@ -16,6 +17,8 @@ from chalice.test import Client
 
 import app as app_module
 from chalicelib.adapters.compute import Ec2Compute
+from chalicelib.instance.userdata import CONFIG_PATH
+from tests.unit.test_instance_userdata import embedded
 
 from .app_rig import (
     EVENTS,
@@ -68,6 +71,12 @@ def test_whole_window_with_four_hosts(app_rig: AppRig) -> None:
     app_rig.settle_snapshots()
     view = window(app_rig, wid)
     assert view["state"] == "CLOSED", view
+    # The instance was started with a boot config naming every host and its volume.
+    user_data = base64.b64decode(boto3.client("ec2").describe_instance_attribute(
+        InstanceId=app_rig.instance_id, Attribute="userData")["UserData"]["Value"]).decode()
+    config = embedded(user_data)[CONFIG_PATH].decode()
+    assert sorted(line.split()[1] for line in config.splitlines()
+                  if line.startswith("host ")) == sorted(HOSTS)
     assert {h: t["offsite:complete"] for h, t in snapshot_tags().items()} == \
         dict.fromkeys(HOSTS, "true")
     assert all(t["offsite:window"] == wid for t in snapshot_tags().values())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from chalicelib.adapters.compute import TAG_COMPLETE
+from chalicelib.adapters.compute import TAG_COMPLETE, TAG_HOST
 from chalicelib.adapters.store import WindowActiveError
+from chalicelib.instance.userdata import CONFIG_PATH
 from chalicelib.payloads import OpenRequest, ReportRequest
+from chalicelib.records import Host
 from chalicelib.window import SnapshotStatus, State
 from chalicelib.windows import (
     HostNotExpectedError,
@@ -15,8 +19,9 @@ from chalicelib.windows import (
     UnknownWindowError,
     WindowNotOpenError,
 )
+from tests.unit.test_instance_userdata import embedded
 
-from .conftest import HOSTS, Rig
+from .conftest import HOSTS, T0, Rig
 
 
 def report(wid: str, host: str, status: str = "succeeded") -> ReportRequest:
@@ -222,3 +227,48 @@ def test_reconciler_takes_over_a_dead_snapshotter(rig: Rig) -> None:
     rig.service.reconcile()
     assert set(rig.service.get_window(wid).snapshots) == {"c", "h"}
     assert calls.count("c") == 1
+
+
+def boot_hosts(rig: Rig) -> list[str]:
+    """The `host` and `restore` lines of the boot config the instance was last given."""
+    assert rig.compute.user_data is not None
+    config = embedded(rig.compute.user_data)[CONFIG_PATH].decode()
+    return [line for line in config.splitlines() if line.startswith(("host ", "restore "))]
+
+
+def test_each_open_gives_the_instance_the_enabled_hosts(rig: Rig) -> None:
+    wid = open_and_run(rig)
+    assert boot_hosts(rig) == sorted(f"host {h} vol-{i:017x}" for i, h in enumerate(HOSTS))
+    rig.service.close_window(wid, "admin")
+    rig.service.on_instance_state("i-1", "stopped")
+    settle_all(rig)
+    # Enrolled and revoked while the instance was stopped: the next boot knows.
+    rig.store.put_host(Host("new-1", "ssh-ed25519 KEYN", True, "vol-00000000000000abc", T0))
+    old = rig.store.get_host("h")
+    assert old is not None
+    rig.store.put_host(replace(old, enabled=False))
+    open_and_run(rig)
+    lines = boot_hosts(rig)
+    assert "host new-1 vol-00000000000000abc" in lines
+    assert not any(line.startswith("host h ") for line in lines)
+
+
+def test_an_instance_that_is_not_stopped_fails_the_window_with_its_reason(rig: Rig) -> None:
+    rig.compute.state = "stopping"  # the last window's stop has not finished
+    window = rig.service.open_window("schedule", OpenRequest(None, None))
+    assert window.state is State.FAILED
+    assert "boot config cannot be set: stopping" in (window.reason or "")
+    assert rig.compute.started_as == [] and len(rig.notifier.sent) == 1
+
+
+def test_a_restore_window_boots_with_its_restore_volume(rig: Rig) -> None:
+    wid = open_and_run(rig)
+    for host in HOSTS:
+        rig.service.record_report(report(wid, host))
+    rig.service.on_instance_state("i-1", "stopped")
+    settle_all(rig)
+    snapshot_id = next(s for s, snap in rig.compute.snapshots.items()
+                       if snap["tags"][TAG_HOST] == "o")  # type: ignore[index]
+    window = rig.service.open_restore("api", "o", snapshot_id)
+    assert f"restore o {window.restore_volume_id}" in boot_hosts(rig)
+    assert sum(line.startswith("restore ") for line in boot_hosts(rig)) == 1

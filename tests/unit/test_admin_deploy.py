@@ -86,8 +86,9 @@ class FakeCloudFormation:
             raise ClientError({"Error": {"Code": "ValidationError", "Message":
                                          f"Stack with id {StackName} does not exist"}},
                               "DescribeStacks")
-        return {"Stacks": [{"Outputs": [{"OutputKey": "EndpointURL",
-                                         "OutputValue": "https://x/api/"}]}]}
+        return {"Stacks": [{"Outputs": [
+            {"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"},
+            {"OutputKey": "ArchiveInstanceId", "OutputValue": "i-0123456789abcdef0"}]}]}
 
     def create_change_set(self, **kwargs: Any) -> dict[str, str]:
         self.change_set = kwargs
@@ -101,8 +102,16 @@ class FakeCloudFormation:
         return FakeWaiter(self.calls, name)
 
 
+class FakeEc2:
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop_instances(self, InstanceIds: list[str]) -> None:
+        self.stopped += InstanceIds
+
+
 def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
-    cfn, s3, logged = FakeCloudFormation(), FakeS3(), []
+    cfn, s3, ec2, logged = FakeCloudFormation(), FakeS3(), FakeEc2(), []
 
     def package(argv: Sequence[str]) -> int:  # what deploy/package.py writes
         outdir = Path(argv[-1])
@@ -112,7 +121,7 @@ def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
             "Type": "AWS::Serverless::Function", "Properties": {"CodeUri": "./d.zip"}}}}))
         return 0
 
-    deployer = Deployer(cfn, s3, "dev", "offsite-dev", "bucket", INPUTS, logged.append,
+    deployer = Deployer(cfn, s3, ec2, "dev", "offsite-dev", "bucket", INPUTS, logged.append,
                         run=package)
     assert deployer.check().startswith("create: chalice package --stage dev")
     deployer()
@@ -126,10 +135,12 @@ def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
     template = json.loads(s3.objects[template_key])
     assert template["Resources"]["F"]["Properties"]["CodeUri"] == f"s3://{zip_key}"
     assert logged[-1] == "deployed offsite-dev; API https://x/api/"
+    # EC2 starts what it creates: the archive instance is stopped until the first window.
+    assert ec2.stopped == ["i-0123456789abcdef0"]
 
 
 def test_a_stage_without_chalice_config_is_not_deployed() -> None:
-    deployer = Deployer(FakeCloudFormation(), FakeS3(), "local", "offsite-local", "b", INPUTS,
-                        print)
+    deployer = Deployer(FakeCloudFormation(), FakeS3(), FakeEc2(), "local", "offsite-local",
+                        "b", INPUTS, print)
     with pytest.raises(DeployError, match=r"not in \.chalice/config\.json"):
         deployer.check()
