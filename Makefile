@@ -9,7 +9,7 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-bac
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest system venv bench clean \
-	bench-window-overhead bench-sessions bench-wire
+	bench-window-overhead bench-sessions bench-wire bench-restore
 
 demo: system venv
 	$(BIN)/python -m local.demo $(DEMO_ARGS)
@@ -25,9 +25,10 @@ typecheck: venv
 pytest: system venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Every benchmark, one after the other (bench/README.md). bench-wire needs root: it adds a
-# Unix account for its throwaway sshd; WIRE_ARGS="--size-mb 20" for a quick run.
-bench: bench-window-overhead bench-sessions bench-wire
+# Every benchmark, one after the other (bench/README.md). bench-wire and bench-restore need
+# root: they add a Unix account for their throwaway sshd; WIRE_ARGS="--size-mb 20" and
+# RESTORE_ARGS="--size-mb 20" for quick runs.
+bench: bench-window-overhead bench-sessions bench-wire bench-restore
 
 bench-window-overhead: system venv
 	$(BIN)/python -m bench.window_overhead
@@ -37,6 +38,9 @@ bench-sessions: system venv
 
 bench-wire: system venv
 	$(BIN)/python -m bench.wire $(WIRE_ARGS)
+
+bench-restore: system venv
+	$(BIN)/python -m bench.restore $(RESTORE_ARGS)
 
 # Installs only what is missing, and only as root; otherwise says what to install.
 system:

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 # mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
 from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
@@ -53,6 +54,7 @@ TIMEOUT_S = 3600.0
 BLOCK, BLOCK_OVERHEAD, HEADER = 4096, 32, 18  # gocryptfs: 16-byte nonce + 16-byte GCM tag
 ACCOUNT_PREFIX = "offsite-bw-"
 MB = 1_000_000
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -131,18 +133,19 @@ def generate(root: Path, shape: Shape, seed: int = SEED) -> DataSet:
     for rel, size in zip(large, shape.large, strict=True):
         _write_random(root / rel, rng, size)
     logs = [f"var/log/app-{i}.log" for i in range(len(shape.logs))]
+    logged = 0  # whole lines: each log ends up a little longer than its share
     for rel, size in zip(logs, shape.logs, strict=True):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(_log_lines(rng, size, 0))
+        logged += (root / rel).write_bytes(_log_lines(rng, size, 0))
     small: list[str] = []
-    written = 0
-    while written < shape.small_bytes:
-        size = min(_small_size(rng), shape.small_bytes - written)
+    planned = written = 0  # a text file can come out a little shorter than planned
+    while planned < shape.small_bytes:
+        size = min(_small_size(rng), shape.small_bytes - planned)
         rel = _small_name(rng, len(small))
-        _write_small(root / rel, rng, pool, size)
+        written += _write_small(root / rel, rng, pool, size)
         small.append(rel)
-        written += size
-    total = sum(shape.large) + sum(shape.logs) + written
+        planned += size
+    total = sum(shape.large) + logged + written
     return DataSet(len(large) + len(logs) + len(small), total, tuple(large), tuple(logs),
                    tuple(small))
 
@@ -152,10 +155,10 @@ def _small_name(rng: random.Random, index: int) -> str:
     return f"home/user-{rng.randrange(12)}/project-{rng.randrange(40)}/file-{index:05d}.{kind}"
 
 
-def _write_small(path: Path, rng: random.Random, pool: list[str], size: int) -> None:
+def _write_small(path: Path, rng: random.Random, pool: list[str], size: int) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = _text(rng, pool, size) if path.suffix == ".txt" else rng.randbytes(size)
-    path.write_bytes(data)
+    return path.write_bytes(data)
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,7 @@ class Archive:
             "UsePAM no\nLogLevel ERROR\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         with (self.work / "sshd.log").open("ab") as log:
-            self.process = subprocess.Popen([_tool("sshd"), "-D", "-e", "-f", str(config)],
+            self.process = subprocess.Popen([tool("sshd"), "-D", "-e", "-f", str(config)],
                                             stderr=log, start_new_session=True)
 
     def _banner(self) -> bool:
@@ -316,14 +319,15 @@ class Archive:
             time.sleep(0.05)
         return False
 
-    def session(self) -> tuple[Session, transfer.SessionFiles]:
-        """An ephemeral key, its certificate and the known_hosts line, as a session gives."""
-        key = self.keys / "session"
+    def session(self, access: str = "-wo") -> tuple[Session, transfer.SessionFiles]:
+        """An ephemeral key, its certificate and the known_hosts line, as a session gives;
+        `access` is rrsync's: `-wo` for a backup session, `-ro` for a restore session."""
+        key = self.keys / f"session{access}"
         _must(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)])
         rrsync = shutil.which("rrsync") or "/usr/bin/rrsync"
         _must(["ssh-keygen", "-q", "-s", str(self.keys / "ca"), "-I", "bench-wire", "-n",
                self.user, "-V", "-1m:+12h", "-O", "clear",
-               "-O", f"force-command={rrsync} -wo {self.volume}", f"{key}.pub"])
+               "-O", f"force-command={rrsync} {access} {self.volume}", f"{key}.pub"])
         kind, blob = (self.keys / "host.pub").read_text().split()[:2]
         known = self.work / "known_hosts"
         known.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
@@ -375,7 +379,7 @@ def mounts_under(root: Path) -> list[str]:
 
 def _unmount_all(root: Path) -> None:
     for point in sorted(mounts_under(root), reverse=True):
-        subprocess.run([_tool("fusermount"), "-u", "-z", point], capture_output=True,
+        subprocess.run([tool("fusermount"), "-u", "-z", point], capture_output=True,
                        timeout=30, check=False)
 
 
@@ -386,7 +390,7 @@ _TOOLS = {"rsync": "rsync", "ssh": "ssh", "rdiff_backup": "rdiff-backup",
           "ssh-keygen": "ssh-keygen", "useradd": "useradd", "userdel": "userdel"}
 
 
-def _tool(key: str) -> str:
+def tool(key: str) -> str:
     path = shutil.which(_TOOLS[key])
     if path is None:
         raise BenchError(f"{_TOOLS[key]} not found (make system installs it)")
@@ -451,18 +455,18 @@ class Bench:
         self.password.chmod(0o600)
         self.repos = history.plan((self.source,), (), self.repository, ())
         self.session, files = archive.session()
-        self.rsh = transfer.rsh_command(transfer.ssh_argv(_tool("ssh"), files, self.session))
+        self.rsh = transfer.rsh_command(transfer.ssh_argv(tool("ssh"), files, self.session))
 
     def initialise(self) -> None:
         self.repository.mkdir(mode=0o700)
-        encrypt.initialise(_tool("gocryptfs"), self.password, self.repository)
+        encrypt.initialise(tool("gocryptfs"), self.password, self.repository)
 
     def run_pass(self, on_view: Callable[[Path], None] | None = None) -> Pass:
         started = time.monotonic()
-        history.back_up(_tool("rdiff_backup"), self.repos, 20, self.say)
+        history.back_up(tool("rdiff_backup"), self.repos, 20, self.say)
         history_s = time.monotonic() - started
         started = time.monotonic()
-        with encrypt.mounted_view(_tool("gocryptfs"), _tool("fusermount"), self.password,
+        with encrypt.mounted_view(tool("gocryptfs"), tool("fusermount"), self.password,
                                   self.repository, self.view, self.say) as view:
             mount_s = time.monotonic() - started
             encrypted = self._rsync(view, self.session)
@@ -475,7 +479,7 @@ class Bench:
         return Pass(encrypted, plain, history_s, mount_s, verify_s)
 
     def _rsync(self, source: Path, session: Session) -> Sent:
-        argv = transfer.rsync_argv(_tool("rsync"), self.rsh, str(source), session,
+        argv = transfer.rsync_argv(tool("rsync"), self.rsh, str(source), session,
                                    io_timeout_s=600)
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
@@ -488,7 +492,7 @@ class Bench:
                     _stat(done.stdout, "Total transferred file size"), seconds)
 
     def _verify(self, view: Path) -> float:
-        argv = transfer.rsync_argv(_tool("rsync"), self.rsh, str(view), self.session,
+        argv = transfer.rsync_argv(tool("rsync"), self.rsh, str(view), self.session,
                                    io_timeout_s=600, verify=True)
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
@@ -511,17 +515,25 @@ def _stat(stdout: str, name: str) -> int:
     return 0
 
 
+def workspace(cleanup: contextlib.ExitStack, name: str) -> tuple[Path, Archive]:
+    """A work directory `offsite-bench-<name>-*` and a started Archive in it, both removed by
+    `cleanup` (sshd stopped, the account's processes killed and the account deleted, FUSE
+    mounts under it detached, every file deleted), also after a failure or Ctrl-C."""
+    if os.geteuid() != 0:
+        raise BenchError(f"bench/{name} must run as root: it adds a Unix account for its sshd")
+    work = Path(tempfile.mkdtemp(prefix=f"offsite-bench-{name}-"))
+    cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+    work.chmod(0o711)  # sshd reads the principals file as the account
+    cleanup.callback(_unmount_all, work)
+    archive = Archive(work)
+    archive.start(cleanup)
+    return work, archive
+
+
 def measure(size_mb: float, seed: int = SEED, quiet: bool = True) -> Figures:
     """The whole bench; everything it made is gone when it returns or raises."""
-    if os.geteuid() != 0:
-        raise BenchError("bench/wire must run as root: it adds a Unix account for its sshd")
     with contextlib.ExitStack() as cleanup:
-        work = Path(tempfile.mkdtemp(prefix="offsite-bench-wire-"))
-        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
-        work.chmod(0o711)  # sshd reads the principals file as the account
-        cleanup.callback(_unmount_all, work)
-        archive = Archive(work)
-        archive.start(cleanup)
+        work, archive = workspace(cleanup, "wire")
         bench = Bench(work, archive, quiet)
         log = bench.say
         log(f"generating {size_mb:g} MB under {bench.source}")
@@ -632,11 +644,12 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(measure_it: Callable[[], T]) -> T | int:
+    """`measure_it()` with SIGTERM turned into Ctrl-C, so that the cleanup runs for both;
+    an exit code (130 interrupted, 1 failed) when it did not finish."""
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        figures = measure(args.size_mb, args.seed, quiet=args.quiet)
+        return measure_it()
     except KeyboardInterrupt:
         print("interrupted; everything the bench made is removed", file=sys.stderr)
         return 130
@@ -645,6 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    figures = run(lambda: measure(args.size_mb, args.seed, quiet=args.quiet))
+    if isinstance(figures, int):
+        return figures
     print(as_json(figures) if args.json else report(figures))
     return 0
 

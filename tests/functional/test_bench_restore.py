@@ -1,0 +1,115 @@
+"""Smoke test of bench/restore on a data set of a few MB: a backup through the real path to a
+throwaway sshd, then the client's restore (fetch under `rrsync -ro`, gocryptfs forward mount,
+rdiff-backup restore) beside a plain rsync. Checked: the figures the data forces, the
+identity of both copies, the order of the times, and that nothing is left behind. No
+wall-clock speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench.restore import Figures, as_json, is_complete, measure, report, tree_differences
+from bench.wire import mounts_under
+
+SIZE_MB = 3.0
+TOOLS = ("rsync", "ssh", "rdiff-backup", "gocryptfs", "fusermount3", "ssh-keygen", "useradd",
+         "rrsync")
+
+needs_root_and_tools = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd")
+    or any(shutil.which(t) is None for t in TOOLS),
+    reason="bench/restore needs root (it adds a Unix account), sshd, rsync, rdiff-backup, "
+           "gocryptfs")
+
+
+def real_tools(test: Callable[..., None]) -> Callable[..., None]:
+    """Runs sshd, rsync, gocryptfs and rdiff-backup: wrap runs in
+    `flock /tmp/offsite-e2e.lock` beside the e2e tests."""
+    marked: Callable[..., None] = pytest.mark.e2e(needs_root_and_tools(test))
+    return marked
+
+
+@pytest.fixture(scope="module")
+def figures() -> Figures:
+    return measure(SIZE_MB, quiet=True)
+
+
+def test_a_complete_file_is_a_data_set_path_at_its_full_size() -> None:
+    sizes = {"home/a/f.txt": 10}
+    assert is_complete(("home", "a", "f.txt"), 10, sizes)
+    assert is_complete((".target.offsite-restore-x", "tree", "repo", "home", "a", "f.txt"), 10,
+                       sizes)
+    assert not is_complete(("home", "a", "f.txt"), 9, sizes)  # still being written
+    assert not is_complete(("home", "a", ".f.txt.Xy12Zq"), 10, sizes)  # rsync's temporary name
+    assert not is_complete(("home", "a", "rdiff-backup.tmp.3"), 10, sizes)
+
+
+def test_tree_differences_finds_missing_extra_and_changed_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "d").mkdir(parents=True)
+        (root / "d" / "same").write_bytes(b"x" * 100)
+    assert tree_differences(a, b) == []
+    (a / "d" / "bytes").write_bytes(b"abc")
+    (b / "d" / "bytes").write_bytes(b"abd")
+    (a / "gone").write_bytes(b"")
+    (b / "extra").mkdir()
+    assert tree_differences(a, b) == ["only in the original: gone", "only in the copy: extra",
+                                      "other bytes: d/bytes"]
+
+
+@real_tools
+def test_the_restore_gives_back_every_byte(figures: Figures) -> None:
+    assert figures.plaintext_bytes >= SIZE_MB * 1_000_000 - 1
+    assert figures.identical
+    assert (figures.restored_files, figures.restored_bytes) == (figures.files,
+                                                                figures.plaintext_bytes)
+    assert (figures.plain_files, figures.plain_bytes) == (figures.files, figures.plaintext_bytes)
+
+
+@real_tools
+def test_the_fetch_carries_the_ciphertext_and_the_baseline_the_plaintext(
+        figures: Figures) -> None:
+    plain, fetched = figures.plain.pull.bytes_received, figures.restore.fetch.bytes_received
+    assert plain > figures.plaintext_bytes
+    # gocryptfs adds 18 bytes a file and 32 a 4 KiB block; rdiff-backup its metadata
+    assert fetched > plain + 32 * (figures.plaintext_bytes // 4096)
+
+
+@real_tools
+def test_the_times_come_in_the_order_the_design_forces(figures: Figures) -> None:
+    r, p = figures.restore, figures.plain
+    assert r.first_file_at_s is not None and p.first_file_at_s is not None
+    assert 0 < p.first_file_at_s <= p.pull.seconds
+    # nothing is decrypted before the whole ciphertext is fetched and mounted
+    assert r.fetch.seconds + r.mount_s <= r.first_file_at_s <= r.in_target_at_s <= r.total_s
+    assert r.total_s == pytest.approx(r.fetch.seconds + r.mount_s + r.restore_s + r.unmount_s)
+
+
+@real_tools
+def test_nothing_is_left_behind(figures: Figures) -> None:
+    work = Path(figures.work)
+    assert work.name.startswith("offsite-bench-restore-")
+    assert not work.exists()
+    assert mounts_under(work) == []
+    assert not Path(f"/proc/{figures.sshd_pid}").exists() or \
+        str(work) not in Path(f"/proc/{figures.sshd_pid}/cmdline").read_text(errors="replace")
+    with pytest.raises(KeyError):
+        pwd.getpwnam(figures.account)
+
+
+@real_tools
+def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
+    text = report(figures)
+    assert f"{figures.restored_bytes:,} bytes, identical" in text
+    assert f"{figures.restore.fetch.bytes_received:,}" in text
+    data = json.loads(as_json(figures))
+    assert data["restore"]["total_s"] == figures.restore.total_s
+    assert data["restored_bytes"] == figures.plaintext_bytes
