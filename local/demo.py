@@ -3,7 +3,9 @@
 The scheduled window opens, the four hosts run the real `offsite-host run` at once, the
 instance (a real sshd) stops when the last one reports, each volume is snapshotted, retention
 runs, and a report says what happened and what a month of it would cost. Then the sample data
-changes and the next window runs incrementally.
+changes and the next window runs incrementally. At the end, host `o` is restored as it was
+after window 1 (before the changes that deleted some of its files) with the real
+`offsite-host restore`, and compared with a copy of its data taken right after window 1.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,11 +23,14 @@ from typing import Any, TextIO
 
 from chalicelib.cost import WindowUsage, load_prices, month_at, month_kept_up, render
 from local.hosts import SAMPLES, SampleHost, change_sample_data, make_sample_data
-from local.stack import LocalStack, StackSettings
+from local.stack import TERMINAL, LocalStack, StackSettings
+from local.trees import differences, inventory
 
 RUN_DIR = Path(__file__).with_name(".run")
 PRODUCTION_WINDOW_HOURS = 3.6
 VOLUME_GIB = 20
+EC2_MINIMUM_S = 60  # EC2 bills per second, with a minimum of 60 s per start
+RESTORED_HOST = "o"  # its later windows delete files: the restore brings them back
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,12 +67,18 @@ def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int
             stack.enrol(host.name, host.keygen_and_init())
             say(f"  enrolled {host.name}: {SAMPLES[host.name][0]}")
         worst = 0
+        restored = next(h for h in hosts if h.name == RESTORED_HOST)
+        after_first = root / f"{RESTORED_HOST}-after-window-1"
         for round_no in range(1, args.windows + 1):
             if round_no > 1:
                 say("\nA day of changes:")
                 for host in hosts:
                     say(f"  {host.name}: {change_sample_data(host, round_no)}")
             worst = max(worst, _window(stack, hosts, round_no, say))
+            if round_no == 1:
+                shutil.copytree(restored.data, after_first, symlinks=True)
+        worst = max(worst, _restore_first_window(stack, restored, args.windows, after_first,
+                                                 root, say))
         errors = stack.bus.errors if stack.bus else []
         if errors:
             say(f"\nthe event bus met {len(errors)} error(s); see {root / 'stack.log'}")
@@ -109,12 +121,11 @@ def _report(stack: LocalStack, window: dict[str, Any], codes: dict[str, int], sa
     opened = datetime.fromisoformat(window["opened_at"])
     stopped = datetime.fromisoformat(window["entered"].get("SNAPSHOTTING", window["opened_at"]))
     length = datetime.fromisoformat(window["deadline"]) - opened
-    billed = (stopped - opened).total_seconds()
-    say(f"  instance billed {billed:.0f} s of a {length.total_seconds():.0f} s window "
-        f"(EC2 bills at least 60 s a start; boot is emulated in "
+    ran = (stopped - opened).total_seconds()
+    say(f"  {_instance_time(ran, length.total_seconds())} (boot is emulated in "
         f"{stack.settings.boot_seconds:.0f} s here, a real one adds about a minute)")
     usage = WindowUsage(
-        instance_type="t3.small", hosts=len(window["expected"]), billed_seconds=billed,
+        instance_type="t3.small", hosts=len(window["expected"]), billed_seconds=ran,
         window_seconds=PRODUCTION_WINDOW_HOURS * 3600,
         volume_gib=VOLUME_GIB * len(window["expected"]),
         stored_bytes=_du(stack.instance.volumes) if stack.instance else 0,
@@ -124,6 +135,53 @@ def _report(stack: LocalStack, window: dict[str, Any], codes: dict[str, int], sa
         f"{PRODUCTION_WINDOW_HOURS} h window:")
     for line in render(month_at(usage, prices), month_kept_up(usage, prices), prices).splitlines():
         say(f"    {line}")
+
+
+def _instance_time(ran: float, window: float) -> str:
+    """What the instance ran and what EC2 bills for it: per second, at least 60 s a start."""
+    billed = ("billed 60 s, EC2's minimum per start" if ran < EC2_MINIMUM_S
+              else "billed per second")
+    return f"instance ran {ran:.0f} s ({billed}) of a {window:.0f} s window"
+
+
+def _restore_first_window(stack: LocalStack, host: SampleHost, windows: int, expected: Path,
+                          root: Path, say: Any) -> int:
+    """The real `offsite-host restore` of `host` as it was after window 1: the newest point
+    holds the whole rdiff-backup history (windows of one day share one retained point), so
+    window 1 is `--at (windows - 1)B` inside it."""
+    newest = stack.snapshots(host.name)[0]
+    at = f"{windows - 1}B" if windows > 1 else "now"
+    target = root / f"{host.name}-restored-window-1"
+    say(f"\nRestore: {host.name} as of window 1 (offsite-host restore --snapshot "
+        f"{newest['snapshot_id']} --at {at} --path {host.data} --to {target})")
+    started = time.monotonic()
+    done = host.command("restore", "--snapshot", newest["snapshot_id"], "--at", at,
+                        "--path", str(host.data), "--to", str(target))
+    _wait_windows_closed(stack)
+    if done.returncode != 0:
+        say(f"  offsite-host restore exited {done.returncode}:\n    "
+            + "\n    ".join(done.stderr.strip().splitlines()[-5:]))
+        return 1
+    wanted = inventory(expected)
+    found = differences(wanted, inventory(target))
+    files = sum(1 for kind, _, _ in wanted.values() if kind != "dir")
+    took = time.monotonic() - started
+    if found:
+        say(f"  restored {host.name} as of window 1 in {took:.1f} s: {len(found)} "
+            "differences from the copy taken after window 1:")
+        for line in found[:10]:
+            say(f"    {line}")
+        return 1
+    say(f"  restored {host.name} as of window 1: {files} files, identical (content, names, "
+        f"symlinks, modes; {took:.1f} s, through a restore window and a read-only certificate)")
+    return 0
+
+
+def _wait_windows_closed(stack: LocalStack) -> None:
+    _, listed = stack.admin("GET", "/v1/windows")
+    for window in listed["windows"]:
+        if window["state"] not in TERMINAL:
+            stack.wait_for(window["window_id"], timeout=120)
 
 
 def _snapshots_of(stack: LocalStack, window_id: str) -> dict[str, dict[str, str]]:

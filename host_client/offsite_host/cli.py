@@ -119,12 +119,15 @@ def cmd_snapshots(cfg: Config, args: argparse.Namespace, console: Console) -> in
 def cmd_restore(cfg: Config, args: argparse.Namespace, console: Console) -> int:
     if args.list:
         return cmd_snapshots(cfg, args, console)
-    if not args.date or not args.to:
-        raise ConfigError("restore needs --date YYYY-MM-DD and --to DIR (or --list)")
+    if not (args.date or args.snapshot) or not args.to:
+        raise ConfigError("restore needs --date YYYY-MM-DD (or --snapshot SNAP_ID) and --to "
+                          "DIR (or --list)")
     request = RestoreRequest(
-        day=points.check_day(args.date), at=restore_plan.check_at(args.at),
+        day=points.check_day(args.date) if args.date else None,
+        at=restore_plan.check_at(args.at),
         path=Path(args.path) if args.path else None, target=Path(args.to).absolute(),
-        overwrite=args.force_overwrite, allow_incomplete=args.allow_incomplete)
+        overwrite=args.force_overwrite, allow_incomplete=args.allow_incomplete,
+        snapshot=points.check_snapshot_id(args.snapshot) if args.snapshot else None)
     with RunLock(cfg.state_dir / "run.lock"):
         return _recorded("restore", cfg, lambda: Restorer(cfg, console).restore(request))
 
@@ -192,12 +195,16 @@ def _restore_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     restore = commands.add_parser(
         "restore", help="bring back a recovery point (a retained day) into a directory",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fetches the recovery point of --date over rsync, decrypts it here and "
-        "runs rdiff-backup restore into --to, which must be empty or absent (and not a "
-        "configured path) unless --force-overwrite is given. Nothing is written into --to "
-        "until the whole restore has succeeded.")
+        description="Fetches the recovery point of --date (or --snapshot) over rsync, "
+        "decrypts it here and runs rdiff-backup restore into --to, which must be empty or "
+        "absent (and not a configured path) unless --force-overwrite is given. Nothing is "
+        "written into --to until the whole restore has succeeded.")
     restore.add_argument("--list", action="store_true", help="list the recovery points and exit")
-    restore.add_argument("--date", metavar="YYYY-MM-DD", help="the day of the recovery point")
+    restore.add_argument("--date", metavar="YYYY-MM-DD", help="the day of the recovery point "
+                         "(its newest complete one when the day has several)")
+    restore.add_argument("--snapshot", metavar="SNAP_ID", help="one recovery point by its id "
+                         "(as `snapshots` lists them), e.g. an older one of a day with several; "
+                         "with --date, it must be of that day")
     restore.add_argument("--at", default="now", metavar="TIME",
                          help="an older increment inside that point: an rdiff-backup time "
                          "(2B = two backups before the point's newest, 2030-03-15, "

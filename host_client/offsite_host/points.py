@@ -82,6 +82,30 @@ def choose(points: list[RecoveryPoint], day: str | None, allow_incomplete: bool)
                   "(--allow-incomplete)")
 
 
+def check_snapshot_id(text: str) -> str:
+    """`--snapshot`: a snapshot id as `offsite-host snapshots` prints it."""
+    if not _ID.fullmatch(text):
+        raise ConfigError(f"--snapshot {text!r} is not a snapshot id (e.g. snap-0a1b2c3d)")
+    return text
+
+
+def choose_snapshot(points: list[RecoveryPoint], snapshot_id: str, day: str | None,
+                    allow_incomplete: bool) -> Choice:
+    """The point named by `--snapshot` (one of several on a day); with `--date` too, it must
+    be of that day."""
+    found = next((p for p in points if p.snapshot_id == snapshot_id), None)
+    if found is None:
+        known = ", ".join(p.snapshot_id for p in points) or "none"
+        raise ConfigError(f"no recovery point {snapshot_id}; the recovery points: {known}")
+    if day is not None and found.day != day:
+        raise ConfigError(f"recovery point {snapshot_id} is of {found.day}, not of {day}")
+    if not found.complete and not allow_incomplete:
+        raise ConfigError(f"recovery point {snapshot_id} is incomplete (its backup did not "
+                          "report success); pass --allow-incomplete to restore it anyway")
+    state = "complete" if found.complete else "INCOMPLETE (--allow-incomplete)"
+    return Choice(found, f"the point of {found.day} named by --snapshot, {state}")
+
+
 def describe(points: list[RecoveryPoint]) -> list[str]:
     """The lines `offsite-host snapshots` prints."""
     if not points:

@@ -34,7 +34,15 @@ from offsite_host.exitcodes import (
     ServerError,
     TransferError,
 )
-from offsite_host.points import Choice, RestoreWindow, choose, fetch_points, request_restore
+from offsite_host.points import (
+    Choice,
+    RecoveryPoint,
+    RestoreWindow,
+    choose,
+    choose_snapshot,
+    fetch_points,
+    request_restore,
+)
 from offsite_host.report import Report, send_report
 from offsite_host.restore_plan import Selection
 from offsite_host.run import Outcome, outcome_of
@@ -44,12 +52,18 @@ from offsite_host.unpack import place, restore_into, target_state
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    day: str
+    day: str | None
     at: str
     path: PurePath | None
     target: Path
     overwrite: bool
     allow_incomplete: bool
+    snapshot: str | None = None  # one point among several of a day (`--snapshot`)
+
+    def choose(self, points: list[RecoveryPoint]) -> Choice:
+        if self.snapshot is not None:
+            return choose_snapshot(points, self.snapshot, self.day, self.allow_incomplete)
+        return choose(points, self.day, self.allow_incomplete)
 
 
 class Restorer:
@@ -69,7 +83,7 @@ class Restorer:
                                   (self.cfg.repository, self.cfg.state_dir), request.overwrite)
         ready = preflight.check_restore(self.cfg)
         client = self.client(ready)
-        choice = choose(fetch_points(client), request.day, request.allow_incomplete)
+        choice = request.choose(fetch_points(client))
         return self.in_window(client, choice, lambda staging: self._unpack(
             ready, staging, request, selections, choice))
 

@@ -1,15 +1,25 @@
-"""A restore on the embedded local stack: a backup window writes through a real sshd, then a
-restore window serves that day's snapshot read-only, checked with real ssh and rsync under the
-certificates `POST /v1/sessions` grants."""
+"""Restores on the embedded local stack. First by hand: a backup window writes through a real
+sshd, then a restore window serves that day's snapshot read-only, checked with real ssh and
+rsync under the certificates `POST /v1/sessions` grants. Then with the real `offsite-host
+restore` of the four sample hosts, after three windows with changes between them: each
+window's state comes back byte-identical from the day's retained point, `verify --deep` passes,
+damaged ciphertext in the restore copy fails loudly (exit 10, target untouched), and an
+unknown date or snapshot writes nothing (exit 2).
+
+The first test has a stack of its own and must run before the shared one starts (file order):
+two stacks in one process would share the environment and the Unix accounts."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +30,9 @@ from offsite_host.httpsig import sign_request
 
 from chalicelib.sshcert import ca_public_key_line
 from local.aws import aws_client
-from local.stack import LocalStack, StackSettings
+from local.hosts import SAMPLES, SampleHost, change_sample_data, make_sample_data
+from local.stack import TERMINAL, LocalStack, StackSettings
+from local.trees import Entry, inventory
 
 HOST = "c"
 
@@ -164,3 +176,166 @@ def test_a_restore_reads_the_days_snapshot_and_cannot_write(stack: LocalStack,
         time.sleep(0.2)
     assert not (stack.instance.restores / HOST).exists()
     assert stack.bus is not None and stack.bus.errors == []
+
+
+# The real `offsite-host restore` of the four sample hosts, on one stack and one set of three
+# windows shared by the tests below.
+
+WINDOWS = 3
+Tree = dict[str, Entry]
+
+
+@dataclass
+class ThreeWindows:
+    stack: LocalStack
+    hosts: dict[str, SampleHost]
+    trees: dict[str, list[Tree]]  # host -> its data as each window backed it up
+    day: str  # the three windows' day
+    points: dict[str, str]  # host -> the snapshot id retained for that day (window 3's)
+
+
+def _backup_window(stack: LocalStack, hosts: dict[str, SampleHost]) -> str:
+    opened = stack.fire_open_schedule()
+    runs = {name: host.start("run") for name, host in hosts.items()}
+    for name, run in runs.items():
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{name}: {stderr}"
+    window = stack.wait_for(opened["window_id"], timeout=120)
+    assert window["state"] == "CLOSED", window["reason"]
+    return str(window["window_id"])
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeWindows]:
+    """Three scheduled windows of the four sample hosts, with a day of changes (rewritten
+    blocks, an appended log, a new page, deleted and edited files) before the second and the
+    third; the data of each host recorded as each window saw it.
+
+    The three share a UTC day, and retention keeps one point a day (the newest): window 3's
+    snapshot holds the whole rdiff-backup history, so windows 1 and 2 come back from it with
+    `--at 2B` and `--at 1B`."""
+    root = tmp_path_factory.mktemp("three-windows")
+    settings = StackSettings(window_hours=0.05, restore_hours=0.05, boot_seconds=0.5,
+                             retry_after=1)
+    with LocalStack(root / "stack", settings, log=lambda line: None) as stack:
+        hosts = {name: SampleHost(name, root / "hosts" / name, stack.api_url)
+                 for name in SAMPLES}
+        for host in hosts.values():
+            host.write_config()
+            make_sample_data(host)
+            stack.enrol(host.name, host.keygen_and_init())
+        trees: dict[str, list[Tree]] = {name: [] for name in hosts}
+        last = ""
+        for number in range(1, WINDOWS + 1):
+            if number > 1:
+                for host in hosts.values():
+                    change_sample_data(host, number)
+            last = _backup_window(stack, hosts)
+            for name, host in hosts.items():
+                trees[name].append(inventory(host.data))
+        points = {name: stack.snapshots(name) for name in hosts}
+        for name, retained in points.items():  # one point for the day: window 3's, complete
+            assert [(p["window_id"], p["complete"]) for p in retained] == [(last, True)], name
+        day = points["c"][0]["day"]
+        yield ThreeWindows(stack, hosts, trees, day,
+                           {name: retained[0]["snapshot_id"] for name, retained in points.items()})
+
+
+def run_restore(stack: LocalStack, host: SampleHost,
+                *args: str) -> subprocess.CompletedProcess[str]:
+    """`offsite-host restore ...`, then waits until its restore window has closed (the next
+    restore would find the archive busy)."""
+    done = host.command("restore", *args, timeout=300)
+    wait_until_closed(stack)
+    return done
+
+
+def wait_until_closed(stack: LocalStack) -> None:
+    _, listed = stack.admin("GET", "/v1/windows")
+    for window in listed["windows"]:
+        if window["state"] not in TERMINAL:
+            stack.wait_for(window["window_id"], timeout=120)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".offsite-restore-" in p.name]
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_each_host_restores_each_window_byte_identical(windows: ThreeWindows, tmp_path: Path,
+                                                       name: str) -> None:
+    """The day's point, chosen by `--date` or by `--snapshot`, at each of its three backups."""
+    host, stack = windows.hosts[name], windows.stack
+    chosen = {1: ["--date", windows.day, "--at", "2B"],
+              2: ["--snapshot", windows.points[name], "--at", "1B"],
+              3: ["--date", windows.day]}
+    for number, args in chosen.items():
+        target = tmp_path / f"window-{number}"
+        done = run_restore(stack, host, *args, "--path", str(host.data), "--to", str(target))
+        assert done.returncode == 0, done.stderr
+        assert windows.points[name] in done.stderr  # the point it says it restored
+        assert inventory(target) == windows.trees[name][number - 1], f"window {number}"
+    assert windows.trees[name][0] != windows.trees[name][1] != windows.trees[name][2]
+    assert leftovers(tmp_path) == []
+    assert not any((host.home / "state" / "restore").iterdir())
+    assert stack.bus is not None and stack.bus.errors == []
+
+
+def test_verify_deep_passes(windows: ThreeWindows) -> None:
+    done = windows.hosts["h"].command("verify", "--deep", timeout=300)
+    wait_until_closed(windows.stack)
+    assert done.returncode == 0, done.stderr
+    assert "identical to the local backup" in done.stderr
+    assert windows.points["h"] in done.stderr
+
+
+def flip_a_byte(victim: Path) -> None:
+    """Flips one bit in the middle of a file, in place (same size and mtime); a second call
+    undoes it."""
+    info = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def test_damaged_ciphertext_in_the_restore_copy_fails_loudly(windows: ThreeWindows,
+                                                             tmp_path: Path) -> None:
+    stack, host = windows.stack, windows.hosts["c"]
+    assert stack.instance is not None
+    snapshot_id = windows.points["c"]
+    # the snapshot's copy the stack keeps, which a restore volume is made from: its largest
+    # ciphertext file (db.bin's)
+    victim = max((p for p in (stack.instance.snapshots / snapshot_id).rglob("*")
+                  if p.is_file() and not p.is_symlink()), key=lambda p: p.stat().st_size)
+    flip_a_byte(victim)
+    target = tmp_path / "target"
+    target.mkdir()
+    before = target.stat()
+    try:
+        done = run_restore(stack, host, "--snapshot", snapshot_id, "--path", str(host.data),
+                           "--to", str(target))
+    finally:
+        flip_a_byte(victim)  # the other tests share this snapshot
+    assert done.returncode == 10, done.stderr
+    assert "input/output error" in done.stderr and "Traceback" not in done.stderr
+    assert list(target.iterdir()) == [] and target.stat().st_mtime_ns == before.st_mtime_ns
+    assert leftovers(tmp_path) == []
+    _, listed = stack.admin("GET", "/v1/windows")
+    restore_window = stack.window(listed["windows"][0]["window_id"])
+    assert restore_window["purpose"] == "restore"
+    assert [r["status"] for r in restore_window["host_reports"]] == ["failed"]
+
+
+def test_an_unknown_date_writes_nothing(windows: ThreeWindows, tmp_path: Path) -> None:
+    stack, host = windows.stack, windows.hosts["l"]
+    _, before = stack.admin("GET", "/v1/windows")
+    for args, known in ((["--date", "2031-01-01"], windows.day),
+                        (["--snapshot", "snap-00000000"], windows.points["l"])):
+        done = run_restore(stack, host, *args, "--to", str(tmp_path / "x"))
+        assert done.returncode == 2, done.stderr
+        assert "no recovery point" in done.stderr and "Traceback" not in done.stderr
+        assert known in done.stderr  # names what there is
+    assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+    _, after = stack.admin("GET", "/v1/windows")
+    assert len(after["windows"]) == len(before["windows"])  # no restore window was opened

@@ -62,6 +62,8 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     (["restore", "--to", "/tmp/x"], "needs --date"),
     (["restore", "--date", "2030-02-30", "--to", "/tmp/x"], "is not a day"),
     (["restore", "--date", "2030-03-01", "--at", "yesterday", "--to", "/tmp/x"], "--at"),
+    (["restore", "--snapshot", "snap-1"], "needs --date"),
+    (["restore", "--snapshot", "snap/../x", "--to", "/tmp/x"], "not a snapshot id"),
 ])
 def test_restore_arguments_are_checked_first(config: Path, args: list[str], message: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,3 +77,4 @@ def test_help_documents_the_restore_exit_code(capsys: pytest.CaptureFixture[str]
         main(["restore", "--help"])
     out = capsys.readouterr().out
     assert "  10  the restore failed" in out and "--force-overwrite" in out
+    assert "--snapshot SNAP_ID" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from offsite_host.api import Answer
@@ -10,11 +11,14 @@ from offsite_host.exitcodes import ConfigError, NoWindowError, ServerError
 from offsite_host.points import (
     RecoveryPoint,
     check_day,
+    check_snapshot_id,
     choose,
+    choose_snapshot,
     describe,
     parse_points,
     parse_restore_answer,
 )
+from offsite_host.restore import RestoreRequest
 
 
 def point(day: str, hour: int, complete: bool = True) -> RecoveryPoint:
@@ -49,6 +53,33 @@ def test_an_incomplete_point_only_when_allowed() -> None:
         choose(POINTS, "2030-03-03", False)
     chosen = choose(POINTS, "2030-03-03", True)
     assert chosen.point.snapshot_id == "snap-2030-03-03-1" and "INCOMPLETE" in chosen.reason
+
+
+def test_snapshot_picks_an_older_point_of_a_day_with_several() -> None:
+    chosen = choose_snapshot(POINTS, "snap-2030-03-02-1", None, False)
+    assert chosen.point.snapshot_id == "snap-2030-03-02-1" and "--snapshot" in chosen.reason
+    assert choose_snapshot(POINTS, "snap-2030-03-02-1", "2030-03-02", False).point == POINTS[2]
+
+
+def test_snapshot_must_exist_and_match_the_date() -> None:
+    with pytest.raises(ConfigError, match=r"no recovery point snap-x; .*snap-2030-03-02-5"):
+        choose_snapshot(POINTS, "snap-x", None, False)
+    with pytest.raises(ConfigError, match="is of 2030-03-02, not of 2030-03-01"):
+        choose_snapshot(POINTS, "snap-2030-03-02-1", "2030-03-01", False)
+
+
+def test_snapshot_incomplete_only_when_allowed() -> None:
+    with pytest.raises(ConfigError, match="--allow-incomplete"):
+        choose_snapshot(POINTS, "snap-2030-03-03-1", None, False)
+    chosen = choose_snapshot(POINTS, "snap-2030-03-03-1", None, True)
+    assert "INCOMPLETE" in chosen.reason
+
+
+@pytest.mark.parametrize("text", ["-rf", "snap/../x", "", "snap 1"])
+def test_a_bad_snapshot_id(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a snapshot id"):
+        check_snapshot_id(text)
+    assert check_snapshot_id("snap-0a1b2c3d") == "snap-0a1b2c3d"
 
 
 @pytest.mark.parametrize("text", ["2030-3-01", "2030-02-30", "yesterday", "2030-03-01T00:00"])
@@ -103,3 +134,11 @@ def test_the_restore_answer() -> None:
     with pytest.raises(ServerError, match="deadline"):
         parse_restore_answer(answer(202, {"window_id": "r-1", "snapshot_id": "snap-a",
                                           "day": "2030-03-01", "complete": True}))
+
+
+def test_a_restore_request_chooses_by_snapshot_or_by_day() -> None:
+    by_day = RestoreRequest("2030-03-02", "now", None, Path("/tmp/x"), False, False)
+    assert by_day.choose(POINTS).point.snapshot_id == "snap-2030-03-02-5"
+    by_id = RestoreRequest(None, "now", None, Path("/tmp/x"), False, False,
+                           snapshot="snap-2030-03-02-1")
+    assert by_id.choose(POINTS).point.snapshot_id == "snap-2030-03-02-1"
