@@ -4,9 +4,9 @@
 
 runs `chalice package --stage dev --merge-template deploy/resources.json build/dev`, which
 writes build/dev/deployment.zip and build/dev/sam.json: chalice's functions, roles (one per
-function, from policies/) and REST API, merged with what chalice does not make (see
-deploy/README.md). Then it pins the template's Stage parameter to the stage packaged: the code
-and the environment in the template belong to that stage and no other.
+function, from policies/) and REST API, merged with what chalice does not make (the README,
+"Deploying to a real AWS account", lists it). Then it pins the template's Stage parameter to
+the stage packaged: the code and the environment in the template belong to that stage alone.
 
 chalice downloads the bundle's wheels (requirements.txt) from the package index.
 """
