@@ -119,6 +119,7 @@ class LocalStack:
         INSTANCE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
         instance_root = Path(tempfile.mkdtemp(prefix="instance-", dir=INSTANCE_ROOT))
         self._exit.callback(shutil.rmtree, instance_root, ignore_errors=True)
+        self._exit.callback(_keep, instance_root / "sshd.log", self.root / "sshd.log")
         self.instance = LocalInstance(instance_root, self.ssh_port,
                                       self.deployment.keys.ca_public_line,
                                       self.deployment.keys.host_private_pem)
@@ -225,6 +226,12 @@ class LocalStack:
                 return window
             time.sleep(0.2)
         raise StackError(f"window {window_id} still {window['state']} after {timeout:.0f} s")
+
+
+def _keep(source: Path, target: Path) -> None:
+    """Copies the instance's sshd log out before its files go: what to read after a failure."""
+    if source.exists():
+        shutil.copyfile(source, target)
 
 
 def _clear_app_caches() -> None:

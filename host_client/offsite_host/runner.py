@@ -72,11 +72,12 @@ def run_until(argv: list[str], stop_at: float, progress: Callable[[str], None] |
 
 
 def unreachable(done: Finished) -> bool:
-    """True when ssh never reached the archive's sshd (rsync's exit 255), not when sshd or the
-    certificate's forced command refused us."""
-    if done.returncode != 255 or done.stopped or _REFUSED.search(done.stderr):
+    """True when nothing was exchanged with the archive: ssh could not reach its sshd (rsync's
+    exit 255), or the connection ended before the first byte with no word from either side
+    (255 or 12); not when sshd or the certificate's forced command refused us."""
+    if done.returncode not in (12, 255) or done.stopped or _REFUSED.search(done.stderr):
         return False
-    if _UNREACHABLE.search(done.stderr):
+    if done.returncode == 255 and _UNREACHABLE.search(done.stderr):
         return True
     own = [line for line in done.stderr.splitlines()
            if line.strip() and not line.startswith("rsync error:")]

@@ -54,8 +54,14 @@ def _failing_then_ok(tmp_path: Path, failures: int, stderr: str) -> list[str]:
 ])
 def test_only_a_failure_to_reach_sshd_counts_as_unreachable(stderr: str, expected: bool) -> None:
     assert unreachable(Finished(255, "", stderr, False)) is expected
-    assert not unreachable(Finished(12, "", stderr, False))
     assert not unreachable(Finished(255, "", stderr, True))
+    assert not unreachable(Finished(23, "", stderr, False))
+
+
+def test_a_connection_ended_before_the_first_byte_counts_as_unreachable() -> None:
+    assert unreachable(Finished(12, "", LOST.replace("code 255", "code 12"), False))
+    assert not unreachable(Finished(12, "", UNREACHABLE.replace(
+        "(0 bytes received so far)", "(8192 bytes received so far)"), False))
 
 
 def test_an_archive_not_listening_yet_is_tried_again(tmp_path: Path) -> None:
