@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import logging
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -228,3 +229,23 @@ def measure_on_moto(hosts: Sequence[str], plan: Sequence[bool]) -> Timings:
                                                   utc_now()))
             driver = AppDriver(client, service, rig.env["INSTANCE_ID"])
             return run_windows(driver, hosts, plan, "app.py handlers on moto server", aws_calls)
+
+
+@contextmanager
+def quiet_output() -> Iterator[None]:
+    """The service's JSON log lines and EMF metrics and moto's request log go nowhere meanwhile.
+    They are still formatted, so what they cost stays in the figures."""
+    offsite = [h for h in logging.getLogger("offsite").handlers
+               if isinstance(h, logging.StreamHandler)]
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        streams = [h.setStream(sink) for h in offsite]
+        werkzeug.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            werkzeug.setLevel(level)
+            for handler, stream in zip(offsite, streams, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)

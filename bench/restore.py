@@ -45,7 +45,19 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.restore_plan import Selection  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
 
-from bench.wire import MB, SEED, Bench, BenchError, Shape, generate, run, table, tool, workspace
+from bench.wire import (
+    MB,
+    SEED,
+    Bench,
+    BenchError,
+    Shape,
+    data_set_parser,
+    generate,
+    run,
+    table,
+    tool,
+    workspace,
+)
 
 POLL_S = 0.005
 TIMEOUT_S = 3600.0
@@ -366,22 +378,8 @@ def as_json(f: Figures) -> str:
 
 # ---- the command ---------------------------------------------------------------------------
 
-def _size(text: str) -> float:
-    value = float(text)
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{text}: want 1 to 100000 (MB)")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.restore", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-mb", type=_size, default=200.0,
-                   help="size of the generated data set (default 200)")
-    p.add_argument("--seed", type=int, default=SEED, help=f"data seed (default {SEED})")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return p.parse_args(argv)
+    return data_set_parser("python -m bench.restore", __doc__).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

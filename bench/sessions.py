@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import io
 import json
-import logging
 import math
 import os
 import platform
@@ -37,7 +36,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -56,7 +55,7 @@ from offsite_host.httpsig import sign_request  # type: ignore[import-not-found, 
 
 import app as app_module
 from bench.handler_throughput import BenchError
-from bench.moto_app import REPO, fake_aws_env, moto_server, scoped_env
+from bench.moto_app import REPO, fake_aws_env, moto_server, quiet_output, scoped_env
 from chalicelib.adapters.dynamo_store import DynamoStore, create_table
 from chalicelib.host_auth import NONCE_TTL_SECONDS, HostAuthenticator
 from chalicelib.httpsig import SignedRequest, verify_request
@@ -302,26 +301,6 @@ def fresh_app() -> Iterator[None]:
         yield
     finally:
         app_module.reset_caches()
-
-
-@contextmanager
-def quiet_output() -> Iterator[None]:
-    """The service's JSON log lines and EMF metrics and moto's request log go nowhere meanwhile.
-    They are still formatted, so what they cost stays in the figures."""
-    offsite = [h for h in logging.getLogger("offsite").handlers
-               if isinstance(h, logging.StreamHandler)]
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    with open(os.devnull, "w") as sink, redirect_stdout(sink):
-        streams = [h.setStream(sink) for h in offsite]
-        werkzeug.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            werkzeug.setLevel(level)
-            for handler, stream in zip(offsite, streams, strict=True):
-                if stream is not None:
-                    handler.setStream(stream)
 
 
 def measure_sessions(n: int, alone: int | None = None) -> SessionFigures:

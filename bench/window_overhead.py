@@ -13,12 +13,10 @@ See bench/README.md for how to read the figures.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -29,7 +27,7 @@ from bench.handler_throughput import (
     deadline_plan,
     measure_on_fakes,
 )
-from bench.moto_app import measure_on_moto
+from bench.moto_app import measure_on_moto, quiet_output
 from bench.simulated_window import (
     Scenario,
     SimulationError,
@@ -130,26 +128,6 @@ def deadline_scenario(scenario: Scenario, host: str | None = None) -> Scenario:
     if host not in scenario.transfers:
         raise BenchError(f"--never-finishes {host}: not one of the simulated hosts")
     return replace(scenario, never_finish=frozenset({host}))
-
-
-@contextmanager
-def quiet_output() -> Iterator[None]:
-    """The service's JSON logs and EMF lines and moto's request log go nowhere meanwhile. They
-    are still formatted, so what they cost stays in the figures."""
-    offsite = [h for h in logging.getLogger("offsite").handlers
-               if isinstance(h, logging.StreamHandler)]
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    with open(os.devnull, "w") as sink, redirect_stdout(sink):
-        streams = [h.setStream(sink) for h in offsite]
-        werkzeug.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            werkzeug.setLevel(level)
-            for handler, stream in zip(offsite, streams, strict=True):
-                if stream is not None:
-                    handler.setStream(stream)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:

@@ -629,15 +629,20 @@ def _size(text: str) -> float:
     return value
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__,
+def data_set_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options of a bench over a generated data set (this one and bench.restore)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mb", type=_size, default=200.0,
                    help="size of the generated data set (default 200)")
     p.add_argument("--seed", type=int, default=SEED, help=f"data seed (default {SEED})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return data_set_parser("python -m bench.wire", __doc__).parse_args(argv)
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
