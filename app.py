@@ -199,7 +199,7 @@ def _admin() -> str:
 # windows ---------------------------------------------------------------------------------
 @app.schedule(open_schedule_expression(), name="scheduled_open")
 def scheduled_open(event: Any) -> None:
-    window_service().open_window("schedule")
+    window_service().open_scheduled()
 
 
 @app.lambda_function(name="console_open")

@@ -135,6 +135,21 @@ class WindowService:
         store.create_window(window)
         return self._start(window)
 
+    def open_scheduled(self) -> Window | None:
+        """The nightly open. A night it cannot open is told to the admins, not retried: the
+        schedule fires again tomorrow."""
+        try:
+            return self.open_window("schedule")
+        except WindowActiveError as exc:
+            logger.warning("scheduled window not opened", extra={"reason": str(exc)})
+            self.ports.notifier.notify(
+                "Offsite: tonight's backup window was not opened",
+                f"The schedule fired but {exc} (a restore, or a window that has not finished "
+                "closing), so no backup window opened tonight.")
+        except NoHostsError as exc:
+            logger.info("scheduled window not opened", extra={"reason": str(exc)})
+        return None
+
     def open_restore(self, trigger: str, host: str, snapshot_id: str) -> Window:
         """A restore window: `host` reads a volume made from `snapshot_id` until it reports or
         the restore's own deadline passes. The volume is made before the window is recorded

@@ -272,3 +272,18 @@ def test_a_restore_window_boots_with_its_restore_volume(rig: Rig) -> None:
     window = rig.service.open_restore("api", "o", snapshot_id)
     assert f"restore o {window.restore_volume_id}" in boot_hosts(rig)
     assert sum(line.startswith("restore ") for line in boot_hosts(rig)) == 1
+
+
+def test_a_scheduled_open_during_an_active_window_tells_the_admins(rig: Rig) -> None:
+    wid = open_and_run(rig)
+    assert rig.service.open_scheduled() is None
+    (subject, message), = rig.notifier.sent
+    assert "not opened" in subject and wid in message
+    assert rig.compute.started_as == ["t3.small"]  # the first window's start only
+
+
+def test_a_scheduled_open_with_no_host_enrolled_does_nothing(rig: Rig) -> None:
+    for host in HOSTS:
+        rig.store.put_host(replace(rig.store.get_host(host), enabled=False))  # type: ignore[arg-type]
+    assert rig.service.open_scheduled() is None
+    assert rig.notifier.sent == [] and rig.compute.started_as == []
