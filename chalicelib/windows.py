@@ -158,6 +158,11 @@ class WindowService:
         store, compute = self.ports.store, self.ports.compute
         active = store.active_window_id()
         if active is not None:
+            current = self._window(active)
+            if (current.purpose == RESTORE and current.snapshot_id == snapshot_id
+                    and current.expected == frozenset({host})
+                    and current.state in (State.OPENING, State.OPEN)):
+                return current  # asked again (the host after its admin, a retry): the same one
             raise WindowActiveError(active)
         window_id = self._new_id(self._clock())
         volume_id = compute.create_restore_volume(snapshot_id, host, window_id,

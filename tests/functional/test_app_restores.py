@@ -178,6 +178,18 @@ def test_a_restore_by_snapshot_id(app_rig: AppRig) -> None:
     assert busy.status_code == 409 and busy.json_body["error"] == "window_active"
 
 
+def test_the_host_joins_the_restore_its_admin_opened(app_rig: AppRig) -> None:
+    backup_window(app_rig)
+    opened = app_rig.post("/v1/restores", {"host": "o", "day": today()})
+    assert opened.status_code == 202
+    again = restore(app_rig, "o", day=today())  # what `offsite-host restore` asks
+    assert again.status_code == 202, again.json_body
+    assert again.json_body["window_id"] == opened.json_body["window_id"]
+    assert len(restore_volumes()) == 1
+    other = app_rig.post("/v1/restores", {"host": "c", "day": today()})
+    assert other.status_code == 409 and other.json_body["error"] == "window_active"
+
+
 def test_unknown_day_or_snapshot_is_404_with_the_days_there_are(app_rig: AppRig) -> None:
     backup_window(app_rig)
     for body in ({"day": "2001-01-01"}, {"snapshot_id": "snap-0123456789abcdef0"}):
