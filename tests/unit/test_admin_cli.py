@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from botocore.credentials import Credentials
+from nacl.signing import SigningKey
 
 from chalicelib.admin import cli, commands
 from chalicelib.admin.api import AdminApi, ApiError, api_error, region_of
+from chalicelib.keys import openssh_private_key
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVxM3pq9/naXXOSa0ruvXu69ftn5sxYgOo7VuDvGo5B o@x"
 
@@ -67,8 +69,7 @@ def test_the_public_key_comes_from_the_option_or_a_file(tmp_path: Path) -> None:
 
 def test_a_private_key_is_refused_and_never_sent(tmp_path: Path) -> None:
     path = tmp_path / "host.key"
-    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"
-                    "-----END OPENSSH PRIVATE KEY-----\n")
+    path.write_text(openssh_private_key(SigningKey.generate(), "o@offsite"))  # made here
     with pytest.raises(commands.AdminError, match="private key"):
         commands.public_key_from(parse("host", "add", "o", "--public-key-file", str(path)))
     with pytest.raises(commands.AdminError, match="cannot read"):
