@@ -49,6 +49,8 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.exitcodes import OffsiteError  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
 
+from local.aws import free_port
+
 SEED = 2026
 TIMEOUT_S = 3600.0
 BLOCK, BLOCK_OVERHEAD, HEADER = 4096, 32, 18  # gocryptfs: 16-byte nonce + 16-byte GCM tag
@@ -254,13 +256,6 @@ def _must(argv: list[str]) -> str:
     return done.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Archive:
     """sshd on 127.0.0.1 with its own host key and CA; one account whose certificate forces
     `rrsync -wo <volume>`, as the archive instance does."""
@@ -288,7 +283,7 @@ class Archive:
                    str(self.keys / name)])
         cleanup.callback(self.stop)
         for _ in range(3):  # another process may take the free port before sshd binds it
-            self.port = _free_port()
+            self.port = free_port()
             self._spawn()
             if self._banner():
                 return

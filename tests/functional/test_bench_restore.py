@@ -7,33 +7,15 @@ wall-clock speed is asserted."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench.restore import Figures, as_json, is_complete, measure, report, tree_differences
-from bench.wire import mounts_under
+
+from .bench_rig import assert_left_nothing, real_tools
 
 SIZE_MB = 3.0
-TOOLS = ("rsync", "ssh", "rdiff-backup", "gocryptfs", "fusermount3", "ssh-keygen", "useradd",
-         "rrsync")
-
-needs_root_and_tools = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd")
-    or any(shutil.which(t) is None for t in TOOLS),
-    reason="bench/restore needs root (it adds a Unix account), sshd, rsync, rdiff-backup, "
-           "gocryptfs")
-
-
-def real_tools(test: Callable[..., None]) -> Callable[..., None]:
-    """Runs sshd, rsync, gocryptfs and rdiff-backup: wrap runs in
-    `flock /tmp/offsite-e2e.lock` beside the e2e tests."""
-    marked: Callable[..., None] = pytest.mark.e2e(needs_root_and_tools(test))
-    return marked
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +77,8 @@ def test_the_times_come_in_the_order_the_design_forces(figures: Figures) -> None
 
 @real_tools
 def test_nothing_is_left_behind(figures: Figures) -> None:
-    work = Path(figures.work)
-    assert work.name.startswith("offsite-bench-restore-")
-    assert not work.exists()
-    assert mounts_under(work) == []
-    assert not Path(f"/proc/{figures.sshd_pid}").exists() or \
-        str(work) not in Path(f"/proc/{figures.sshd_pid}/cmdline").read_text(errors="replace")
-    with pytest.raises(KeyError):
-        pwd.getpwnam(figures.account)
+    assert_left_nothing(Path(figures.work), "offsite-bench-restore-", figures.sshd_pid,
+                        figures.account)
 
 
 @real_tools
