@@ -48,7 +48,8 @@ from chalicelib.sessions import (
     parse_session_request,
 )
 from chalicelib.settings import Settings, open_schedule_expression, reconcile_rate_expression
-from chalicelib.windows import Ports, WindowService, utc_now, window_view
+from chalicelib.window import State
+from chalicelib.windows import Ports, WindowFailedError, WindowService, utc_now, window_view
 
 app = Chalice(app_name="offsite", configure_logs=False)  # powertools owns the "offsite" logger
 logger = Logger(service="offsite")
@@ -215,6 +216,8 @@ def console_open(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @api("/v1/windows", "POST")
 def open_window() -> Response:
     window = window_service().open_window("api", parse_open_request(_body()))
+    if window.state is State.FAILED:
+        raise WindowFailedError(window)
     return Response(body=window_view(window), status_code=201)
 
 

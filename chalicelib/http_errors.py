@@ -25,6 +25,7 @@ from chalicelib.windows import (
     NotClosableError,
     UnknownHostError,
     UnknownWindowError,
+    WindowFailedError,
     WindowNotOpenError,
 )
 
@@ -51,6 +52,7 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (WindowNotOpenError, 409, "window_not_open"),
     (HostNotExpectedError, 409, "host_not_expected"),
     (NotClosableError, 409, "not_closable"),
+    (WindowFailedError, 503, "window_failed"),
 ]
 
 
@@ -73,6 +75,8 @@ def _extra(exc: Exception) -> dict[str, Any]:
         return {"next_window": upcoming.isoformat() if upcoming else None}
     if isinstance(exc, NoRecoveryPointError | IncompleteSnapshotError):
         return {"days": exc.days}
+    if isinstance(exc, WindowFailedError):
+        return {"window_id": exc.window_id}
     return {}
 
 

@@ -1,8 +1,7 @@
 """A host's recovery points and which one a restore serves, as pure code.
 
-A recovery point's `day` is the UTC day its window opened, read from the window id
-(`w-YYYYMMDDTHHMMSSZ-...`, see windows.new_window_id), or the snapshot's own start when the id
-does not say. Only snapshots EBS has completed can become a volume, so only those are listed.
+What a point's day is, and when it is complete, is defined once, on `RecoveryPoint`
+(retention.py). Only snapshots EBS has completed can become a volume, so only those are listed.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ from typing import Any
 
 from chalicelib.names import InvalidHostNameError, check_host_name
 from chalicelib.payloads import InvalidPayloadError
-from chalicelib.retention import RecoveryPoint
+from chalicelib.retention import RecoveryPoint, newest_first
 
-_WINDOW_DAY = re.compile(r"w-(\d{4})(\d{2})(\d{2})T")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{8,17}")
 
@@ -74,29 +72,21 @@ def _is_date(text: str) -> bool:
     return True
 
 
-def day_of(point: RecoveryPoint) -> str:
-    match = _WINDOW_DAY.match(point.window_id)
-    if match:
-        return "-".join(match.groups())
-    return point.started.date().isoformat()
-
-
 def host_points(points: Iterable[RecoveryPoint], host: str) -> list[RecoveryPoint]:
     """The host's usable recovery points, newest first."""
-    mine = [p for p in points if p.host == host and p.state == "completed"]
-    return sorted(mine, key=lambda p: (day_of(p), p.started, p.snapshot_id), reverse=True)
+    return newest_first(p for p in points if p.host == host and p.restorable)
 
 
 def choose_point(points: Iterable[RecoveryPoint], request: RestoreRequest) -> RecoveryPoint:
     """The point a restore serves: the snapshot asked for, or the day's newest complete one
     (its newest incomplete one only when the request allows it)."""
     mine = host_points(points, request.host)
-    days = sorted({day_of(p) for p in mine}, reverse=True)
+    days = sorted({p.day for p in mine}, reverse=True)
     if request.snapshot_id is not None:
         chosen = [p for p in mine if p.snapshot_id == request.snapshot_id]
         wanted = f"snapshot {request.snapshot_id}"
     else:
-        chosen = [p for p in mine if day_of(p) == request.day]
+        chosen = [p for p in mine if p.day == request.day]
         wanted = f"a snapshot on {request.day}"
     if not chosen:
         raise NoRecoveryPointError(f"{request.host} has no {wanted}", days)
@@ -112,5 +102,5 @@ def choose_point(points: Iterable[RecoveryPoint], request: RestoreRequest) -> Re
 
 def point_view(point: RecoveryPoint) -> dict[str, Any]:
     return {"snapshot_id": point.snapshot_id, "window_id": point.window_id,
-            "day": day_of(point), "started_at": point.started.isoformat(),
+            "day": point.day, "started_at": point.started.isoformat(),
             "complete": point.complete, "size_gib": point.size_gib}

@@ -13,7 +13,6 @@ from chalicelib.recovery import (
     NoRecoveryPointError,
     RestoreRequest,
     choose_point,
-    day_of,
     host_points,
 )
 from chalicelib.retention import RecoveryPoint
@@ -38,13 +37,13 @@ class RestoreService:
             window = self._windows.open_restore(trigger, request.host, point.snapshot_id)
         except SnapshotGoneError as exc:  # deleted by retention since we listed it
             raise NoRecoveryPointError(str(exc), sorted(
-                {day_of(p) for p in points if p != point}, reverse=True)) from exc
+                {p.day for p in points if p != point}, reverse=True)) from exc
         logger.info("restore opened", extra={
             "window_id": window.window_id, "host": request.host, "trigger": trigger,
             "snapshot_id": point.snapshot_id, "complete": point.complete,
             "restore_volume_id": window.restore_volume_id})
         return {"window_id": window.window_id, "snapshot_id": point.snapshot_id,
-                "day": day_of(point), "complete": point.complete,
+                "day": point.day, "complete": point.complete,
                 "deadline": window.deadline.isoformat()}
 
     def _known(self, host: str) -> None:

@@ -343,8 +343,9 @@ def _on_tick(window: Window, tick: Tick, now: datetime, timing: Timing) -> Decis
         if instance == "stopped":
             return _on_stopped(window)
         if instance == "running" and now - window.updated_at >= timing.stop_grace:
+            # The first stop may have failed before the deadline schedule was deleted.
             return Decision(None, f"instance still running {timing.stop_grace} after the stop; "
-                                  "stopping again (reconciler)", (Action.STOP_INSTANCE,))
+                                  "stopping again (reconciler)", _CLOSE_ACTIONS)
         return nothing(f"instance {instance}; waiting for it to stop")
     # SNAPSHOTTING
     if window.unsnapshotted:

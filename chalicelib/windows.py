@@ -7,6 +7,7 @@ stop and one round of snapshots.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from aws_lambda_powertools import Logger
 from chalicelib.adapters.compute import (
     TAG_COMPLETE,
     TAG_HOST,
+    TAG_REPORTED,
     TAG_WINDOW,
     Compute,
     StartFailedError,
@@ -80,6 +82,18 @@ class HostNotExpectedError(Exception):
 
 class NotClosableError(Exception):
     pass
+
+
+class ActionsFailedError(RuntimeError):
+    """Some of a decision's actions failed; the others were carried out."""
+
+
+class WindowFailedError(Exception):
+    """A window the caller asked for ended FAILED before it opened (no capacity, ...)."""
+
+    def __init__(self, window: Window) -> None:
+        super().__init__(f"window {window.window_id} failed: {window.reason}")
+        self.window_id = window.window_id
 
 
 class Boot(Protocol):
@@ -246,22 +260,41 @@ class WindowService:
         logger.info("host report", extra={"window_id": window.window_id, "host": report.host,
                                           "status": report.status, "accepted": accepted})
         # Read again after our own write: the last of several concurrent reporters sees all.
-        self._apply(self._window(report.window_id), HostReported(report.host))
+        # The report is recorded and the window moved on; what fails after it (a stop, say)
+        # is logged as an error and the reconciler retries it. The host did its part.
+        with contextlib.suppress(ActionsFailedError):
+            self._apply(self._window(report.window_id), HostReported(report.host))
         return accepted
 
     def on_snapshots_settled(self, results: Iterable[tuple[str, bool]]) -> None:
         """EBS snapshot notifications: (snapshot id, succeeded) pairs."""
         touched: dict[str, str] = {}
         for snapshot_id, succeeded in results:
-            status = SnapshotStatus.COMPLETED if succeeded else SnapshotStatus.FAILED
-            record = self.ports.store.settle_snapshot(snapshot_id, status)
+            record = self._settle(snapshot_id, succeeded)
             if record is not None:
-                logger.info("snapshot settled", extra={
-                    "window_id": record.window_id, "host": record.host,
-                    "snapshot_id": snapshot_id, "status": status.value})
                 touched[record.window_id] = record.host
         for window_id, host in touched.items():
             self._apply(self._window(window_id), SnapshotSettled(host))
+
+    def _settle(self, snapshot_id: str, succeeded: bool) -> SnapshotRecord | None:
+        """Records EBS's verdict once, then writes the point's settled truth into its
+        `offsite:complete` tag. Decisions never read that tag (RecoveryPoint.complete is
+        computed from the report and EBS's state), so a tag write lost here misleads nobody
+        but a person reading the console, and is logged."""
+        status = SnapshotStatus.COMPLETED if succeeded else SnapshotStatus.FAILED
+        record = self.ports.store.settle_snapshot(snapshot_id, status)
+        if record is None:
+            return None
+        complete = record.complete and succeeded
+        logger.info("snapshot settled", extra={
+            "window_id": record.window_id, "host": record.host, "snapshot_id": snapshot_id,
+            "status": status.value, "complete": complete})
+        try:
+            self.ports.compute.mark_complete(snapshot_id, complete)
+        except Exception:
+            logger.exception("snapshot settled but its offsite:complete tag was not written",
+                             extra={"snapshot_id": snapshot_id, "complete": complete})
+        return record
 
     def reconcile(self) -> Decision | None:
         """Finish whatever transition lost its event, from what EC2 says now."""
@@ -322,6 +355,9 @@ class WindowService:
         return decision
 
     def _carry_out(self, window: Window, decision: Decision) -> None:
+        """Every action is tried even when an earlier one failed (a stop that fails must not
+        leave the deadline schedule behind); the failures are raised together afterwards, so
+        the Lambda reports them and the reconciler retries what it can see unfinished."""
         handlers: dict[Action, Callable[[Window, Decision], None]] = {
             Action.STOP_INSTANCE: lambda w, _: self.ports.compute.stop(w.instance_id),
             Action.DELETE_DEADLINE: lambda w, _: self.ports.scheduler.delete_deadline(
@@ -332,22 +368,29 @@ class WindowService:
             Action.RECORD_METRICS: lambda w, _: self._record_metrics(w),
             Action.DELETE_RESTORE_VOLUME: lambda w, _: self._delete_restore_volume(w),
         }
+        failed: list[str] = []
         for action in decision.actions:
-            handlers[action](window, decision)
+            try:
+                handlers[action](window, decision)
+            except Exception as exc:
+                logger.exception("window action failed", extra={
+                    "window_id": window.window_id, "action": action.value})
+                failed.append(f"{action.value}: {exc}")
+        if failed:
+            raise ActionsFailedError(f"window {window.window_id}: " + "; ".join(failed))
 
     def _snapshot_volumes(self, window: Window) -> None:
         hosts = {h.name: h for h in self.ports.store.list_hosts()}
         errors: list[str] = []
         for name in sorted(window.unsnapshotted):
-            complete = window.reports.get(name) == "succeeded"
+            reported = window.reports.get(name, "none")
             record = SnapshotRecord(window.window_id, name, hosts[name].volume_id,
-                                    SnapshotStatus.CLAIMED, complete, self._clock())
+                                    SnapshotStatus.CLAIMED, reported == "succeeded",
+                                    self._clock())
             if not self.ports.store.claim_snapshot(record):
                 continue
-            tags = {TAG_WINDOW: window.window_id, TAG_HOST: name,
-                    TAG_COMPLETE: "true" if complete else "false"}
             try:
-                snapshot_id = self.ports.compute.snapshot_volume(record.volume_id, tags)
+                snapshot_id = self._snapshot_once(record, reported)
             except Exception as exc:
                 self.ports.store.release_claim(window.window_id, name)
                 logger.exception("snapshot failed to start", extra={
@@ -357,10 +400,33 @@ class WindowService:
             self.ports.store.record_snapshot_id(window.window_id, name, snapshot_id)
             logger.info("snapshot started", extra={"window_id": window.window_id, "host": name,
                                                    "snapshot_id": snapshot_id,
-                                                   "complete": complete})
+                                                   "reported": reported})
         if errors:
             raise RuntimeError("snapshots not started (the reconciler retries): "
                                + "; ".join(errors))
+
+    def _snapshot_once(self, record: SnapshotRecord, reported: str) -> str:
+        """One snapshot of the host's volume for this window, even when an earlier
+        CreateSnapshot made one and its answer was lost (CreateSnapshot takes no ClientToken):
+        the window's snapshot of that host is looked for, by its tags, before and after."""
+        compute = self.ports.compute
+        found = compute.find_snapshot(record.window_id, record.host)
+        if found:
+            logger.info("snapshot found, made by an earlier try", extra={
+                "window_id": record.window_id, "host": record.host, "snapshot_id": found})
+            return found
+        tags = {TAG_WINDOW: record.window_id, TAG_HOST: record.host, TAG_REPORTED: reported,
+                TAG_COMPLETE: "pending" if record.complete else "false"}
+        try:
+            return compute.snapshot_volume(record.volume_id, tags)
+        except Exception:
+            # Tags are applied atomically with the snapshot (TagSpecifications), so if EC2
+            # made it, it is findable by them; a lookup that misses it now (DescribeSnapshots
+            # is eventually consistent) is repeated before the reconciler's next try.
+            found = compute.find_snapshot(record.window_id, record.host)
+            if found:
+                return found
+            raise
 
     def _refresh_snapshots(self, window: Window) -> None:
         now, store, compute = self._clock(), self.ports.store, self.ports.compute
@@ -378,8 +444,7 @@ class WindowService:
         for snapshot_id in pending:
             state = states.get(snapshot_id, "error")
             if state in ("completed", "error"):
-                store.settle_snapshot(snapshot_id, SnapshotStatus.COMPLETED
-                                      if state == "completed" else SnapshotStatus.FAILED)
+                self._settle(snapshot_id, state == "completed")
 
     def _delete_restore_volume(self, window: Window) -> None:
         if window.restore_volume_id:
@@ -389,14 +454,16 @@ class WindowService:
                 "window_id": window.window_id, "volume_id": window.restore_volume_id})
 
     def _apply_retention(self) -> None:
-        # A restore opens only once this window has released the active-window guard, so the
-        # restore read here (if any) is the only one that can be using a snapshot. One opened
-        # after this read gets its volume from a snapshot retention may delete next: EBS keeps
-        # a volume whole once it is made, and a snapshot gone first answers 404 to the restore.
-        active = self._active()
-        in_use = frozenset({active.snapshot_id}) if active is not None and \
-            active.is_restore and active.snapshot_id else frozenset()
+        # Snapshots a volume is being made from are spared: any volume of ours that names one
+        # (read after the points, so a volume made meanwhile is seen), and the active
+        # restore's. A restore that picks a point after this read and loses it to the
+        # deletion below is answered 404 (CreateVolume refuses a snapshot that is gone with
+        # InvalidSnapshot.NotFound: SnapshotGoneError), never a volume made from half of it.
         points = self.ports.compute.recovery_points()
+        in_use = self.ports.compute.snapshots_in_use()
+        active = self._active()
+        if active is not None and active.is_restore and active.snapshot_id:
+            in_use |= {active.snapshot_id}
         for deletion in choose_deletions(points, self.settings.retention_days, in_use):
             self.ports.compute.delete_snapshot(deletion.snapshot_id)
             logger.info("snapshot deleted by retention", extra={

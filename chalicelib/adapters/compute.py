@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
 TAG_WINDOW = "offsite:window"
 TAG_HOST = "offsite:host"
+# "true" only once EBS completed the snapshot of a host that reported success; "pending" until
+# it settles, "false" otherwise (retention.RecoveryPoint.complete is the definition).
 TAG_COMPLETE = "offsite:complete"
+TAG_REPORTED = "offsite:reported"  # the host's report in that window: succeeded | failed | none
 TAG_RESTORE = "offsite:restore-window"  # on a restore volume: the window it serves
 # On the instance, while a restore volume is attached: "<host> <volume id>". boot.sh reads it
 # from the instance metadata (instance tags in IMDS), so no tag key may hold ':' or '/'.
@@ -63,7 +66,14 @@ class Compute(Protocol):
 
     def snapshot_volume(self, volume_id: str, tags: Mapping[str, str]) -> str: ...
 
-    def find_snapshot(self, window_id: str, host: str) -> str | None: ...
+    def find_snapshot(self, window_id: str, host: str) -> str | None:
+        """The snapshot already made of `host`'s volume for `window_id`, if EC2 lists one."""
+
+    def mark_complete(self, snapshot_id: str, complete: bool) -> None:
+        """Writes the settled truth into the snapshot's `offsite:complete` tag."""
+
+    def snapshots_in_use(self) -> frozenset[str]:
+        """Snapshots that one of our volumes was made from, while that volume exists."""
 
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         """pending | completed | error, per id that EC2 still knows."""
@@ -150,6 +160,19 @@ class Ec2Compute:
             {"Name": f"tag:{TAG_HOST}", "Values": [host]}])["Snapshots"]
         return found[0]["SnapshotId"] if found else None
 
+    def mark_complete(self, snapshot_id: str, complete: bool) -> None:
+        # CreateTags overwrites the value of a key the resource already has.
+        self._ec2.create_tags(Resources=[snapshot_id], Tags=[
+            {"Key": TAG_COMPLETE, "Value": "true" if complete else "false"}])
+
+    def snapshots_in_use(self) -> frozenset[str]:
+        # A volume made from a snapshot names it in SnapshotId for as long as the volume lives;
+        # it is protected from its `creating` state until it is deleted.
+        pages = self._ec2.get_paginator("describe_volumes").paginate(
+            Filters=[{"Name": "tag-key", "Values": [TAG_HOST]}])
+        return frozenset(volume["SnapshotId"] for page in pages for volume in page["Volumes"]
+                         if volume.get("SnapshotId"))
+
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         states: dict[str, str] = {}
         for snapshot_id in snapshot_ids:
@@ -172,7 +195,7 @@ class Ec2Compute:
                 points.append(RecoveryPoint(
                     snapshot_id=snap["SnapshotId"], host=tags[TAG_HOST],
                     window_id=tags.get(TAG_WINDOW, ""), started=snap["StartTime"],
-                    complete=tags.get(TAG_COMPLETE) == "true",
+                    reported=tags.get(TAG_REPORTED) == "succeeded",
                     size_gib=int(snap.get("VolumeSize", 0)), state=snap["State"]))
         return points
 
@@ -275,6 +298,7 @@ class FakeCompute:
         self.restore_deletions: list[str] = []
         self._ids = itertools.count(1)
         self.now = datetime(2026, 11, 29, 2, 0)
+        self.lost_snapshot_answers = 0  # CreateSnapshot calls that make one, then raise
 
     def start(self, instance_id: str, instance_types: Sequence[str]) -> str:
         causes = []
@@ -303,6 +327,9 @@ class FakeCompute:
         snapshot_id = f"snap-{next(self._ids):017x}"
         self.snapshots[snapshot_id] = {"volume_id": volume_id, "tags": dict(tags),
                                        "state": "pending", "started": self.now}
+        if self.lost_snapshot_answers:
+            self.lost_snapshot_answers -= 1
+            raise ConnectionError("CreateSnapshot: the answer was lost (read timeout)")
         return snapshot_id
 
     def complete_snapshot(self, snapshot_id: str, state: str = "completed") -> None:
@@ -316,6 +343,15 @@ class FakeCompute:
                 return snapshot_id
         return None
 
+    def mark_complete(self, snapshot_id: str, complete: bool) -> None:
+        if snapshot_id in self.snapshots:
+            tags = self.snapshots[snapshot_id]["tags"]
+            assert isinstance(tags, dict)
+            tags[TAG_COMPLETE] = "true" if complete else "false"
+
+    def snapshots_in_use(self) -> frozenset[str]:
+        return frozenset(r["snapshot_id"] for r in self.restores.values())
+
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         return {i: str(self.snapshots[i]["state"]) for i in snapshot_ids if i in self.snapshots}
 
@@ -325,7 +361,7 @@ class FakeCompute:
             tags, started = snap["tags"], snap["started"]
             assert isinstance(tags, dict) and isinstance(started, datetime)
             points.append(RecoveryPoint(snapshot_id, tags[TAG_HOST], tags[TAG_WINDOW],
-                                        started, tags[TAG_COMPLETE] == "true", 20,
+                                        started, tags.get(TAG_REPORTED) == "succeeded", 20,
                                         str(snap["state"])))
         return points
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
@@ -23,6 +23,18 @@ def deadline_schedule_name(window_id: str) -> str:
     return f"offsite-deadline-{window_id}"
 
 
+def at_expression(at: datetime) -> str:
+    """Scheduler's one-time `at(yyyy-mm-ddThh:mm:ss)` takes whole seconds; rounded up, so the
+    schedule never fires before the deadline it stands for (the handler refuses an early
+    one as "not reached yet")."""
+    if at.tzinfo is not None:  # the expression is read in ScheduleExpressionTimezone="UTC"
+        at = at.astimezone(timezone.utc)
+    whole = at.replace(microsecond=0)
+    if whole < at:
+        whole += timedelta(seconds=1)
+    return f"at({whole.strftime('%Y-%m-%dT%H:%M:%S')})"
+
+
 class EventBridgeScheduler:
     def __init__(self, client: EventBridgeSchedulerClient, target_arn: str, role_arn: str,
                  group: str) -> None:
@@ -35,7 +47,7 @@ class EventBridgeScheduler:
         # Scheduler hands `Input` to the Lambda as the event itself (no envelope).
         self._scheduler.create_schedule(
             Name=deadline_schedule_name(window_id), GroupName=self._group,
-            ScheduleExpression=f"at({at.strftime('%Y-%m-%dT%H:%M:%S')})",
+            ScheduleExpression=at_expression(at),
             ScheduleExpressionTimezone="UTC", FlexibleTimeWindow={"Mode": "OFF"},
             ActionAfterCompletion="DELETE",
             Target={"Arn": self._target_arn, "RoleArn": self._role_arn,

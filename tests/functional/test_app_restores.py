@@ -11,6 +11,9 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives.serialization import SSHCertificate, load_ssh_public_identity
 
+import app as app_module
+from chalicelib.windows import new_window_id
+
 from .app_rig import EVENTS, HOSTS, AppRig, app_rig, clear_caches, offsite_snapshots
 
 __all__ = ["app_rig"]
@@ -56,7 +59,11 @@ def instance_tags(rig: AppRig) -> dict[str, str]:
 
 
 def test_a_host_lists_its_recovery_points_newest_first(app_rig: AppRig) -> None:
+    # Yesterday's window (its id carries its day), then today's: one point a day is kept.
+    service = app_module.window_service()
+    service._new_id = lambda now: new_window_id(now - timedelta(days=1))  # type: ignore[method-assign]
     first = backup_window(app_rig)
+    service._new_id = new_window_id  # type: ignore[method-assign]
     second = backup_window(app_rig, succeeded=("h", "o", "l"))
     answer = app_rig.signed("GET", "/v1/hosts/c/snapshots", None, "c")
     assert answer.status_code == 200, answer.json_body

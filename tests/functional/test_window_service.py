@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from chalicelib.adapters.compute import TAG_COMPLETE, TAG_HOST
+from chalicelib.adapters.compute import TAG_COMPLETE, TAG_HOST, TAG_REPORTED
 from chalicelib.adapters.store import WindowActiveError
 from chalicelib.instance.userdata import CONFIG_PATH
 from chalicelib.payloads import OpenRequest, ReportRequest
@@ -53,9 +53,13 @@ def test_a_whole_window(rig: Rig) -> None:
     rig.clock.advance(minutes=2)
     rig.service.on_instance_state("i-1", "stopped")
     assert len(rig.compute.snapshots) == 4
-    assert all(s["tags"][TAG_COMPLETE] == "true"  # type: ignore[index]
+    # Not complete until EBS says so: the tag says what the host reported, and "pending".
+    assert all(s["tags"][TAG_COMPLETE] == "pending"  # type: ignore[index]
+               and s["tags"][TAG_REPORTED] == "succeeded"  # type: ignore[index]
                for s in rig.compute.snapshots.values())
     settle_all(rig)
+    assert all(s["tags"][TAG_COMPLETE] == "true"  # type: ignore[index]
+               for s in rig.compute.snapshots.values())
     window = rig.service.get_window(wid)
     assert window.state is State.CLOSED
     assert rig.store.active_window_id() is None
@@ -113,9 +117,11 @@ def test_deadline_with_a_host_missing(rig: Rig) -> None:
     assert rig.compute.stops == 1
     assert any("missing: l" in message for _, message in rig.notifier.sent)
     rig.service.on_instance_state("i-1", "stopped")
-    tags = {s["tags"]["offsite:host"]: s["tags"][TAG_COMPLETE]  # type: ignore[index]
+    tags = {s["tags"]["offsite:host"]: (s["tags"][TAG_REPORTED],  # type: ignore[index]
+                                        s["tags"][TAG_COMPLETE])  # type: ignore[index]
             for s in rig.compute.snapshots.values()}
-    assert tags == {"c": "true", "h": "true", "o": "true", "l": "false"}
+    assert tags == {"c": ("succeeded", "pending"), "h": ("succeeded", "pending"),
+                    "o": ("succeeded", "pending"), "l": ("none", "false")}
 
 
 def test_reports_are_refused_when_they_cannot_count(rig: Rig) -> None:
@@ -157,7 +163,8 @@ def test_events_of_other_instances_are_ignored(rig: Rig) -> None:
 def test_snapshot_failure_deletes_nothing_and_tells(rig: Rig) -> None:
     rig.compute.snapshots["snap-old"] = {"volume_id": "vol-0", "started": rig.compute.now.replace(
         year=2025), "state": "completed", "tags": {
-        "offsite:host": "c", "offsite:window": "w-old", TAG_COMPLETE: "true"}}
+        "offsite:host": "c", "offsite:window": "w-old", TAG_REPORTED: "succeeded",
+        TAG_COMPLETE: "true"}}
     wid = open_and_run(rig)
     for host in HOSTS:
         rig.service.record_report(report(wid, host))

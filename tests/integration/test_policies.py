@@ -313,6 +313,13 @@ def test_ec2_writes_are_confined_to_offsite_tagged_resources(name: str) -> None:
         elif resource == INSTANCE:
             assert statement["Condition"] == {
                 "StringEquals": {"aws:ResourceTag/offsite:role": "archive"}}, action
+        elif action == "ec2:CreateTags" and "ForAllValues:StringEquals" in statement.get(
+                "Condition", {}):
+            # Rewriting the settled truth of our own snapshots: that one key, nothing else.
+            assert statement["Condition"] == {
+                "Null": {"aws:ResourceTag/offsite:host": "false"},
+                "ForAllValues:StringEquals": {"aws:TagKeys": ["offsite:complete"]}}
+            assert resource == "arn:aws:ec2:*::snapshot/*"
         elif action == "ec2:CreateTags":
             assert statement["Condition"]["StringEquals"]["ec2:CreateAction"] in {
                 "CreateSnapshot", "CreateVolume"}

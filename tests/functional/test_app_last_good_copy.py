@@ -1,0 +1,103 @@
+"""The last good copy through app.py on moto: a snapshot EBS failed after its host succeeded
+never stands for the host's last complete point, and a window that could not open is not
+answered as opened (issue 10, points 1 and 5)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+
+import app as app_module
+from chalicelib.windows import new_window_id
+
+from .app_rig import HOSTS, AppRig, app_rig, clear_caches, offsite_snapshots, snapshot_event
+
+__all__ = ["app_rig"]
+
+
+def window_on(rig: AppRig, days_ago: int, succeeded: tuple[str, ...],
+              ebs_fails: tuple[str, ...] = ()) -> str:
+    """A whole backup window whose id (and so its day) is `days_ago` days back; the snapshots
+    of `ebs_fails` end in EBS state `error`, with the failed notification EBS sends."""
+    service = app_module.window_service()
+    service._new_id = (  # type: ignore[method-assign]
+        lambda now: new_window_id(now - timedelta(days=days_ago)))
+    answer = rig.post("/v1/windows", {})
+    assert answer.status_code == 201, answer.json_body
+    wid = str(answer.json_body["window_id"])
+    rig.state_event("running")
+    for host in succeeded:
+        assert rig.report(wid, host).status_code == 200
+    if set(succeeded) != set(HOSTS):
+        assert rig.post(f"/v1/windows/{wid}/close", {}).status_code == 200
+    rig.state_event("stopped")
+    ebs = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    for snap in offsite_snapshots():
+        tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
+        if tags["offsite:window"] != wid:
+            continue
+        failed = tags["offsite:host"] in ebs_fails
+        if failed:
+            ebs.snapshots[snap["SnapshotId"]].status = "error"
+        rig.client.lambda_.invoke("snapshot_state", snapshot_event(
+            snap["SnapshotId"], snap["VolumeId"], "failed" if failed else "succeeded"))
+    assert rig.client.http.get(f"/v1/windows/{wid}").json_body["state"] == "CLOSED"
+    return wid
+
+
+def points(rig: AppRig, host: str) -> list[dict[str, Any]]:
+    answer = rig.client.http.get(f"/v1/snapshots?host={host}")
+    assert answer.status_code == 200, answer.json_body
+    return list(answer.json_body["snapshots"])
+
+
+def test_a_snapshot_ebs_failed_never_replaces_the_last_good_one(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTION_DAYS", "1")
+    clear_caches()
+    day1 = window_on(app_rig, 2, HOSTS)
+    day2 = window_on(app_rig, 1, HOSTS, ebs_fails=("o",))  # o succeeded, its snapshot did not
+    day3 = window_on(app_rig, 0, ("c", "h", "l"))  # o missed today
+    listed = [(p["window_id"], p["complete"]) for p in points(app_rig, "o")]
+    assert listed == [(day3, False), (day1, True)]  # day 2 cannot become a volume
+    tags = {(t["offsite:host"], t["offsite:window"]): t["offsite:complete"]
+            for s in offsite_snapshots()
+            for t in [{x["Key"]: x["Value"] for x in s["Tags"]}]}
+    assert tags[("o", day1)] == "true" and tags[("c", day3)] == "true"
+    assert ("o", day2) not in tags  # not restorable: retention removed it on a good day
+    restore = app_rig.post("/v1/restores", {"host": "o", "day": day1[2:6] + "-" + day1[6:8]
+                                            + "-" + day1[8:10]})
+    assert restore.status_code == 202 and restore.json_body["complete"] is True
+
+
+def test_a_window_that_cannot_start_answers_503_with_the_reason(app_rig: AppRig) -> None:
+    def no_capacity(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
+                                     "Message": "none left"}}, "StartInstances")
+
+    compute = app_module.window_service().ports.compute
+    compute._ec2.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.ec2.StartInstances", no_capacity)
+    answer = app_rig.post("/v1/windows", {})
+    assert answer.status_code == 503, answer.json_body
+    body = answer.json_body
+    assert body["error"] == "window_failed" and "InsufficientInstanceCapacity" in body["message"]
+    listed = app_rig.client.http.get(f"/v1/windows/{body['window_id']}").json_body
+    assert listed["state"] == "FAILED"
+
+
+def test_the_deadline_schedule_never_fires_before_the_deadline(app_rig: AppRig) -> None:
+    answer = app_rig.post("/v1/windows", {"duration_hours": 0.5})
+    assert answer.status_code == 201
+    deadline = datetime.fromisoformat(answer.json_body["deadline"])
+    [schedule] = boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"]
+    expression = boto3.client("scheduler").get_schedule(
+        Name=schedule["Name"], GroupName="offsite-dev")["ScheduleExpression"]
+    fires = datetime.strptime(expression, "at(%Y-%m-%dT%H:%M:%S)").replace(tzinfo=timezone.utc)
+    assert deadline <= fires < deadline + timedelta(seconds=1)
