@@ -169,7 +169,7 @@ class Routine:
                      eph: Ephemeral) -> list[str]:
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
                                    session, io_timeout_s=self.cfg.io_timeout_s, verify=True)
-        done = self._until_stop(argv, session, "verification")
+        done = self._until_stop(argv, session, "verification", step="verify")
         if done.returncode != 0:  # nothing was compared: not a mismatch
             raise TransferError(f"verification could not run ({_failure(done)})")
         return transfer.differences(done.stdout)
@@ -186,20 +186,21 @@ class Routine:
                                    session, io_timeout_s=self.cfg.io_timeout_s,
                                    bwlimit_kib=self.cfg.bwlimit_kib,
                                    files_from=transfer.rsync_local_path(listing, sys.platform))
-        done = self._until_stop(argv, session, "the repair")
+        done = self._until_stop(argv, session, "the repair", step="verify")
         if done.returncode != 0:
             raise TransferError(f"resending the differing entries failed ({_failure(done)})")
         return Repaired(len(paths), transfer.parse_stats(done.stdout).bytes_sent)
 
-    def _until_stop(self, argv: list[str], session: Session, what: str) -> runner.Finished:
+    def _until_stop(self, argv: list[str], session: Session, what: str,
+                    step: str = "transfer") -> runner.Finished:
         stop_at = session.stop_at - self.cfg.deadline_margin_s
         if stop_at <= self.clock():
             raise DeadlineError(f"the session ends at {_utc(session.stop_at)}, too soon for "
                                 f"{what} (deadline_margin_s={self.cfg.deadline_margin_s})")
         progress = self.console.progress if self.console.tty else None
         done = runner.run_until_reachable(argv, stop_at, self.cfg.connect_wait_s,
-                                          self._step("transfer"), progress, self.clock,
-                                          self.sleep)
+                                          self._step(step), progress, self.clock,
+                                          self.sleep, busy_wait_s=self.cfg.io_timeout_s + 30)
         if done.stopped or done.cut:
             why = f": {_failure(done)}" if done.cut else ""
             raise DeadlineError(f"deadline reached during {what} ({_utc(stop_at)}){why}; what "

@@ -159,19 +159,22 @@ def run_until_reachable(argv: list[str], stop_at: float, wait_s: float,
                         note: Callable[[str], None],
                         progress: Callable[[str], None] | None = None,
                         clock: Callable[[], float] = time.time,
-                        sleep: Callable[[float], None] = time.sleep) -> Finished:
+                        sleep: Callable[[float], None] = time.sleep,
+                        busy_wait_s: float = 0.0) -> Finished:
     """`run_until`, tried again after a connection-level failure: for at most `wait_s` after
-    the first failure (counted again after a connection that had worked, then dropped), and
-    never past `stop_at`."""
+    the first failure (counted again after a connection that had worked, then dropped), or
+    `busy_wait_s` if longer while the volume is locked (the archive's rsync of a connection
+    that went silent keeps the lock until its I/O timeout), and never past `stop_at`."""
     attempt = 0
-    give_up: float | None = None
+    since: float | None = None  # when the current run of failures began
     while True:
         done = run_until(argv, stop_at, progress, clock)
         failure = connection_failure(done)
         now = clock()
-        if give_up is None or failure is Failure.DROPPED:
-            give_up = now + wait_s
-        retry = next_try(failure, attempt, now, give_up, stop_at)
+        if since is None or failure is Failure.DROPPED:
+            since = now
+        budget = max(wait_s, busy_wait_s) if failure is Failure.BUSY else wait_s
+        retry = next_try(failure, attempt, now, since + budget, stop_at)
         if retry.delay_s is None:
             return replace(done, cut=retry.cut, attempts=attempt + 1,
                            reason=retry.reason if failure else "")

@@ -114,7 +114,7 @@ def test_a_verification_that_never_connects_is_a_transfer_failure_not_a_mismatch
     host, faults = faulty
     make_tree(host.source, large_bytes=0)
     faults.plan(locked=[2], hold_s=300)
-    host.write_config(connect_wait_s=5)
+    host.write_config(connect_wait_s=5, io_timeout_s=10)  # the lock is waited for 40 s
     done = host.cli("run")
     assert done.returncode == 5, done.stderr
     assert "verification could not run" in done.stderr

@@ -172,3 +172,21 @@ def test_a_drop_gets_a_fresh_wait_but_a_lasting_lock_does_not(tmp_path: Path) ->
                                lambda _: None, clock=lambda: now[0], sleep=sleep)
     assert (busy.returncode, busy.cut, busy.attempts) == (255, False, 4)
     assert "still after 4 tries" in busy.reason
+
+
+def test_a_lock_is_waited_for_as_long_as_the_archive_rsync_may_keep_it(tmp_path: Path) -> None:
+    now = [1000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    busy = run_until_reachable(_failing_then_ok(tmp_path, 100, BUSY), 10**10, 20,
+                               lambda _: None, clock=lambda: now[0], sleep=sleep,
+                               busy_wait_s=90)
+    assert busy.returncode == 255 and 75 < now[0] - 1000.0 <= 90
+    (tmp_path / "tries").unlink()
+    now[0] = 1000.0
+    unreachable = run_until_reachable(_failing_then_ok(tmp_path, 100, UNREACHABLE), 10**10, 20,
+                                      lambda _: None, clock=lambda: now[0], sleep=sleep,
+                                      busy_wait_s=90)
+    assert unreachable.returncode == 255 and now[0] - 1000.0 <= 20
