@@ -2,7 +2,7 @@
 the client's `[tools] ssh` is a wrapper that, on chosen connections, first takes the volume's
 rrsync lock itself (as the archive's rsync of a dropped connection still holds it) or sends
 ssh to a port where nothing listens (as a stopped instance); or the archive's rsync is
-signalled (as an instance shutting down)."""
+signalled (as an instance shutting down); or it damages a file on the archive first."""
 
 from __future__ import annotations
 
@@ -52,6 +52,15 @@ if n in plan.get("locked", []):
         os._exit(0)
     os.wait()
     os.close(fd)
+if str(n) in plan.get("damage", {}):  # flip a byte, keeping size and time
+    path = plan["damage"][str(n)]
+    stat = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(stat.st_size // 2)
+        byte = handle.read(1)[0]
+        handle.seek(stat.st_size // 2)
+        handle.write(bytes([byte ^ 0xFF]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 if n >= plan.get("refuse_from", 1 << 30):
     args[args.index("-p") + 1] = str(plan["closed_port"])
 os.execvp("ssh", ["ssh", *args])
