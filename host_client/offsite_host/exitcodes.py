@@ -41,11 +41,15 @@ MEANING: dict[ExitCode, str] = {
                      "target not empty), nothing was written",
     ExitCode.NO_WINDOW: "no backup window is open; normal under cron, try again next time "
                         "(restore: another window is active on the archive)",
-    ExitCode.DEADLINE: "the window deadline (or the certificate's end) was reached; what "
-                       "arrived stays on the archive and the next run resumes from it "
+    ExitCode.DEADLINE: "the window deadline (or the certificate's end) was reached, or the "
+                       "connection ended at it; what arrived stays on the archive and the "
+                       "next run resumes from it "
                        "(restore: what was fetched is kept and the next attempt resumes)",
-    ExitCode.TRANSFER_FAILED: "the transfer failed (rsync or ssh: network, archive, auth)",
-    ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view (verify "
+    ExitCode.TRANSFER_FAILED: "the transfer, or the verification, could not be done (rsync or "
+                              "ssh: network, archive, auth), after trying again for "
+                              "connect_wait_s when the connection was at fault",
+    ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view (run: even "
+                            "after resending what differed once; verify "
                             "--deep: the restore drill failed, or differs from the local "
                             "backup)",
     ExitCode.LOCKED: "another offsite-host run holds the lock; this one did nothing",

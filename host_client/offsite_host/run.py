@@ -4,7 +4,12 @@
 2. encrypt: the gocryptfs reverse view of the repository, mounted for this run only;
 3. session: signed `POST /v1/sessions` with a key made for this run;
 4. transfer: rsync over ssh with the certificate, stopped at the session's end;
-5. verify, then report: `succeeded` only once the archive copy matches the view.
+5. verify, then report: `succeeded` only once the archive copy matches the view (a difference
+   is resent once, with checksums, and checked again).
+
+A connection-level failure is tried again within the session (see `runner`); one the session's
+end left no time to try again is the deadline (4); any other failure to transfer, or to run the
+verification, is 5; only a verification that ran and found the copies different is 6.
 
 Once the local stage has started, the server hears how the run ended (a failed report is
 best effort); a failure to get a session is not reported, since there is nothing to report to.
@@ -34,6 +39,14 @@ from offsite_host.exitcodes import (
 )
 from offsite_host.report import Report, send_report
 from offsite_host.session import Session, open_session
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """What a verification resent: entries, and the bytes it took."""
+
+    files: int = 0
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,10 +108,11 @@ class Routine:
             session = self._open(client, eph)
             self.stage = "transfer"
             stats = self._push(ready, view, session, eph)
-            self._verify(ready, view, session, eph)
-        detail = "; ".join(["verified", *warnings])
-        return Outcome(ExitCode.OK, "succeeded", detail, session.window_id, stats.bytes_sent,
-                       stats.files_transferred)
+            repaired = self._verify(ready, view, session, eph, repair=True)
+        notes = [f"repaired {repaired.files} files"] if repaired.files else []
+        detail = "; ".join(["verified", *notes, *warnings])
+        return Outcome(ExitCode.OK, "succeeded", detail, session.window_id,
+                       stats.bytes_sent + repaired.bytes_sent, stats.files_transferred)
 
     @contextlib.contextmanager
     def _view(self, ready: preflight.Ready) -> Iterator[str]:
@@ -127,38 +141,69 @@ class Routine:
         started = time.monotonic()
         done = self._until_stop(argv, session, "the transfer")
         if done.returncode != 0:
-            raise TransferError(f"rsync failed (exit {done.returncode}): "
-                                f"{_tail(done.stderr)}")
+            raise TransferError(f"rsync failed ({_failure(done)})")
         stats = transfer.parse_stats(done.stdout)
         self.console.step("transfer", f"{stats.files_transferred} of {stats.files_total} files, "
                           f"{stats.bytes_sent} bytes sent in {time.monotonic() - started:.1f} s")
         return stats
 
-    def _verify(self, ready: preflight.Ready, view: str, session: Session,
-                eph: Ephemeral) -> None:
+    def _verify(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
+                repair: bool = False) -> Repaired:
+        """Checks the archive copy against the view. With `repair`, what differs is resent once
+        and checked again: right after a transfer with the same flags, a difference is damage
+        on the archive that rsync's size-and-time check cannot see."""
+        found = self._differences(ready, view, session, eph)
+        repaired = Repaired()
+        if found and repair:
+            repaired = self._resend(ready, view, session, eph, found)
+            found = self._differences(ready, view, session, eph)
+        if found:
+            again = " after resending them once" if repaired.files else ""
+            raise VerifyError(f"the archive copy differs from the encrypted view in "
+                              f"{len(found)} entries{again}, e.g. {'; '.join(found[:3])}")
+        after = f" after repairing {repaired.files} files" if repaired.files else ""
+        self.console.step("verify", f"the archive copy matches the encrypted view{after}")
+        return repaired
+
+    def _differences(self, ready: preflight.Ready, view: str, session: Session,
+                     eph: Ephemeral) -> list[str]:
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
                                    session, io_timeout_s=self.cfg.io_timeout_s, verify=True)
-        done = self._until_stop(argv, session, "verification")
-        if done.returncode != 0:
-            raise VerifyError(f"verification could not run (rsync exit {done.returncode}): "
-                              f"{_tail(done.stderr)}")
-        differences = transfer.differences(done.stdout)
-        if differences:
-            raise VerifyError(f"the archive copy differs from the encrypted view in "
-                              f"{len(differences)} entries, e.g. {'; '.join(differences[:3])}")
-        self.console.step("verify", "the archive copy matches the encrypted view")
+        done = self._until_stop(argv, session, "verification", step="verify")
+        if done.returncode != 0:  # nothing was compared: not a mismatch
+            raise TransferError(f"verification could not run ({_failure(done)})")
+        return transfer.differences(done.stdout)
 
-    def _until_stop(self, argv: list[str], session: Session, what: str) -> runner.Finished:
+    def _resend(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
+                found: list[str]) -> Repaired:
+        paths = transfer.differing_paths(found)
+        self.console.step("verify", f"{len(found)} entries differ from the encrypted view, e.g. "
+                          f"{'; '.join(found[:3])}; resending them with checksums")
+        listing = eph.files.key.with_name("resend.list")
+        listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
+                                     for p in paths))
+        argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
+                                   session, io_timeout_s=self.cfg.io_timeout_s,
+                                   bwlimit_kib=self.cfg.bwlimit_kib,
+                                   files_from=transfer.rsync_local_path(listing, sys.platform))
+        done = self._until_stop(argv, session, "the repair", step="verify")
+        if done.returncode != 0:
+            raise TransferError(f"resending the differing entries failed ({_failure(done)})")
+        return Repaired(len(paths), transfer.parse_stats(done.stdout).bytes_sent)
+
+    def _until_stop(self, argv: list[str], session: Session, what: str,
+                    step: str = "transfer") -> runner.Finished:
         stop_at = session.stop_at - self.cfg.deadline_margin_s
         if stop_at <= self.clock():
             raise DeadlineError(f"the session ends at {_utc(session.stop_at)}, too soon for "
                                 f"{what} (deadline_margin_s={self.cfg.deadline_margin_s})")
         progress = self.console.progress if self.console.tty else None
         done = runner.run_until_reachable(argv, stop_at, self.cfg.connect_wait_s,
-                                          self._step("transfer"), progress, self.clock,
-                                          self.sleep)
-        if done.stopped:
-            raise DeadlineError(f"deadline reached during {what} ({_utc(stop_at)}); what "
+                                          self._step(step), progress, self.clock,
+                                          self.sleep, busy_wait_s=self.cfg.io_timeout_s + 30)
+        if done.stopped or done.cut:
+            why = f": {_failure(done)}" if done.cut else ""
+            raise DeadlineError(f"deadline reached during {what} ({_utc(stop_at)}){why}; what "
                                 "arrived is kept and the next run resumes from it")
         return done
 
@@ -199,6 +244,11 @@ class Routine:
 
 def _tail(stderr: str) -> str:
     return tools.tail(stderr, 4) or "no message"
+
+
+def _failure(done: runner.Finished) -> str:
+    tries = f"{done.reason}, " if done.reason else ""
+    return f"{tries}rsync exit {done.returncode}: {_tail(done.stderr)}"
 
 
 def _utc(moment: float) -> str:

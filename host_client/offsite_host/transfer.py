@@ -20,6 +20,11 @@ Why these rsync flags (the archive side is `rrsync -wo <volume>`, a forced comma
 Verification is the same command with `--dry-run --checksum --itemize-changes`: the receiver
 checksums its files and the sender lists what it would change. That is still a push, which
 `rrsync -wo` allows, so a write-only certificate can verify.
+
+A repair resends exactly the entries verification listed (`--files-from`), with `--checksum`
+(a file damaged on the archive keeps its size and time, so the quick check would skip it) and
+`--delete-missing-args` (a listed entry the view no longer has is deleted on the archive);
+the list is NUL-separated (`--from0`), since a name may hold any byte but NUL.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from offsite_host.session import Session
 
 TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--delay-updates", "--delete-delay")
 VERIFY_FLAGS = ("--dry-run", "--checksum", "--itemize-changes")
+REPAIR_FLAGS = ("--checksum", "--delete-missing-args", "--from0")
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,16 @@ def destination(session: Session) -> str:
 
 
 def rsync_argv(rsync: str, rsh: str, view: str, session: Session, *, io_timeout_s: int,
-               bwlimit_kib: int = 0, progress: bool = False, verify: bool = False) -> list[str]:
-    """The push of the encrypted view's content (`view/`) to the session's remote path."""
+               bwlimit_kib: int = 0, progress: bool = False, verify: bool = False,
+               files_from: str = "") -> list[str]:
+    """The push of the encrypted view's content (`view/`) to the session's remote path; with
+    `files_from` (a local list of paths in the view), the repair of those entries only."""
     argv = [rsync, *TRANSFER_FLAGS, f"--timeout={io_timeout_s}", "-e", rsh]
     if verify:
         argv += VERIFY_FLAGS
     else:
+        if files_from:
+            argv += [*REPAIR_FLAGS, f"--files-from={files_from}"]
         argv.append("--stats")
         if progress:
             argv.append("--info=progress2")
@@ -175,6 +185,30 @@ def differences(itemized: str) -> list[str]:
         if match and not match.group(1).startswith(".d"):
             found.append(line.strip())
     return found
+
+
+def differing_paths(found: list[str]) -> list[str]:
+    """The paths (relative to the view) of `differences` lines, once each, in order: what a
+    repair resends (or deletes). rsync escapes unprintable bytes in names as `\\#ooo`, and
+    shows a symlink as `name -> target`."""
+    paths: list[str] = []
+    for line in found:
+        match = _ITEM.match(line)
+        if not match:
+            continue
+        path = match.group(2)
+        if match.group(1)[1:2] == "L":
+            path = path.split(" -> ", 1)[0]
+        path = _unescape(path)
+        if path not in paths:
+            paths.append(path)
+    return paths
+
+
+def _unescape(name: str) -> str:
+    data = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]),
+                  name.encode("utf-8", "surrogateescape"))
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _ssh_path(path: Path) -> str:

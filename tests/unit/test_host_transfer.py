@@ -10,6 +10,7 @@ from offsite_host.transfer import (
     SessionFiles,
     destination,
     differences,
+    differing_paths,
     parse_stats,
     rsh_command,
     rsync_argv,
@@ -115,3 +116,19 @@ def test_differences_ignore_directory_attribute_changes_only() -> None:
                                    "*deleting   OldFile", ".f..t...... Touched",
                                    "cL+++++++++ link -> target"]
     assert differences(".d..t...... ./\n") == []
+
+
+def test_a_repair_resends_the_listed_entries_with_checksums() -> None:
+    argv = rsync_argv("rsync", "ssh", "/v", SESSION, io_timeout_s=30, files_from="/s/list")
+    assert "--checksum" in argv and "--files-from=/s/list" in argv
+    assert "--delete-missing-args" in argv and "--from0" in argv and "--dry-run" not in argv
+    assert argv[-3:] == ["--", "/v/", "203.0.113.7:current/"]
+    assert not any(a.startswith("--files-from") for a in rsync_argv(
+        "rsync", "ssh", "/v", SESSION, io_timeout_s=30))
+
+
+def test_the_paths_a_repair_resends_or_deletes() -> None:
+    found = differences("<fc........ a/blob\ncd+++++++++ new\\#303\\#251/\n"
+                        "*deleting   old/extra\ncL+++++++++ link -> a/blob\n"
+                        ".d..t...... a/\n<fc........ a/blob\n")
+    assert differing_paths(found) == ["a/blob", "new\u00e9/", "old/extra", "link"]
