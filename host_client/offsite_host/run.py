@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from offsite_host import encrypt, history, preflight, runner, tools, transfer
+from offsite_host import encrypt, history, preflight, runner, sealing, tools, transfer
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
@@ -96,6 +96,7 @@ class Routine:
             self.stage = "transfer"
             stats = self._push(ready, view, session, eph)
             self._verify(ready, view, session, eph)
+            self._seal(ready, session, eph)
         detail = "; ".join(["verified", *warnings])
         return Outcome(ExitCode.OK, "succeeded", detail, session.window_id, stats.bytes_sent,
                        stats.files_transferred)
@@ -147,6 +148,22 @@ class Routine:
             raise VerifyError(f"the archive copy differs from the encrypted view in "
                               f"{len(differences)} entries, e.g. {'; '.join(differences[:3])}")
         self.console.step("verify", "the archive copy matches the encrypted view")
+
+    def _seal(self, ready: preflight.Ready, session: Session, eph: Ephemeral) -> None:
+        """Ships the manifest of the verified view beside the archive copy (sealing.py)."""
+        local = self.cfg.state_dir / "seal"
+        sealed = sealing.write(self.cfg.state_dir / "view", self.cfg.repository,
+                               self.cfg.password_file, self.cfg.host, session.window_id,
+                               self.clock(), local)
+        argv = sealing.push_argv(ready.tools.rsync, self._rsh(ready, session, eph),
+                                 transfer.rsync_local_path(local, sys.platform), session,
+                                 io_timeout_s=self.cfg.io_timeout_s)
+        done = self._until_stop(argv, session, "the manifest")
+        if done.returncode != 0:
+            raise TransferError(f"sending the manifest failed (rsync exit {done.returncode}): "
+                                f"{_tail(done.stderr)}")
+        sealing.record_first(self.cfg.state_dir, self.clock())
+        self.console.step("seal", f"manifest of {len(sealed.entries)} entries sent")
 
     def _until_stop(self, argv: list[str], session: Session, what: str) -> runner.Finished:
         stop_at = session.stop_at - self.cfg.deadline_margin_s
