@@ -154,7 +154,7 @@ class Routine:
         local = self.cfg.state_dir / "seal"
         sealed = sealing.write(self.cfg.state_dir / "view", self.cfg.repository,
                                self.cfg.password_file, self.cfg.host, session.window_id,
-                               self.clock(), local)
+                               self.clock(), local, self.cfg.state_dir / "manifest-digests.json")
         argv = sealing.push_argv(ready.tools.rsync, self._rsh(ready, session, eph),
                                  transfer.rsync_local_path(local, sys.platform), session,
                                  io_timeout_s=self.cfg.io_timeout_s)

@@ -18,6 +18,7 @@ could not be authenticated.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,12 +85,26 @@ def key_for(password_file: Path, conf: Path) -> bytes:
 
 
 def write(view: Path, repository: Path, password_file: Path, host: str, window_id: str,
-          now: float, out_dir: Path) -> Manifest:
-    """Seals the view as it is now into `out_dir`/manifest."""
-    sealed = Manifest(host, window_id, _iso(now), entries_of(compare.inventory(view)))
+          now: float, out_dir: Path, cache: Path) -> Manifest:
+    """Seals the view as it is now into `out_dir`/manifest; `cache` keeps the digests of the
+    view's files between runs, so only what changed is read again."""
+    digests = _load_digests(cache)
+    sealed = Manifest(host, window_id, _iso(now),
+                      entries_of(compare.inventory(view, digests=digests)))
     key = key_for(password_file, repository / encrypt.REVERSE_CONF)
     write_secret(out_dir / NAME, seal(sealed, key))
+    write_secret(cache, json.dumps(digests).encode("utf-8"))
     return sealed
+
+
+def _load_digests(cache: Path) -> compare.Digests:
+    """The cached digests; an unreadable cache is only a slower run."""
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        return {str(k): (int(v[0]), int(v[1]), int(v[2]), int(v[3]), str(v[4]))
+                for k, v in data.items()}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return {}
 
 
 def record_first(state_dir: Path, now: float) -> None:
