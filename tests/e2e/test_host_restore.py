@@ -429,6 +429,9 @@ def test_a_day_with_only_an_incomplete_point(days: ThreeDays, tmp_path: Path) ->
                    str(host.source), "--to", str(tmp_path / "x"))
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "x") == days.trees[DAYS[2]]
+    # no run finished in that window: the tree and manifest are the last complete run's
+    last = days.snapshots[DAYS[2]].window_id
+    assert f"this incomplete point carries the tree of window {last}" in done.stderr
 
 
 def test_a_path_not_in_the_backup(days: ThreeDays, session_server: SessionServer,
