@@ -1,7 +1,10 @@
 """Comparing two trees for `verify --deep`: names, kinds, content, symlink targets and modes.
 
 `inventory` reads a tree into a plain mapping (the only I/O); `differences` compares two such
-mappings and is pure.
+mappings and is pure. The manifest (sealing.py) reads the encrypted view with `inventory` too,
+every run, so it can hand in a digest cache: a file whose size, times and inode are unchanged
+is not read again (the view passes the repository's own through, and rdiff-backup replaces a
+changed file, so its inode and ctime change even when its size and mtime do not).
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ from pathlib import Path
 Entry = tuple[str, int, str]
 """(kind, permission bits, sha-256 of the content or the link's target; "" for others)."""
 
+Digests = dict[str, tuple[int, int, int, int, str]]
+"""A digest cache: relative path -> (size, mtime_ns, ctime_ns, inode, sha-256)."""
+
 CHUNK = 1024 * 1024
 
 
-def inventory(root: Path, skip: tuple[str, ...] = ()) -> dict[str, Entry]:
+def inventory(root: Path, skip: tuple[str, ...] = (),
+              digests: Digests | None = None) -> dict[str, Entry]:
     """Every entry below `root` (not `root` itself), by relative POSIX path; top-level names in
-    `skip` (rdiff-backup's own `rdiff-backup-data`) are left out with all below them."""
+    `skip` (rdiff-backup's own `rdiff-backup-data`) are left out with all below them. With
+    `digests`, unchanged files take their digest from it, and it is left holding exactly the
+    files found."""
     found: dict[str, Entry] = {}
+    fresh: Digests = {}
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         if here == root:
@@ -28,7 +38,11 @@ def inventory(root: Path, skip: tuple[str, ...] = ()) -> dict[str, Entry]:
             filenames = [f for f in filenames if f not in skip]
         for name in sorted(dirnames) + sorted(filenames):
             path = here / name
-            found[path.relative_to(root).as_posix()] = _entry(path)
+            relative = path.relative_to(root).as_posix()
+            found[relative] = _entry(path, relative, digests, fresh)
+    if digests is not None:
+        digests.clear()
+        digests.update(fresh)
     return found
 
 
@@ -50,7 +64,7 @@ def differences(expected: dict[str, Entry], actual: dict[str, Entry]) -> list[st
     return lines
 
 
-def _entry(path: Path) -> Entry:
+def _entry(path: Path, relative: str, known: Digests | None, fresh: Digests) -> Entry:
     info = path.lstat()
     mode = stat.S_IMODE(info.st_mode)
     if stat.S_ISLNK(info.st_mode):
@@ -58,9 +72,17 @@ def _entry(path: Path) -> Entry:
     if stat.S_ISDIR(info.st_mode):
         return ("dir", mode, "")
     if stat.S_ISREG(info.st_mode):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        return ("file", mode, digest.hexdigest())
+        key = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        cached = known.get(relative) if known is not None else None
+        hexdigest = cached[4] if cached is not None and cached[:4] == key else _sha256(path)
+        fresh[relative] = (*key, hexdigest)
+        return ("file", mode, hexdigest)
     return ("special", mode, str(stat.S_IFMT(info.st_mode)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,9 +1,12 @@
 """`offsite-host verify --deep`: a restore drill that proves the newest recovery point can be
-read back. It fetches that point like `restore`, checks every name and block of the copy
-(`gocryptfs -fsck`), restores each repository's newest state into a temporary directory, and
-compares it (names, kinds, content, symlink targets, modes) with the local repository at the
-same backup time: what that backup saw, not the live tree, which may have changed since.
-The restore window's report says how the drill ended.
+read back. It fetches that point like `restore` (and checks it against its manifest), checks
+every name and block of the copy (`gocryptfs -fsck`), restores each repository's newest state
+into a temporary directory, and compares it (names, kinds, content, symlink targets, modes)
+with the local repository at the same backup time: what that backup saw, not the live tree,
+which may have changed since.
+A damaged copy fails the drill as it fails a restore (RestoreError, exit 10); a copy that
+restores but differs from the local backup is a VerifyError (exit 6). The restore window's
+report says how the drill ended.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class Drill:
     def _check(self, ready: preflight.Ready, staging: Path, choice: Choice) -> Outcome:
         damage = encrypt.fsck(ready.tools.gocryptfs, self.cfg.password_file, staging)
         if damage:
-            raise VerifyError(f"restore drill of {choice.point.day}: {damage}")
+            raise RestoreError(f"restore drill of {choice.point.day}: {damage}")
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="drill-", dir=self.cfg.state_dir))
         try:
@@ -61,7 +64,7 @@ class Drill:
                     found += [f"{repo.source}: {line}" for line in diffs]
                     entries += count
         except RestoreError as exc:
-            raise VerifyError(f"restore drill of {choice.point.day} failed: {exc}") from exc
+            raise RestoreError(f"restore drill of {choice.point.day} failed: {exc}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
         what = f"restore drill of {choice.point.day} ({choice.point.snapshot_id})"

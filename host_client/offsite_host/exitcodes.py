@@ -50,14 +50,15 @@ MEANING: dict[ExitCode, str] = {
                               "connect_wait_s when the connection was at fault",
     ExitCode.VERIFY_FAILED: "the archive copy does not match the encrypted view (run: even "
                             "after resending what differed once; verify "
-                            "--deep: the restore drill failed, or differs from the local "
-                            "backup)",
+                            "--deep: the restored tree differs from the local backup)",
     ExitCode.LOCKED: "another offsite-host run holds the lock; this one did nothing",
     ExitCode.LOCAL_FAILED: "the local stage failed (rdiff-backup or the gocryptfs view)",
     ExitCode.SERVER: "the control plane is unreachable, was still opening the window after "
                      "max_wait_s, or answered outside the contract",
-    ExitCode.RESTORE_FAILED: "the restore failed: the fetched copy could not be decrypted "
-                             "(corrupted ciphertext) or restored; the target was left as it was",
+    ExitCode.RESTORE_FAILED: "the restore failed (or verify --deep): the fetched copy is "
+                             "damaged (not what the host sent, per its manifest; corrupted "
+                             "ciphertext; a file failing rdiff-backup's hash) or could not be "
+                             "restored; the target was left as it was",
 }
 
 

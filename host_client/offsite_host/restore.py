@@ -4,17 +4,21 @@
    (`POST /v1/hosts/{name}/restores`): the control plane opens a restore window;
 2. session: `POST /v1/sessions` with purpose "restore", a read-only (`rrsync -ro`) certificate;
 3. fetch: rsync the ciphertext down into `<state_dir>/restore/<snapshot>`, resumable (a cut-off
-   fetch is kept, and the next attempt fetches only what is missing);
+   fetch is kept, and the next attempt fetches only what is missing), and its manifest beside it;
+   the copy must match the manifest before anything is decrypted (sealing.py), since gocryptfs
+   cannot see a file cut at a block boundary, missing, added, swapped or rolled back;
 4. decrypt: gocryptfs forward mode, read-only; a block that fails authentication is an I/O
    error, which fails the restore (exit 10), never wrong data;
 5. restore: `rdiff-backup restore --at` into a temporary directory beside the target, renamed
-   into place only once complete, so a failure leaves the target as it was;
+   into place only once complete, so a failure leaves the target as it was; rdiff-backup checks
+   each restored file against its recorded SHA-1, and a mismatch fails the restore;
 6. report: the restore window always hears how it ended, which closes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import sys
 import time
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from offsite_host import encrypt, preflight, restore_plan, runner, tools, transfer
+from offsite_host import encrypt, preflight, restore_plan, runner, sealing, tools, transfer
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
@@ -34,6 +38,7 @@ from offsite_host.exitcodes import (
     ServerError,
     TransferError,
 )
+from offsite_host.manifest import Verdict
 from offsite_host.points import (
     Choice,
     RecoveryPoint,
@@ -97,9 +102,11 @@ class Restorer:
         try:
             staging = self._fetch(client, window)
             try:
+                verdict = self._authenticate(staging, choice)
                 outcome = work(staging)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # fetched whole: never reused
+                shutil.rmtree(_sealed(staging), ignore_errors=True)
         except OffsiteError as exc:
             self.console.error(str(exc))
             failed = outcome_of(exc, window.window_id)
@@ -108,8 +115,23 @@ class Restorer:
         except KeyboardInterrupt:  # the window must still close: tell it, then stop
             self._report(client, window, "failed", "interrupted", started)
             raise
+        if verdict.notes:
+            outcome = dataclasses.replace(
+                outcome, detail="; ".join([outcome.detail, *verdict.notes]))
         self._report(client, window, "succeeded", outcome.detail, started)
         return outcome
+
+    def _authenticate(self, staging: Path, choice: Choice) -> Verdict:
+        """The copy against its manifest, before anything is decrypted."""
+        verdict = sealing.authenticate(
+            staging, _sealed(staging), self.cfg.password_file, self.cfg.host,
+            choice.point.window_id, choice.point.complete,
+            sealing.required_for(self.cfg.state_dir, choice.point.started_at))
+        self.console.step("authenticate", verdict.reason)
+        for note in verdict.notes:
+            if note != verdict.reason:
+                self.console.step("authenticate", f"note: {note}")
+        return verdict
 
     def _fetch(self, client: ApiClient, window: RestoreWindow) -> Path:
         ready_tools = tools.resolve(self.cfg.tools, ("rsync", "ssh"))
@@ -134,9 +156,26 @@ class Restorer:
                                       progress=self.console.tty)
             started = time.monotonic()
             done = self._until_stop(argv, session)
+            self._fetch_manifest(ready_tools, rsh, session, _sealed(staging))
         self.console.step("fetch", f"{transfer.received(done.stdout)} bytes received in "
                           f"{time.monotonic() - started:.1f} s into {staging}")
         return staging
+
+    def _fetch_manifest(self, ready_tools: tools.ResolvedTools, rsh: str, session: Session,
+                        sealed: Path) -> None:
+        """Fetches the point's manifest into the directory `sealed`; a point without one
+        leaves none."""
+        argv = sealing.pull_argv(ready_tools.rsync, rsh, session,
+                                 transfer.rsync_local_path(sealed, sys.platform),
+                                 io_timeout_s=self.cfg.io_timeout_s)
+        stop_at = session.stop_at - self.cfg.deadline_margin_s
+        done = runner.run_until_reachable(argv, stop_at, self.cfg.connect_wait_s,
+                                          self._step("fetch"), None, self.clock, self.sleep)
+        if done.stopped or done.cut:
+            raise DeadlineError("the restore session ended while fetching the manifest")
+        if done.returncode != 0:
+            raise TransferError(f"fetching the manifest failed (rsync exit {done.returncode}):"
+                                f" {tools.tail(done.stderr, 4)}")
 
     def _until_stop(self, argv: list[str], session: Session) -> runner.Finished:
         stop_at = session.stop_at - self.cfg.deadline_margin_s
@@ -146,7 +185,7 @@ class Restorer:
         done = runner.run_until_reachable(
             argv, stop_at, self.cfg.connect_wait_s, self._step("fetch"),
             self.console.progress if self.console.tty else None, self.clock, self.sleep)
-        if done.stopped:
+        if done.stopped or done.cut:
             raise DeadlineError("the restore session ended during the fetch; what arrived is "
                                 "kept, and the next attempt fetches only the rest")
         if done.returncode != 0:
@@ -190,6 +229,11 @@ class Restorer:
 
     def _step(self, name: str) -> Callable[[str], None]:
         return lambda message: self.console.step(name, message)
+
+
+def _sealed(staging: Path) -> Path:
+    """Where the fetched manifest of a staging copy lies: beside it."""
+    return staging.with_name(staging.name + ".sealed")
 
 
 def _drop_other_stagings(keep: Path) -> None:

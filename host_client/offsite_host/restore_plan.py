@@ -23,6 +23,9 @@ _AT = re.compile(
     r"|\d{1,2}/\d{1,2}/\d{4}")                      # MM/DD/YYYY
 _NOISE = ("Unable to open logfile", "emitted warnings", "syslog")
 _IO_ERROR = re.compile(r"Errno 5\b|Input/output error", re.I)
+# rdiff-backup checks each restored file against the SHA-1 its metadata recorded, but only
+# warns (exit 0) when it differs or is missing: that is wrong or unverifiable data.
+_BAD_HASH = re.compile(r"^.*(?:doesn't match recorded hash|Hash for file .* missing).*$", re.M)
 
 
 class TargetState(Enum):
@@ -100,6 +103,10 @@ def restore_problem(returncode: int, stderr: str) -> str | None:
     if _IO_ERROR.search(stderr):
         return ("input/output error reading the decrypted copy: its ciphertext is damaged "
                 "(a block failed gocryptfs' authentication)")
+    bad = _BAD_HASH.findall(stderr)
+    if bad:
+        return (f"{len(bad)} restored files fail rdiff-backup's recorded SHA-1 check (the copy "
+                f"is damaged), e.g. {bad[0].strip()}")
     if returncode & ~RET_WARN:
         return f"rdiff-backup failed (code {returncode}): {noise_free(stderr)}"
     return None

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from offsite_host import encrypt, history, preflight, runner, tools, transfer
+from offsite_host import encrypt, history, preflight, runner, sealing, tools, transfer
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
@@ -109,6 +109,7 @@ class Routine:
             self.stage = "transfer"
             stats = self._push(ready, view, session, eph)
             repaired = self._verify(ready, view, session, eph, repair=True)
+            self._seal(ready, session, eph)
         notes = [f"repaired {repaired.files} files"] if repaired.files else []
         detail = "; ".join(["verified", *notes, *warnings])
         return Outcome(ExitCode.OK, "succeeded", detail, session.window_id,
@@ -190,6 +191,21 @@ class Routine:
         if done.returncode != 0:
             raise TransferError(f"resending the differing entries failed ({_failure(done)})")
         return Repaired(len(paths), transfer.parse_stats(done.stdout).bytes_sent)
+
+    def _seal(self, ready: preflight.Ready, session: Session, eph: Ephemeral) -> None:
+        """Ships the manifest of the verified view beside the archive copy (sealing.py)."""
+        local = self.cfg.state_dir / "seal"
+        sealed = sealing.write(self.cfg.state_dir / "view", self.cfg.repository,
+                               self.cfg.password_file, self.cfg.host, session.window_id,
+                               self.clock(), local, self.cfg.state_dir / "manifest-digests.json")
+        argv = sealing.push_argv(ready.tools.rsync, self._rsh(ready, session, eph),
+                                 transfer.rsync_local_path(local, sys.platform), session,
+                                 io_timeout_s=self.cfg.io_timeout_s)
+        done = self._until_stop(argv, session, "the manifest", step="seal")
+        if done.returncode != 0:
+            raise TransferError(f"sending the manifest failed ({_failure(done)})")
+        sealing.record_first(self.cfg.state_dir, self.clock())
+        self.console.step("seal", f"manifest of {len(sealed.entries)} entries sent")
 
     def _until_stop(self, argv: list[str], session: Session, what: str,
                     step: str = "transfer") -> runner.Finished:

@@ -234,6 +234,8 @@ class HostEntry:
     restores: list[RestoreWindow] = field(default_factory=list)
     on_restore: Callable[[Path], None] | None = None
     """Called with each restored copy before its session is issued (to damage it)."""
+    backup_window: str = "w-e2e-1"
+    """The backup window sessions are issued for; each snapshot closes it and opens the next."""
 
 
 class SessionServer:
@@ -263,8 +265,9 @@ class SessionServer:
         copy = self.archive.volumes / "snapshots" / host / snap_id
         copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copytree(entry.account.volume, copy, symlinks=True)
-        snap = Snapshot(snap_id, f"w-{day}-{number}", day, time.time(), complete, copy)
+        snap = Snapshot(snap_id, entry.backup_window, day, time.time(), complete, copy)
         entry.snapshots.append(snap)
+        entry.backup_window = f"w-e2e-{number + 1}"
         return snap
 
     def open_restore(self, host: str, snap: Snapshot) -> RestoreWindow:
@@ -316,7 +319,7 @@ class SessionServer:
         if entry.script:
             return entry.script.popleft()
         now = time.time()
-        window, root, access = "w-e2e-1", None, "-wo"
+        window, root, access = entry.backup_window, None, "-wo"
         if data.get("purpose") == "restore":
             if entry.restore is None:
                 return _json(409, {"error": "no_open_window", "message": "no restore window"})

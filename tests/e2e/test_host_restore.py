@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def test_corrupted_ciphertext_fails_loudly(days: ThreeDays, session_server: Sess
     for target in (tmp_path / "absent", empty):
         done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to",
                        str(target))
-        expect(done, 10, "input/output error")
+        expect(done, 10, "the fetched copy is not what the host sent")
         assert session_server.reports_of(host.name)[-1]["status"] == "failed"
     assert not (tmp_path / "absent").exists()
     assert list(empty.iterdir()) == []
@@ -227,6 +228,183 @@ def test_corrupted_ciphertext_fails_loudly(days: ThreeDays, session_server: Sess
     done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(empty))
     assert done.returncode == 0, done.stderr  # a damaged fetch is not reused
     assert tree(empty) == days.trees[DAYS[2]]
+
+
+CIPHER_BLOCK, CIPHER_HEADER = 4096 + 32, 18  # gocryptfs: 4 KiB of data + IV and tag; header
+
+
+def ciphertext_files(volume: Path) -> list[Path]:
+    """The copy's ciphertext files, largest first (not gocryptfs' own configuration)."""
+    files = [p for p in (volume / "current").rglob("*")
+             if p.is_file() and not p.is_symlink() and p.name != "gocryptfs.conf"]
+    return sorted(files, key=lambda p: (-p.stat().st_size, str(p)))
+
+
+def truncate_at_a_block(volume: Path) -> None:
+    """Cuts the largest file after its first half of whole blocks: gocryptfs sees a shorter,
+    perfectly authentic file."""
+    victim = ciphertext_files(volume)[0]
+    blocks = (victim.stat().st_size - CIPHER_HEADER) // CIPHER_BLOCK
+    assert blocks >= 2
+    os.truncate(victim, CIPHER_HEADER + CIPHER_BLOCK * (blocks // 2))
+
+
+def remove_a_file(volume: Path) -> None:
+    ciphertext_files(volume)[0].unlink()
+
+
+def add_a_file(volume: Path) -> None:
+    """A stranger beside the real files, with a name like gocryptfs' own."""
+    model = ciphertext_files(volume)[0]
+    (model.parent / "AAAAAAAAAAAAAAAAAAAAAA").write_bytes(model.read_bytes())
+
+
+def swap_two_files(volume: Path) -> None:
+    """Two ciphertext files trade places: each still decrypts (gocryptfs keeps a file's id in
+    its own header), as the other's content."""
+    first, second = ciphertext_files(volume)[:2]
+    held = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(held)
+
+
+def roll_back_a_file(older: Path) -> Callable[[Path], None]:
+    """One ciphertext file replaced by its version from the older snapshot `older` (the same
+    path, so the same file id: it decrypts), the rest current."""
+    def damage(volume: Path) -> None:
+        for victim in ciphertext_files(volume):
+            old = older / victim.relative_to(volume)
+            if old.is_file() and old.read_bytes() != victim.read_bytes():
+                shutil.copyfile(old, victim)
+                return
+        raise AssertionError("no file differs from the older snapshot")
+    return damage
+
+
+def roll_back_the_point(older: Path) -> Callable[[Path], None]:
+    """The whole copy and its manifest replaced by an older day's, consistent with each
+    other: only the window the manifest names gives it away."""
+    def damage(volume: Path) -> None:
+        for name in ("current", "offsite-manifest"):
+            shutil.rmtree(volume / name, ignore_errors=True)
+            if (older / name).exists():  # (today's main writes no manifest)
+                shutil.copytree(older / name, volume / name, symlinks=True)
+        owner = volume.stat().st_uid
+        for path in volume.rglob("*"):
+            os.lchown(path, owner, 0)
+    return damage
+
+
+DAMAGE = ["truncated", "missing", "extra", "flipped", "swapped", "rolled-back-file",
+          "rolled-back-point"]
+
+
+def damage_of(kind: str, days: ThreeDays) -> Callable[[Path], None]:
+    older = days.snapshots[DAYS[0]].copy
+    return {"truncated": truncate_at_a_block, "missing": remove_a_file, "extra": add_a_file,
+            "flipped": flip_a_byte, "swapped": swap_two_files,
+            "rolled-back-file": roll_back_a_file(older),
+            "rolled-back-point": roll_back_the_point(older)}[kind]
+
+
+def users_tree(target: Path) -> Tree:
+    """A target full of the user's own data, which a failed restore must leave alone."""
+    (target / "mine").mkdir(parents=True)
+    (target / "mine" / "keep.txt").write_text("the user's own\n")
+    (target / "pointer").symlink_to("mine/keep.txt")
+    return tree(target)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_copy_never_restores(days: ThreeDays, session_server: SessionServer,
+                                       tmp_path: Path, kind: str) -> None:
+    host = days.host
+    target = tmp_path / "target"
+    before = users_tree(target)
+    host.entry.on_restore = damage_of(kind, days)
+    done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(target),
+                   "--force-overwrite")
+    expect(done, 10, "the fetched copy is not what the host sent")
+    assert "nothing was decrypted" in done.stderr
+    report = session_server.reports_of(host.name)[-1]
+    assert report["status"] == "failed" and "not what the host sent" in report["detail"]
+    assert tree(target) == before
+    assert leftovers(tmp_path) == []
+    assert not any((host.root / "state" / "restore").iterdir())
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_verify_deep_fails_on_a_damaged_copy(days: ThreeDays, session_server: SessionServer,
+                                             kind: str) -> None:
+    host = days.host
+    host.entry.on_restore = damage_of(kind, days)
+    done = host.cli("verify", "--deep", timeout=180)
+    expect(done, 10, "the fetched copy is not what the host sent")
+    report = session_server.reports_of(host.name)[-1]
+    assert report["status"] == "failed" and "not what the host sent" in report["detail"]
+
+
+def without_manifest(then: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """The point as an archive written before manifests existed holds it (then `then`)."""
+    def damage(volume: Path) -> None:
+        shutil.rmtree(volume / "offsite-manifest", ignore_errors=True)  # (main: none)
+        if then is not None:
+            then(volume)
+    return damage
+
+
+@pytest.fixture
+def before_manifests(days: ThreeDays) -> Iterator[None]:
+    """The host as one that has never shipped a manifest (a rebuilt machine, or one upgraded
+    since): its record of the first manifest is put aside for the test."""
+    marker = days.host.root / "state" / "manifest-since"
+    kept = marker.read_bytes() if marker.exists() else None  # (today's main writes none)
+    marker.unlink(missing_ok=True)
+    yield
+    if kept is not None:
+        marker.write_bytes(kept)
+
+
+def test_a_point_without_manifest_restores_unauthenticated(
+        days: ThreeDays, session_server: SessionServer, tmp_path: Path,
+        before_manifests: None) -> None:
+    host = days.host
+    host.entry.on_restore = without_manifest()
+    done = restore(host, "--date", DAYS[1], "--path", str(host.source), "--to",
+                   str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "could not be authenticated" in done.stderr
+    assert tree(tmp_path / "out") == days.trees[DAYS[1]]
+    report = session_server.reports_of(host.name)[-1]
+    assert report["status"] == "succeeded" and "could not be authenticated" in report["detail"]
+    done = host.cli("verify", "--deep", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "could not be authenticated" in done.stderr
+
+
+def test_without_manifest_rdiff_backups_hashes_still_catch_a_rolled_back_file(
+        days: ThreeDays, session_server: SessionServer, tmp_path: Path,
+        before_manifests: None) -> None:
+    host = days.host
+    target = tmp_path / "target"
+    before = users_tree(target)
+    host.entry.on_restore = without_manifest(roll_back_a_file(days.snapshots[DAYS[0]].copy))
+    done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(target),
+                   "--force-overwrite")
+    expect(done, 10, "recorded SHA-1 check")
+    assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+    assert tree(target) == before and leftovers(tmp_path) == []
+
+
+def test_a_removed_manifest_is_damage_once_the_host_writes_them(
+        days: ThreeDays, session_server: SessionServer, tmp_path: Path) -> None:
+    host = days.host
+    host.entry.on_restore = without_manifest()
+    done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to",
+                   str(tmp_path / "out"))
+    expect(done, 10, "the recovery point has no manifest")
+    assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_date(days: ThreeDays, tmp_path: Path) -> None:
@@ -251,6 +429,9 @@ def test_a_day_with_only_an_incomplete_point(days: ThreeDays, tmp_path: Path) ->
                    str(host.source), "--to", str(tmp_path / "x"))
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "x") == days.trees[DAYS[2]]
+    # no run finished in that window: the tree and manifest are the last complete run's
+    last = days.snapshots[DAYS[2]].window_id
+    assert f"this incomplete point carries the tree of window {last}" in done.stderr
 
 
 def test_a_path_not_in_the_backup(days: ThreeDays, session_server: SessionServer,
@@ -297,7 +478,7 @@ def test_verify_deep_passes_on_a_good_copy_and_fails_on_a_damaged_one(
     assert host.entry.restores[-1].snapshot is days.snapshots[DAYS[2]]
     host.entry.on_restore = flip_a_byte
     done = host.cli("verify", "--deep", timeout=180)
-    expect(done, 6, "restore drill")
+    expect(done, 10, "not what the host sent")
     assert session_server.reports_of(host.name)[-1]["status"] == "failed"
 
 

@@ -100,6 +100,16 @@ def test_restore_problem_is_strict() -> None:
     assert restore_problem(4, "") is not None
 
 
+def test_a_hash_warning_fails_the_restore_though_rdiff_backup_exits_0() -> None:
+    mismatch = ("WARNING: Calculated hash 8f3a of file data/report.txt doesn't match recorded "
+                "hash 1c2d\n")
+    missing = "WARNING: Hash for file data/blob.bin missing, cannot check\n"
+    problem = restore_problem(0, mismatch + missing)
+    assert problem is not None and "2 restored files" in problem
+    assert "data/report.txt doesn't match recorded hash" in problem
+    assert "SHA-1" in (restore_problem(2, missing) or "")
+
+
 def test_differences_name_what_differs() -> None:
     want = {"a": ("file", 0o644, "h1"), "d": ("dir", 0o755, ""), "l": ("link", 0o777, "a"),
             "m": ("file", 0o600, "h2")}
