@@ -8,14 +8,19 @@ environment and caches, which a process has one of."""
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from local.demo import run_dir
+from local.stack import LocalStack
 from tests.e2e.stack_windows import RESULT
 from tests.e2e.test_local_stack import _leftovers
 
@@ -66,6 +71,18 @@ def test_two_stacks_side_by_side_each_run_five_windows(tmp_path: Path) -> None:
         for group in result["groups"]:
             assert subprocess.run(["getent", "group", group], capture_output=True,
                                   check=False).returncode != 0, f"group {group} is left"
+
+
+def test_the_archive_port_is_held_while_no_sshd_listens_on_it(tmp_path: Path) -> None:
+    """sshd binds its port only when a window starts the instance, minutes after the stack
+    chose it: meanwhile no one else on this machine may take it."""
+    with LocalStack(tmp_path / "stack", log=lambda line: None) as stack:
+        with socket.socket() as other, pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", stack.ssh_port))
+        assert refused.value.errno == errno.EADDRINUSE
+        port = stack.ssh_port
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))  # released with the stack
 
 
 def test_two_demos_started_in_one_second_get_a_directory_each(tmp_path: Path) -> None:
