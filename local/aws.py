@@ -32,9 +32,11 @@ class ReservedPort:
 
     A port probed free and bound later (by sshd when the instance starts, minutes on) may be
     taken meanwhile by another stack on this machine. Held bound, never listening, with
-    SO_REUSEADDR: the kernel hands it to no other bind (an ephemeral bind skips it, a bind of
-    this very port without SO_REUSEADDR is refused), while our own servers, which all set
-    SO_REUSEADDR (sshd, http.server, werkzeug), may still bind and listen on it."""
+    SO_REUSEADDR: an ephemeral bind (free_port, another stack's ReservedPort) skips it and a
+    bind of this very port without SO_REUSEADDR is refused, while our own servers, which all
+    set SO_REUSEADDR (sshd, http.server, werkzeug), may still bind and listen on it. (A process
+    that probed the port free before it was held, and binds it with SO_REUSEADDR, could still
+    take it: then our sshd fails to start, and says so in its log.)"""
 
     def __init__(self) -> None:
         self._socket = socket.socket()
