@@ -75,7 +75,8 @@ def window_service() -> WindowService:
         notifier=SnsNotifier(boto3.client("sns", config=_AWS_CONFIG), s.topic_arn),
         metrics=EmfMetrics(namespace="Offsite", service="offsite"),
         boot=BootRenderer(lambda: read_parameter(names.ca_public), names.host_private,
-                          os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"]),
+                          os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"],
+                          s.account_prefix),
     )
     return WindowService(s, ports)
 
@@ -120,7 +121,8 @@ def session_service() -> SessionService:
         policy=CertificatePolicy(
             rrsync=s.rrsync, mount_root=s.mount_root, restore_root=s.restore_root,
             port=s.ssh_port, endpoint=s.ssh_endpoint,
-            source_address=s.source_address, retry_after=s.retry_after))
+            source_address=s.source_address, retry_after=s.retry_after,
+            account_prefix=s.account_prefix))
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from chalicelib.accounts import AccountNameError, account_name
 from chalicelib.adapters.metrics import Metrics
 from chalicelib.adapters.store import WindowStore
 from chalicelib.keys import CertificateAuthority
@@ -93,6 +94,14 @@ class CertificatePolicy:
     backdate: timedelta = timedelta(minutes=5)
     source_address: str | None = None
     retry_after: int = 30
+    account_prefix: str = ""
+
+    def account(self, host: str) -> str:
+        """The host's Unix account on the instance: the certificate's one principal."""
+        try:
+            return account_name(self.account_prefix, host)
+        except AccountNameError as exc:
+            raise InvalidPayloadError(str(exc)) from exc
 
     def force_command(self, host: str, purpose: str) -> str:
         if purpose == "backup":
@@ -117,18 +126,19 @@ class SessionService:
         window, now = self._open_window(request), self.clock()
         if request.host not in window.expected:
             raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
+        account = self.policy.account(request.host)
         spec = CertificateSpec(
-            public_key_line=request.ssh_public_key, principal=request.host,
+            public_key_line=request.ssh_public_key, principal=account,
             key_id=f"host={request.host} window={window.window_id} req={request_id}",
             serial=self.serial(), nonce=self.nonce(), valid_after=now - self.policy.backdate,
             valid_before=window.deadline,
             force_command=self.policy.force_command(request.host, request.purpose),
             source_address=self.policy.source_address)
         certificate = sign_user_certificate(spec, self.ca.signing_key())
-        self._audit(spec, window)
+        self._audit(request.host, spec, window)
         return {
             "window_id": window.window_id, "address": self._address(window),
-            "port": self.policy.port, "user": request.host, "certificate": certificate,
+            "port": self.policy.port, "user": account, "certificate": certificate,
             "known_hosts": self._known_hosts(window), "remote_path": REMOTE_PATH,
             "not_after": window.deadline.isoformat(), "deadline": window.deadline.isoformat(),
         }
@@ -170,10 +180,10 @@ class SessionService:
             address = f"[{address}]:{self.policy.port}"
         return f"{address} {self.ca.host_public_line()}"
 
-    def _audit(self, spec: CertificateSpec, window: Window) -> None:
+    def _audit(self, host: str, spec: CertificateSpec, window: Window) -> None:
         logger.info("certificate issued", extra={
-            "host": spec.principal, "window_id": window.window_id, "serial": spec.serial,
-            "key_id": spec.key_id, "valid_after": _iso(spec.valid_after),
+            "host": host, "account": spec.principal, "window_id": window.window_id,
+            "serial": spec.serial, "key_id": spec.key_id, "valid_after": _iso(spec.valid_after),
             "valid_before": _iso(spec.valid_before),
             "key_fingerprint": public_key_fingerprint(spec.public_key_line)})
         self.metrics.record("CertificatesIssued", "Count", 1)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from chalicelib.accounts import check_account_prefix
 from chalicelib.window import Timing
 
 DEFAULT_OPEN_SCHEDULE = "cron(0 2 * * ? *)"
@@ -14,6 +15,10 @@ DEFAULT_RECONCILE_RATE = "rate(5 minutes)"
 
 
 class MissingSettingError(RuntimeError):
+    pass
+
+
+class InvalidSettingError(RuntimeError):
     pass
 
 
@@ -39,6 +44,7 @@ class Settings:
     open_schedule: str = DEFAULT_OPEN_SCHEDULE
     restore_hours: float = 2.0
     restore_root: str = "/srv/offsite-restore"
+    account_prefix: str = ""  # a host's account on the instance: chalicelib/accounts.py
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,11 +77,19 @@ class Settings:
             open_schedule=open_schedule_expression(env),
             restore_hours=float(env.get("RESTORE_HOURS", "2")),
             restore_root=env.get("RESTORE_ROOT", "/srv/offsite-restore").rstrip("/"),
+            account_prefix=_account_prefix(env),
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),
             ),
         )
+
+
+def _account_prefix(env: Mapping[str, str]) -> str:
+    try:
+        return check_account_prefix(env.get("ACCOUNT_PREFIX", ""))
+    except ValueError as exc:
+        raise InvalidSettingError(f"environment variable ACCOUNT_PREFIX: {exc}") from exc
 
 
 def open_schedule_expression(env: Mapping[str, str] | None = None) -> str:

@@ -27,6 +27,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class ReservedPort:
+    """A loopback port held for as long as this is open, so that no one else is given it.
+
+    A port probed free and bound later (by sshd when the instance starts, minutes on) may be
+    taken meanwhile by another stack on this machine. Held bound, never listening, with
+    SO_REUSEADDR: an ephemeral bind (free_port, another stack's ReservedPort) skips it and a
+    bind of this very port without SO_REUSEADDR is refused, while our own servers, which all
+    set SO_REUSEADDR (sshd, http.server, werkzeug), may still bind and listen on it. (A process
+    that probed the port free before it was held, and binds it with SO_REUSEADDR, could still
+    take it: then our sshd fails to start, and says so in its log.)"""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What `provision` made: the ids the app's settings name."""
@@ -51,10 +72,10 @@ class Deployment:
 
 
 class MotoServer:
-    """moto's server in a thread of this process, on a free loopback port."""
+    """moto's server in a thread of this process, on a loopback port held for it."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 

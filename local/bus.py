@@ -38,6 +38,7 @@ class EventBus:
         self._running_since: float | None = None
         self._snapshots: dict[str, str] = {}  # id -> host
         self._restores: dict[str, str] = {}  # restore volume id -> host
+        self._mounted: dict[str, str] = {}  # host -> the restore volume at its restore mount
         self._last_reconcile = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="event-bus", daemon=True)
@@ -90,7 +91,12 @@ class EventBus:
             {"Name": "tag-key", "Values": ["offsite:restore-window"]}])["Volumes"]
         current = {v["VolumeId"]: v for v in found}
         for volume_id in set(self._restores) - set(current):  # deleted after the restore
-            self._instance.detach_restore(self._restores.pop(volume_id))
+            host = self._restores.pop(volume_id)
+            # An older volume of the host may go after its next restore's volume was mounted
+            # (the sweep of leftovers): that one stays.
+            if self._mounted.get(host) == volume_id:
+                self._instance.detach_restore(host)
+                del self._mounted[host]
             self._log(f"bus: restore volume {volume_id} deleted")
         for volume_id, volume in current.items():
             if volume_id in self._restores or not volume.get("Attachments"):
@@ -98,6 +104,7 @@ class EventBus:
             host = next(t["Value"] for t in volume["Tags"] if t["Key"] == "offsite:host")
             self._instance.attach_restore(host, volume["SnapshotId"])
             self._restores[volume_id] = host
+            self._mounted[host] = volume_id
             self._log(f"bus: restore volume {volume_id} of {host} from {volume['SnapshotId']}")
 
     def _fire_deadlines(self) -> None:

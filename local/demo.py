@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print("make demo needs root: it creates the instance's accounts, runs sshd and mounts "
               "FUSE (run it as root, e.g. in a throwaway VM)", file=sys.stderr)
         return 2
-    root = RUN_DIR / datetime.now().strftime("demo-%Y%m%dT%H%M%S")
-    root.mkdir(parents=True)
+    root = run_dir(RUN_DIR, datetime.now())
     out = sys.stdout
     with (root / "stack.log").open("a") as log:
         sys.stdout = log  # the control plane's JSON logs and metrics go to the log file
@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(root, args, out, log)
         finally:
             sys.stdout = out
+
+
+def run_dir(parent: Path, started: datetime) -> Path:
+    """This run's own work directory, named by its start time: two demos started in the same
+    second still get one each (mkdtemp adds a part of its own)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=started.strftime("demo-%Y%m%dT%H%M%S-"), dir=parent))
+    made.chmod(0o755)
+    return made
 
 
 def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int:

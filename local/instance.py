@@ -5,20 +5,29 @@ of that snapshot at the host's restore mount, read-only for the host's account.
 
 sshd checks the certificates exactly as on EC2 (TrustedUserCAKeys, one principals file per
 account, the certificate's forced rrsync); only the volumes are directories, not EBS.
+
+Several stacks may run on one machine (a demo beside a test run): each instance claims an id
+of its own by creating its group `offsite-<id>` (groupadd refuses a name that exists), and its
+accounts are `<id>-<host>` (the control plane's ACCOUNT_PREFIX, chalicelib/accounts.py). It
+never adopts an account it did not make, and only ever kills its own accounts' processes.
 """
 
 from __future__ import annotations
 
-import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-GROUP = "offsite-local"
+from chalicelib.accounts import account_name
+
+GROUP_PREFIX = "offsite-"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ACCOUNT_TOOL_WAIT = 60.0  # seconds: another stack's useradd/userdel may hold /etc/passwd's lock
+EXISTS = 9  # useradd's and groupadd's exit status: the name is taken
 
 
 class InstanceError(RuntimeError):
@@ -37,34 +46,50 @@ class LocalInstance:
         self._ca = ca_public_line
         self._host_key = host_key_pem
         self._sshd: subprocess.Popen[bytes] | None = None
-        self._accounts: list[str] = []
+        self._accounts: dict[str, str] = {}  # host -> the account this instance made
+        self.stack_id = _claim_group()
+        self.group = GROUP_PREFIX + self.stack_id
+        self.account_prefix = f"{self.stack_id}-"  # the control plane's ACCOUNT_PREFIX
+
+    @property
+    def accounts(self) -> list[str]:
+        return list(self._accounts.values())
 
     # accounts and volumes ------------------------------------------------------------------
+    def account(self, host: str) -> str:
+        return account_name(self.account_prefix, host)
+
     def add_host(self, host: str) -> None:
-        """The account named as the host, its volume, and its principals file."""
-        _ensure_group()
+        """The host's account (made here, never adopted), its volume and principals file."""
+        account = self.account(host)
         for shared in (self.root, self.volumes, self._etc, self._etc / "principals"):
             shared.mkdir(parents=True, exist_ok=True)
             shared.chmod(0o755)  # sshd reads the principals file as the account
-        if not _account_exists(host):
-            subprocess.run(["useradd", "--no-create-home", "--home-dir", str(self.volumes / host),
-                            "--shell", "/bin/sh", "--gid", GROUP, "--password", "*", host],
-                           check=True, capture_output=True, timeout=30)
-            self._accounts.append(host)
-        elif _primary_group(host) != GROUP:
-            raise InstanceError(f"an account named {host} already exists on this machine")
+        if host not in self._accounts:
+            made = _account_tool(["useradd", "--no-create-home", "--home-dir",
+                                  str(self.volumes / host), "--shell", "/bin/sh", "--gid",
+                                  self.group, "--password", "*", account])
+            if made.returncode == EXISTS:
+                raise InstanceError(f"an account named {account} already exists on this "
+                                    "machine, not made by this stack: it is not used")
+            _check(made)
+            self._accounts[host] = account
         volume = self.volumes / host
         volume.mkdir(parents=True, exist_ok=True)
-        shutil.chown(volume, user=host, group=GROUP)
+        shutil.chown(volume, user=account, group=self.group)
         volume.chmod(0o700)
-        principals = self._etc / "principals" / host
-        principals.write_text(f"{host}\n")
+        principals = self._etc / "principals" / account
+        principals.write_text(f"{account}\n")
         principals.chmod(0o644)
 
-    def remove_accounts(self) -> None:
-        for account in self._accounts:
-            subprocess.run(["userdel", account], capture_output=True, timeout=30, check=False)
+    def release(self) -> None:
+        """Removes this instance's accounts, then its group (after stop(): no session left).
+        Tries each; a failure is raised once all were tried."""
+        removals = [_account_tool(["userdel", account]) for account in self.accounts]
         self._accounts.clear()
+        removals.append(_account_tool(["groupdel", self.group]))
+        for done in removals:
+            _check(done)
 
     def snapshot(self, host: str, snapshot_id: str) -> Path:
         """A point-in-time copy of the host's volume (the instance is stopped meanwhile)."""
@@ -94,7 +119,7 @@ class LocalInstance:
         subprocess.run(["cp", "-a", str(self.snapshots / snapshot_id), str(partial)],
                        check=True, timeout=600)
         subprocess.run(["chmod", "-R", "a-w", str(partial)], check=True, timeout=600)
-        shutil.chown(partial, user=host, group=GROUP)
+        shutil.chown(partial, user=self.account(host), group=self.group)
         partial.chmod(0o500)
         partial.rename(target)
         return target
@@ -131,10 +156,17 @@ class LocalInstance:
         self._sshd = None
 
     def _kill_sessions(self) -> None:
-        for account in os.listdir(self.volumes) if self.volumes.exists() else []:
-            if _account_exists(account) and _primary_group(account) == GROUP:
+        """Kills the processes of this instance's accounts (never another stack's), and waits
+        until they are gone: userdel refuses an account that still runs a process."""
+        limit = time.monotonic() + 60
+        for account in self.accounts:
+            uid = pwd.getpwnam(account).pw_uid
+            while _live_processes(uid):
                 subprocess.run(["pkill", "-KILL", "-u", account], capture_output=True,
                                check=False, timeout=10)
+                if time.monotonic() > limit:
+                    raise InstanceError(f"processes of {account} outlive SIGKILL")
+                time.sleep(0.1)
 
     def _write_config(self) -> Path:
         self._etc.mkdir(parents=True, exist_ok=True)
@@ -150,7 +182,7 @@ class LocalInstance:
             "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PermitRootLogin no", "UsePAM no", "StrictModes no", "PermitTTY no",
             "AllowTcpForwarding no", "AllowAgentForwarding no", "X11Forwarding no",
-            f"AllowGroups {GROUP}", "LogLevel VERBOSE", "MaxStartups 100:30:200", ""]))
+            f"AllowGroups {self.group}", "LogLevel VERBOSE", "MaxStartups 100:30:200", ""]))
         return config
 
     def _wait_listening(self) -> None:
@@ -166,19 +198,44 @@ class LocalInstance:
         raise InstanceError("sshd did not start listening")
 
 
-def _ensure_group() -> None:
-    subprocess.run(["groupadd", "-f", GROUP], check=True, capture_output=True, timeout=30)
+def _claim_group() -> str:
+    """A stack id no other stack on this machine holds: its group is made here, and groupadd
+    refuses a name that exists, so two stacks can never claim the same one."""
+    for _ in range(20):
+        stack_id = f"o{secrets.token_hex(3)}"
+        made = _account_tool(["groupadd", GROUP_PREFIX + stack_id])
+        if made.returncode != EXISTS:
+            _check(made)
+            return stack_id
+    raise InstanceError("no free stack id after 20 tries")
 
 
-def _account_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+def _live_processes(uid: int) -> list[int]:
+    """The pids of `uid`'s processes that are not zombies."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines()
+                          if ":" in line)
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            found.append(int(status.parent.name))
+    return found
 
 
-def _primary_group(name: str) -> str:
-    import grp
+def _account_tool(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """useradd, userdel, groupadd or groupdel; waits while another process holds the lock on
+    /etc/passwd or /etc/group (another stack adding or removing its accounts)."""
+    limit = time.monotonic() + ACCOUNT_TOOL_WAIT
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if "lock" not in done.stderr or time.monotonic() > limit:
+            return done
+        time.sleep(0.2)
 
-    return grp.getgrgid(pwd.getpwnam(name).pw_gid).gr_name
+
+def _check(done: subprocess.CompletedProcess[str]) -> None:
+    if done.returncode != 0:
+        raise InstanceError(f"{' '.join(done.args)} failed ({done.returncode}): "
+                            f"{done.stderr.strip()}")

@@ -35,7 +35,7 @@ from chalice.local import (
 
 import app as app_module
 from local import events
-from local.aws import Deployment, MotoServer, aws_client, free_port, provision
+from local.aws import Deployment, MotoServer, ReservedPort, aws_client, provision
 from local.bus import EventBus
 from local.instance import LocalInstance
 
@@ -68,10 +68,12 @@ class LocalStack:
         self.initialise = initialise
         self.settings = settings
         self.log = log
-        self.ssh_port = free_port()
-        self.api_port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
         self._exit = ExitStack()
+        self._ports = [ReservedPort() for _ in range(3)]  # held until the stack ends
+        for reserved in self._ports:
+            self._exit.callback(reserved.close)  # after the servers: registered first
+        self.ssh_port, self.api_port, self._moto_port = (p.port for p in self._ports)
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
         self._saved_env = dict(os.environ)
         self.deployment: Deployment | None = None
         self.instance: LocalInstance | None = None
@@ -98,7 +100,7 @@ class LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
         warnings.filterwarnings("ignore", "IAMAuthorizer is not a supported in local mode")
-        moto = MotoServer()
+        moto = MotoServer(self._moto_port)
         moto.start()
         self._exit.callback(moto.stop)
         if self.initialise is not None:
@@ -123,7 +125,9 @@ class LocalStack:
         self.instance = LocalInstance(instance_root, self.ssh_port,
                                       self.deployment.keys.ca_public_line,
                                       self.deployment.keys.host_private_pem)
-        self._exit.callback(self.instance.remove_accounts)
+        self._exit.callback(self.instance.release)
+        # Its own accounts (<stack id>-<host>): another stack's hosts may bear the same names.
+        os.environ["ACCOUNT_PREFIX"] = self.instance.account_prefix
         os.environ["MOUNT_ROOT"] = str(self.instance.volumes)
         os.environ["RESTORE_ROOT"] = str(self.instance.restores)
         os.environ["RESTORE_HOURS"] = str(self.settings.restore_hours)
@@ -133,8 +137,8 @@ class LocalStack:
                             self.settings.boot_seconds, self.settings.reconcile_seconds, self.log)
         self.bus.start()
         self._exit.callback(self.bus.stop)
-        self.log(f"local stack: AWS on {moto.endpoint}, API on {self.api_url}, "
-                 f"archive sshd on 127.0.0.1:{self.ssh_port}")
+        self.log(f"local stack {self.instance.stack_id}: AWS on {moto.endpoint}, API on "
+                 f"{self.api_url}, archive sshd on 127.0.0.1:{self.ssh_port}")
 
     def _start_api(self) -> None:
         config = Config.create(chalice_stage="local", app_name="offsite", lambda_timeout=900,

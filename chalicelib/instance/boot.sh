@@ -10,11 +10,13 @@
 #   host_key_parameter <SSM parameter holding the sshd host private key>
 #   ca <CA public key line>                 (one or more; several while the CA rotates)
 #   host <name> <vol-id> [<uid>]            (one per host)
+#   account_prefix <prefix>                 (optional; the account of host <name> is
+#                                            <prefix><name>: chalicelib/accounts.py)
 #   restore <name> <vol-id>                 (a restore volume for host <name>; also read, one
 #                                            "<name> <vol-id>" per line, from the restore
 #                                            command's output: see OFFSITE_RESTORE_COMMAND)
 #
-# For each host: a Unix account named exactly <name> (the certificate's principal), password
+# For each host: a Unix account named <prefix><name> (the certificate's principal), password
 # field "*", shell /bin/sh (sshd runs the certificate's forced rrsync through it), in group
 # $OFFSITE_GROUP; its EBS volume, found by volume id, formatted only when blank, mounted at
 # $OFFSITE_MOUNT_ROOT/<name>, owned by the account alone (0700). Then sshd: the CA key, one
@@ -77,10 +79,12 @@ PRINCIPALS_DIR=$ETC/principals
 DROPIN=$DROPIN_DIR/00-offsite.conf # sshd keeps the first value: read before 50-redhat.conf & co
 EBS_LINK_PREFIX=nvme-Amazon_Elastic_Block_Store_
 NAME_RE='^[a-z0-9][a-z0-9-]{0,31}$'
+ACCOUNT_PREFIX_RE='^([a-z][a-z0-9-]{0,15})?$'
 VOLUME_RE='^vol-[0-9a-f]{8,17}$'
 
 REGION=
 HOST_KEY_PARAMETER=
+ACCOUNT_PREFIX=
 CA_LINES=()
 HOST_NAMES=()
 declare -A HOST_VOLUME=() HOST_UID=() RESTORE_VOLUME=()
@@ -98,6 +102,10 @@ read_config() {
       region) REGION=$rest ;;
       host_key_parameter) HOST_KEY_PARAMETER=$rest ;;
       ca) CA_LINES+=("$rest") ;;
+      account_prefix)
+        [[ $rest =~ $ACCOUNT_PREFIX_RE ]] || die "bad account prefix: $rest"
+        ACCOUNT_PREFIX=$rest
+        ;;
       host)
         read -r name volume uid extra <<<"$rest"
         [[ $name =~ $NAME_RE && ! $name =~ ^[0-9]+$ ]] || die "bad host name: $name"
@@ -117,6 +125,9 @@ read_config() {
   [[ $REGION =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "bad or missing region"
   [[ $HOST_KEY_PARAMETER =~ ^[A-Za-z0-9_./-]+$ ]] || die "bad or missing host_key_parameter"
   ((${#CA_LINES[@]} > 0)) || die "no ca line"
+  for name in "${HOST_NAMES[@]}"; do
+    ((${#ACCOUNT_PREFIX} + ${#name} <= 32)) || die "account $ACCOUNT_PREFIX$name is too long"
+  done
   local path
   for path in "$ETC" "$SSHD_CONFIG" "$DROPIN_DIR" "$MOUNT_ROOT" "$RESTORE_ROOT" "$RRSYNC"; do
     [[ $path =~ ^/[A-Za-z0-9_./-]+$ ]] || die "unusable path (absolute, no spaces): $path"
@@ -239,17 +250,17 @@ install_ca_keys() {
 }
 
 setup_host() {
-  local name=$1
-  ensure_account "$name" "${HOST_UID[$name]}"
+  local name=$1 account=$ACCOUNT_PREFIX$1
+  ensure_account "$account" "${HOST_UID[$name]}" "$MOUNT_ROOT/$name"
   ensure_dir "$PRINCIPALS_DIR" 0755
-  printf '%s\n' "$name" | put_file "$PRINCIPALS_DIR/$name" 0644
+  printf '%s\n' "$account" | put_file "$PRINCIPALS_DIR/$account" 0644
   mount_volume "$name" "${HOST_VOLUME[$name]}"
 }
 
-# The account is named as the host. An existing account outside $GROUP is a system account
-# (root, daemon, ec2-user, ...) that happens to share the name: never adopt it.
+# The account is named as the host, after the prefix. An existing account outside $GROUP is a
+# system account (root, daemon, ec2-user, ...) that happens to share the name: never adopt it.
 ensure_account() {
-  local name=$1 uid=$2 home=$MOUNT_ROOT/$1 entry password
+  local name=$1 uid=$2 home=$3 entry password
   if entry=$(getent passwd "$name"); then
     id -nG "$name" | tr ' ' '\n' | grep -qxF "$GROUP" ||
       { log "$name: an account outside group $GROUP already has this name"; return 1; }
@@ -289,7 +300,7 @@ mount_volume() {
     mount -o nodev,nosuid,noexec,noatime "$device" "$mnt"
     log "$name: $volume mounted at $mnt"
   fi
-  own_volume "$name" "$mnt"
+  own_volume "$ACCOUNT_PREFIX$name" "$mnt"
 }
 
 # Read-only, never formatted, never chowned: the copy is what the snapshot holds. noload: no
@@ -311,7 +322,7 @@ mount_restore() {
   ensure_dir "$mnt" 0755
   mount -o ro,noload,nodev,nosuid,noexec,noatime "$device" "$mnt"
   log "$name: restore $volume mounted read-only at $mnt"
-  [[ $(stat -c %u "$mnt") == "$(id -u "$name")" ]] ||
+  [[ $(stat -c %u "$mnt") == "$(id -u "$ACCOUNT_PREFIX$name")" ]] ||
     log "$name: the restore's root belongs to uid $(stat -c %u "$mnt"), not the account"
 }
 
@@ -343,7 +354,7 @@ ensure_filesystem() {
 # The volume's root belongs to the account alone. Files of another uid came from an earlier
 # account of this host (the instance was rebuilt): they become the current account's.
 own_volume() {
-  local name=$1 mnt=$2 uid gid previous
+  local name=$1 mnt=$2 uid gid previous # name: the account
   uid=$(id -u "$name")
   gid=$(id -g "$name")
   previous=$(stat -c %u "$mnt")
@@ -356,9 +367,11 @@ own_volume() {
 
 # Principals files of hosts no longer configured go: their certificates stop working.
 prune_principals() {
-  local path
+  local path account
   for path in "$PRINCIPALS_DIR"/*; do
-    [[ -n ${HOST_VOLUME[${path##*/}]-} ]] && continue
+    account=${path##*/}
+    [[ $account == "$ACCOUNT_PREFIX"* && -n ${HOST_VOLUME[${account#"$ACCOUNT_PREFIX"}]-} ]] &&
+      continue
     rm -f "$path"
     log "removed $path"
   done

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalicelib.accounts import AccountNameError, account_name, check_account_prefix
 from chalicelib.names import check_host_name
 
 USER_DATA_LIMIT = 16 * 1024  # bytes, as EC2 counts them: before base64
@@ -60,14 +61,16 @@ def render_user_data(
     *,
     uids: Mapping[str, int] | None = None,
     restores: Sequence[tuple[str, str]] = (),
+    account_prefix: str = "",
 ) -> str:
     """The user-data for these (host name, volume id) pairs.
 
     Raises chalicelib.names.InvalidHostNameError, InvalidVolumeIdError, BootConfigError (CA
-    key, parameter, region, duplicates, uids) or UserDataTooLargeError; all are ValueErrors.
+    key, parameter, region, duplicates, uids, accounts too long), AccountNameError (prefix) or
+    UserDataTooLargeError; all are ValueErrors.
     """
     config = render_boot_config(hosts, ca_public_key, host_key_parameter, region, uids=uids,
-                                restores=restores)
+                                restores=restores, account_prefix=account_prefix)
     commands = [
         "set -e",
         "umask 022",
@@ -99,9 +102,12 @@ def render_boot_config(
     *,
     uids: Mapping[str, int] | None = None,
     restores: Sequence[tuple[str, str]] = (),
+    account_prefix: str = "",
 ) -> str:
     """The text of instance.conf, the file boot.sh reads (format in boot.sh's header).
-    `restores` are (host, volume id) pairs of restore volumes, each for a listed host."""
+    `restores` are (host, volume id) pairs of restore volumes, each for a listed host.
+    `account_prefix` goes before each host's name to make its account (chalicelib/accounts.py);
+    the record is written only when there is one, so the default config is unchanged."""
     uids = uids or {}
     if not REGION.fullmatch(region):
         raise BootConfigError(f"not an AWS region: {region!r}")
@@ -113,10 +119,13 @@ def render_boot_config(
         f"host_key_parameter {host_key_parameter}",
         *(f"ca {line}" for line in _ca_key_lines(ca_public_key)),
     ]
+    if check_account_prefix(account_prefix):
+        lines.append(f"account_prefix {account_prefix}")
     names = {name for name, _ in hosts}
     if unknown := set(uids) - names:
         raise BootConfigError(f"uids given for hosts not listed: {sorted(unknown)}")
     for name, volume_id in sorted(_checked_hosts(hosts)):
+        _check_account(account_prefix, name)
         uid = uids.get(name)
         if uid is not None and uid not in UID_RANGE:
             raise BootConfigError(f"uid of {name} must be in [1000, 65533], not {uid}")
@@ -141,11 +150,20 @@ class BootRenderer:
     ca_public_key: Callable[[], str]
     host_key_parameter: str
     region: str
+    account_prefix: str = ""
 
     def user_data(self, hosts: Sequence[tuple[str, str]],
                   restores: Sequence[tuple[str, str]] = ()) -> str:
         return render_user_data(hosts, self.ca_public_key(), self.host_key_parameter,
-                                self.region, restores=restores)
+                                self.region, restores=restores,
+                                account_prefix=self.account_prefix)
+
+
+def _check_account(prefix: str, name: str) -> None:
+    try:
+        account_name(prefix, name)
+    except AccountNameError as exc:  # the window fails with this reason, not the Lambda
+        raise BootConfigError(str(exc)) from exc
 
 
 def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

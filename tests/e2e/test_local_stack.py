@@ -124,7 +124,8 @@ def test_a_revoked_host_gets_no_session(stack: LocalStack, tmp_path: Path) -> No
     assert snapshot_tags(stack, second["window_id"]) == {"c": "true"}
 
 
-def _leftovers(root: Path, ports: list[int], instance: Path | None) -> list[str]:
+def _leftovers(root: Path, ports: list[int], instance: Path | None,
+               accounts: list[str] | None = None, group: str | None = None) -> list[str]:
     found = [f"instance files {instance}"] if instance and instance.exists() else []
     processes = subprocess.run(["pgrep", "-af", f"{root}|{instance}"], capture_output=True,
                                text=True, check=False).stdout.strip()
@@ -136,9 +137,12 @@ def _leftovers(root: Path, ports: list[int], instance: Path | None) -> list[str]
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 found.append(f"port {port} still listening")
-    for account in ("c", "o"):
+    for account in accounts or []:
         if subprocess.run(["id", account], capture_output=True, check=False).returncode == 0:
             found.append(f"account {account}")
+    if group and subprocess.run(["getent", "group", group], capture_output=True,
+                                check=False).returncode == 0:
+        found.append(f"group {group}")
     return found
 
 
@@ -149,13 +153,19 @@ class MidWindowError(Exception):
 @pytest.mark.parametrize("fail", [False, True])
 def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
     root, ports, run, instance = tmp_path / "stack", [], None, None
+    accounts: list[str] = []
+    group = None
     try:
         with LocalStack(root, StackSettings(window_hours=0.05), log=lambda line: None) as stack:
             hosts = start_hosts(stack, tmp_path, ("c", "o"))
             assert stack.deployment is not None
             ports = [stack.api_port, stack.ssh_port,
                      int(stack.deployment.endpoint.rsplit(":", 1)[1])]
-            instance = stack.instance.root if stack.instance else None
+            assert stack.instance is not None
+            instance, group = stack.instance.root, stack.instance.group
+            accounts = stack.instance.accounts
+            assert sorted(accounts) == [f"{stack.instance.stack_id}-c",
+                                        f"{stack.instance.stack_id}-o"]
             window = stack.fire_open_schedule()
             stack.wait_for(window["window_id"], ("OPEN",), timeout=60)
             run = hosts["c"].start("run")  # with the instance up and the host's FUSE mounted
@@ -169,4 +179,4 @@ def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
         if run is not None and run.poll() is None:
             run.terminate()  # cron's run is interrupted too: it must clean up after itself
             run.communicate(timeout=60)
-    assert _leftovers(tmp_path, ports, instance) == []
+    assert _leftovers(tmp_path, ports, instance, accounts, group) == []

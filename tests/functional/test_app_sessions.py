@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -15,6 +16,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from nacl.signing import SigningKey
 from offsite_host.httpsig import sign_request
+
+from chalicelib.instance.userdata import CONFIG_PATH
+from tests.unit.test_instance_userdata import embedded
 
 from .app_rig import API, AppRig, app_rig, clear_caches
 
@@ -58,6 +62,38 @@ def test_session_grants_a_certificate_for_the_window(app_rig: AppRig,
     assert "certificate issued" in logged and str(cert.serial) in logged
     assert grant["certificate"].split()[1] not in logged
     assert app_rig.material.ca_seed_b64 not in logged
+
+
+def test_with_an_account_prefix_the_certificate_names_the_prefixed_account(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One account per host and stage prefix (chalicelib/accounts.py): the principal, the
+    session's `user` and the boot config's accounts agree; the volume path stays the host's."""
+    monkeypatch.setenv("ACCOUNT_PREFIX", "ostack1-")
+    clear_caches()
+    open_window(app_rig)
+    grant = app_rig.session("c").json_body
+    assert grant["user"] == "ostack1-c"
+    cert = load_ssh_public_identity(grant["certificate"].encode())
+    assert isinstance(cert, SSHCertificate)
+    assert cert.valid_principals == [b"ostack1-c"]
+    assert cert.critical_options == {b"force-command": b"/usr/bin/rrsync -wo /srv/offsite/c"}
+    user_data = base64.b64decode(app_rig.ec2.describe_instance_attribute(
+        InstanceId=app_rig.instance_id, Attribute="userData")["UserData"]["Value"]).decode()
+    assert "account_prefix ostack1-" in embedded(user_data)[CONFIG_PATH].decode().splitlines()
+
+
+def test_a_host_name_too_long_for_the_account_prefix_fails_the_window_with_the_reason(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCOUNT_PREFIX", "ostack1-")
+    clear_caches()
+    name = "h" * 30  # a valid host name; with the prefix, 38 characters: no Unix account
+    app_rig.keys[name] = SigningKey.generate()
+    assert app_rig.enrol(name, app_rig.keys[name]).status_code in (200, 201)
+    answer = app_rig.post("/v1/windows", {"hosts": [name]})
+    assert answer.status_code == 201, answer.json_body
+    view = app_rig.client.http.get(f"/v1/windows/{answer.json_body['window_id']}").json_body
+    assert view["state"] == "FAILED"
+    assert "too long for the account prefix" in view["reason"], view
 
 
 def test_each_session_gets_its_own_serial(app_rig: AppRig) -> None:

@@ -494,3 +494,28 @@ def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path)
             result = subprocess.run(["sh", "-c", pipeline], capture_output=True, check=True)
             unpacked[target] = result.stdout
     assert unpacked == expected
+
+
+def test_with_an_account_prefix_each_host_gets_the_prefixed_account() -> None:
+    """ACCOUNT_PREFIX (chalicelib/accounts.py): the account, its principals file and its
+    volume's owner are <prefix><host>; the volume stays at the host's mount path."""
+    suffix = secrets.token_hex(3)
+    host, prefix = new_host("p", suffix), f"pf{suffix}-"
+    account = prefix + host.name
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [host])
+        cleanup.callback(run, ["userdel", account])
+        attach_volume(sandbox, host, None)
+        config = render_boot_config([(host.name, host.volume_id)],
+                                    (sandbox.root / "ca.pub").read_text(), PARAMETER, REGION,
+                                    account_prefix=prefix)
+        (sandbox.etc / "instance.conf").write_text(config)
+        for _ in range(2):  # the second boot keeps the prefixed principals file
+            result = sandbox.boot()
+            assert result.returncode == 0, result.stderr
+            entry = pwd.getpwnam(account)
+            assert entry.pw_dir == str(sandbox.mount_path(host))
+            assert sandbox.mount_path(host).stat().st_uid == entry.pw_uid
+            assert sorted(p.name for p in (sandbox.etc / "principals").iterdir()) == [account]
+            assert (sandbox.etc / "principals" / account).read_text() == f"{account}\n"
+        assert run(["id", host.name]).returncode != 0  # no account named as the bare host
