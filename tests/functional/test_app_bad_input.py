@@ -48,6 +48,37 @@ def test_bad_bodies(app_rig: AppRig, path: str, name: str, raw: bytes, code: str
     assert state(app_rig) == before
 
 
+BODY_ROUTES = [("POST", "/v1/windows", None), ("PUT", "/v1/hosts/c", None),
+               ("POST", "/v1/restores", None), ("POST", "/v1/sessions", "c"),
+               ("POST", "/v1/reports", "c"), ("POST", "/v1/hosts/c/restores", "c")]
+DEEP_BODIES = [
+    ("18 kB of [", b"[" * 18_000),
+    ("18 kB of [ then ]", b"[" * 9_000 + b"]" * 9_000),
+    ("an object 18 kB deep", b'{"hosts": ' + b"[" * 18_000 + b"]" * 18_000 + b"}"),
+    ("valid JSON, deep but under the parser's limit", b'{"hosts": ' + b"[" * 500
+     + b"]" * 500 + b"}"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "signer"), BODY_ROUTES)
+@pytest.mark.parametrize(("name", "raw"), DEEP_BODIES)
+def test_deeply_nested_json_is_a_400_without_a_traceback(
+        app_rig: AppRig, capfd: pytest.CaptureFixture[str], method: str, path: str,
+        signer: str | None, name: str, raw: bytes) -> None:
+    before = state(app_rig)
+    capfd.readouterr()
+    if signer is None:
+        answer = app_rig.client.http.request(method, path, body=raw,
+                                             headers={"Content-Type": "application/json"})
+    else:  # signed as its host signs, so it is the body that is refused
+        answer = app_rig.signed(method, path, None, signer, raw=raw)
+    assert_clean_error(answer, 400, "bad_request")
+    assert "nests deeper" in json.loads(answer.body)["message"]
+    logged = "".join(capfd.readouterr())
+    assert "Traceback" not in logged and "RecursionError" not in logged
+    assert state(app_rig) == before
+
+
 @pytest.mark.parametrize(("body", "code"), [
     ({"duration_hours": "two"}, "bad_request"),
     ({"duration_hours": 100}, "bad_request"),
