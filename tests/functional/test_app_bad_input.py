@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
+import time
 from typing import Any
 
 import pytest
+from offsite_host import httpsig
 
 from .app_rig import AppRig, app_rig, offsite_snapshots
 
@@ -155,3 +159,33 @@ def test_wrong_content_type_and_method(app_rig: AppRig) -> None:
     assert answer.status_code == 415 and set(json.loads(answer.body)) == {"error", "message"}
     answer = app_rig.client.http.delete("/v1/windows")
     assert answer.status_code == 405 and set(json.loads(answer.body)) == {"error", "message"}
+
+
+def _signed_without(rig: AppRig, left_out: str, path: str, body: bytes) -> Any:
+    """A host's request whose signature verifies but covers one component fewer than
+    offsite-host signs."""
+    covered = tuple(c for c in httpsig.COVERED_COMPONENTS if c != left_out)
+    values = {"@method": "POST", "@authority": "api.offsite.test", "@path": path, "@query": "?",
+              "content-type": "application/json",
+              "content-digest": httpsig.content_digest(body)}
+    params = httpsig.signature_params(covered, created=int(time.time()),
+                                      nonce=secrets.token_urlsafe(16), keyid="c")
+    base = httpsig.signature_base({name: values[name] for name in covered}, params)
+    signature = base64.b64encode(rig.keys["c"].sign(base).signature).decode()
+    headers = {"Host": "api.offsite.test", "Content-Type": "application/json",
+               "Content-Digest": values["content-digest"],
+               "Signature-Input": f"offsite={params}", "Signature": f"offsite=:{signature}:"}
+    return rig.client.http.request("POST", path, body=body, headers=headers)
+
+
+@pytest.mark.parametrize("left_out", httpsig.COVERED_COMPONENTS)
+def test_a_signature_that_covers_less_than_the_readme_says_is_401(app_rig: AppRig,
+                                                                  left_out: str) -> None:
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    app_rig.state_event("running")
+    before = state(app_rig)
+    body = json.dumps({"host": "c", "window_id": wid, "status": "succeeded"}).encode()
+    assert_clean_error(_signed_without(app_rig, left_out, "/v1/reports", body), 401,
+                       "unauthorized")
+    assert state(app_rig) == before
+    assert _signed_without(app_rig, "", "/v1/reports", body).status_code == 200
