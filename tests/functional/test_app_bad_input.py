@@ -9,7 +9,10 @@ import time
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 from offsite_host import httpsig
+
+from chalicelib.sshcert import ca_public_key_line
 
 from .app_rig import AppRig, app_rig, offsite_snapshots
 
@@ -147,6 +150,41 @@ def test_bad_enrolments(app_rig: AppRig, name: str, body: dict[str, Any], code: 
                                      headers={"Content-Type": "application/json"})
     assert_clean_error(answer, 400, code)
     assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+def _two_key_lines() -> list[str]:
+    """Public key texts that hold one good key and something after it."""
+    first, second = (ca_public_key_line(SigningKey.generate(), "h@x") for _ in range(2))
+    return [f"{first}\n", f"{first}\r\n", f"{first}\n{second}", f"{first}\r{second}",
+            f"{first}\x00{second}", f"{first} {second}", f"{first} {second.split()[1]}"]
+
+
+@pytest.mark.parametrize("index", range(len(_two_key_lines())))
+def test_enrolment_refuses_anything_but_one_key_line(app_rig: AppRig, index: int) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    for name in ("c", "newhost"):  # a re-enrolment (key change) and a new host
+        answer = app_rig.client.http.put(
+            f"/v1/hosts/{name}", body=json.dumps({"public_key": _two_key_lines()[index]}).encode(),
+            headers={"Content-Type": "application/json"})
+        assert_clean_error(answer, 400, "bad_request")
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("index", range(len(_two_key_lines())))
+def test_a_session_key_must_be_one_key_line(app_rig: AppRig, index: int) -> None:
+    app_rig.post("/v1/windows", {})
+    app_rig.state_event("running")
+    answer = app_rig.session("c", ssh_public_key=_two_key_lines()[index])
+    assert_clean_error(answer, 400, "bad_request")
+    assert app_rig.session("c").status_code == 201
+
+
+def test_a_key_of_another_type_is_refused_with_a_clear_message(app_rig: AppRig) -> None:
+    rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7"
+    answer = app_rig.client.http.put("/v1/hosts/c", body=json.dumps({"public_key": rsa}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert_clean_error(answer, 400, "bad_request")
+    assert "only ssh-ed25519 keys are accepted" in json.loads(answer.body)["message"]
 
 
 def test_revoking_an_unknown_host(app_rig: AppRig) -> None:
