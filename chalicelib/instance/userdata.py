@@ -26,14 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.names import check_host_name
+from chalicelib.names import VOLUME_ID, check_host_name
 
 USER_DATA_LIMIT = 16 * 1024  # bytes, as EC2 counts them: before base64
 CONFIG_PATH = "/etc/offsite/instance.conf"
 SCRIPT_PATH = "/usr/local/sbin/offsite-boot"
 BOOT_SCRIPT = Path(__file__).with_name("boot.sh")
 
-VOLUME_ID = re.compile(r"vol-[0-9a-f]{8,17}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 PARAMETER_NAME = re.compile(r"[A-Za-z0-9_./-]{1,2048}")
 PUBLIC_KEY_LINE = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})( [ -~]*)?")

@@ -12,6 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 from offsite_host import httpsig
 
+from chalicelib.names import RESERVED_NAMES_FILE, parse_name_list
 from chalicelib.sshcert import ca_public_key_line
 
 from .app_rig import AppRig, app_rig, offsite_snapshots
@@ -185,6 +186,54 @@ def test_a_key_of_another_type_is_refused_with_a_clear_message(app_rig: AppRig) 
                                      headers={"Content-Type": "application/json"})
     assert_clean_error(answer, 400, "bad_request")
     assert "only ssh-ed25519 keys are accepted" in json.loads(answer.body)["message"]
+
+
+def _enrol(rig: AppRig, name: str, **body: Any) -> Any:
+    body = {"public_key": ca_public_key_line(SigningKey.generate()), **body}
+    return rig.client.http.put(f"/v1/hosts/{name}", body=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"})
+
+
+# Read from the data file itself, plus names that must stay in it whatever it is edited to.
+RESERVED = sorted(parse_name_list(RESERVED_NAMES_FILE.read_text()) | {
+    "root", "nobody", "sshd", "ec2-user", "admin", "adm", "halt", "shutdown", "operator", "ftp",
+    "dbus", "rpc", "rpcuser", "ec2-instance-connect", "chrony", "systemd-network", "tss",
+    "libstoragemgmt", "wheel", "users", "offsite"})
+
+
+def test_every_reserved_name_is_refused_at_enrolment(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    assert len(RESERVED) > 60  # the file was read, not an empty list
+    for name in RESERVED:
+        answer = _enrol(app_rig, name)
+        assert_clean_error(answer, 400, "bad_request")
+        assert "reserved" in json.loads(answer.body)["message"], name
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("volume_id", [
+    "vol-zz", "vol-0123456789", "vol-0123456789abcdef", "vol-0123456789abcdef01",
+    "vol-0123456789ABCDEF0", "vol-1234567", "vol-", "vol-0123456789abcdef0 ",
+    "snap-0123456789abcdef0", 17])
+def test_a_volume_id_boot_would_refuse_is_refused_at_enrolment(app_rig: AppRig,
+                                                               volume_id: Any) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    assert_clean_error(_enrol(app_rig, "newhost", volume_id=volume_id), 400, "bad_request")
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("volume_id", ["vol-0123abcd", "vol-0123456789abcdef0"])
+def test_both_lengths_of_volume_id_are_enrolled(app_rig: AppRig, volume_id: str) -> None:
+    answer = _enrol(app_rig, "newhost", volume_id=volume_id)
+    assert answer.status_code == 201 and answer.json_body["volume_id"] == volume_id
+
+
+def test_a_volume_of_another_host_is_refused(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    answer = _enrol(app_rig, "newhost", volume_id=app_rig.volumes["c"])
+    assert_clean_error(answer, 400, "bad_request")
+    assert "already belongs to host c" in json.loads(answer.body)["message"]
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
 
 
 def test_revoking_an_unknown_host(app_rig: AppRig) -> None:

@@ -99,7 +99,8 @@ def test_several_ca_keys_are_kept_for_a_rotation() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "Web", "web_1", "-web", "a" * 33, "web 1", "web;id", "123", "root"])
+    "name", ["", "Web", "web_1", "-web", "a" * 33, "web 1", "web;id", "123", "root", "adm",
+             "halt", "ec2-instance-connect", "wheel"])
 def test_a_host_name_that_cannot_be_an_account_is_refused(name: str) -> None:
     with pytest.raises(InvalidHostNameError):
         render_user_data([(name, volume_ids(1)[0])], CA, PARAMETER, REGION)
@@ -107,6 +108,7 @@ def test_a_host_name_that_cannot_be_an_account_is_refused(name: str) -> None:
 
 @pytest.mark.parametrize(
     "volume_id", ["", "vol-1234567", "vol-0123456789abcdef01", "vol-0123456789ABCDEF0",
+                  "vol-zz", "vol-0123456789", "vol-0123456789abcdef",
                   "0123456789abcdef0", "vol-01234567 ", "snap-0123456789abcdef0"])
 def test_a_malformed_volume_id_is_refused(volume_id: str) -> None:
     with pytest.raises(InvalidVolumeIdError):
