@@ -147,19 +147,47 @@ class BootRenderer:
                                 self.region, restores=restores)
 
 
-def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    seen_names: set[str] = set()
-    seen_volumes: set[str] = set()
+@dataclass(frozen=True)
+class LeftOut:
+    """A host the boot config cannot list, and why."""
+
+    name: str
+    reason: str
+
+
+def bootable_hosts(
+    hosts: Sequence[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[LeftOut]]:
+    """The (host, volume id) pairs the boot config can list, and the hosts it must leave out:
+    a host enrolled before the API refused its name or volume id, or on a volume an earlier
+    host already has. Leaving one out keeps it from failing the boot of all the others."""
+    listed: list[tuple[str, str]] = []
+    left_out: list[LeftOut] = []
     for name, volume_id in hosts:
-        check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
-        if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
-            raise InvalidVolumeIdError(
-                f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
-        if name in seen_names or volume_id in seen_volumes:
-            raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
-        seen_names.add(name)
-        seen_volumes.add(volume_id)
-    return list(hosts)
+        try:
+            _check_host(name, volume_id, listed)
+        except ValueError as exc:
+            left_out.append(LeftOut(str(name), str(exc)))
+        else:
+            listed.append((name, volume_id))
+    return listed, left_out
+
+
+def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    listed: list[tuple[str, str]] = []
+    for name, volume_id in hosts:
+        _check_host(name, volume_id, listed)
+        listed.append((name, volume_id))
+    return listed
+
+
+def _check_host(name: str, volume_id: str, listed: Sequence[tuple[str, str]]) -> None:
+    check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
+    if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
+        raise InvalidVolumeIdError(
+            f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
+    if any(name == other or volume_id == volume for other, volume in listed):
+        raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
 
 
 def _ca_key_lines(text: str) -> list[str]:
