@@ -71,6 +71,10 @@ class HostService:
         if enrolment.volume_id is not None:
             self._check_volume_is_free(enrolment)
         if existing is not None:
+            if enrolment.volume_id not in (None, existing.volume_id):
+                raise InvalidPayloadError(  # silently keeping the old one would hide the mistake
+                    f"host {existing.name} keeps its volume {existing.volume_id}; re-enrolment "
+                    "changes only its key")
             host = replace(existing, public_key=enrolment.public_key, enabled=True)
         else:
             volume_id = enrolment.volume_id or self._compute.create_host_volume(

@@ -236,6 +236,15 @@ def test_a_volume_of_another_host_is_refused(app_rig: AppRig) -> None:
     assert app_rig.client.http.get("/v1/hosts").json_body == hosts
 
 
+def test_re_enrolment_cannot_move_a_host_to_another_volume(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    answer = _enrol(app_rig, "c", volume_id="vol-0123456789abcdef0")
+    assert_clean_error(answer, 400, "bad_request")
+    assert "keeps its volume" in json.loads(answer.body)["message"]
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+    assert _enrol(app_rig, "c", volume_id=app_rig.volumes["c"]).status_code == 200
+
+
 def test_revoking_an_unknown_host(app_rig: AppRig) -> None:
     assert_clean_error(app_rig.client.http.delete("/v1/hosts/zz"), 404, "unknown_host")
 
