@@ -103,7 +103,8 @@ def reset_caches() -> None:
 @functools.cache
 def host_service() -> HostService:
     ports = window_service().ports
-    return HostService(ports.store, ports.compute, settings().instance_id, utc_now)
+    return HostService(ports.store, ports.compute, settings().instance_id, utc_now,
+                       settings().account_prefix)
 
 
 @functools.cache

@@ -2,7 +2,8 @@
 
 The host client signs ("@method" "@authority" "@path" "@query" "content-type" "content-digest")
 with `created`, `nonce`, `keyid` (the host name) and `alg="ed25519"`; see
-`offsite_host.httpsig` for why those. The verifier is handed the request *as the application
+`offsite_host.httpsig` for why those. The server requires all six: a signature that covers
+fewer is refused, even if it verifies. The verifier is handed the request *as the application
 sees it*: `path` is the routed path without the API Gateway stage prefix (`/v1/sessions`, not
 `/api/v1/sessions`), `authority` the `Host` header, `query` the raw query string (empty on every
 host route). It parses `Signature-Input` and `Signature` (the RFC 8941 subset they need),
@@ -34,7 +35,10 @@ ErrorCode = Literal[
 _MALFORMED: Final = "malformed_signature"
 _DIGEST: Final = "digest_mismatch"
 _STALE: Final = "stale_request"
-REQUIRED_COMPONENTS = frozenset({"@method", "@path", "content-digest"})
+# Every component the host client signs (offsite_host.httpsig.COVERED_COMPONENTS): a signature
+# that leaves one out would let it be changed in transit (another Host, a query added, ...).
+REQUIRED_COMPONENTS = frozenset(
+    {"@method", "@authority", "@path", "@query", "content-type", "content-digest"})
 MAX_SKEW_SECONDS = 300
 _HASHES = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 BareItem = int | str | bytes | bool

@@ -1,25 +1,38 @@
-"""Host names: each becomes a Unix account on the instance and a path, so only a narrow
-alphabet is accepted."""
+"""Names the API accepts for what becomes part of the archive instance: host names (each a Unix
+account and a path) and EBS volume ids (each found under /dev/disk/by-id at boot). One rule for
+each, used at the API's edge and again when the boot config is rendered."""
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 
 HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+RESERVED_NAMES_FILE = Path(__file__).with_name("reserved_names.txt")
 
-
-# Accounts a Linux image already has: a host of that name would become that account.
-RESERVED = frozenset({
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
-    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "sshd", "messagebus",
-    "admin", "ubuntu", "debian", "ec2-user", "centos", "fedora", "ssm-user", "chrony",
-    "systemd-network", "systemd-resolve", "systemd-timesync", "systemd-coredump", "polkitd",
-    "_apt", "tss", "offsite",
-})
+# EC2 API reference / user guide, "Resource IDs": `vol-` and 8 (before 2016) or 17 (since)
+# characters; EC2 writes them in lowercase hex. boot.sh's VOLUME_RE is the same rule.
+VOLUME_ID = re.compile(r"vol-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 
 
 class InvalidHostNameError(ValueError):
     pass
+
+
+class InvalidVolumeIdError(ValueError):
+    pass
+
+
+@functools.cache
+def reserved_names() -> frozenset[str]:
+    """Accounts and groups the archive instance's image already has (see the data file)."""
+    return parse_name_list(RESERVED_NAMES_FILE.read_text(encoding="utf-8"))
+
+
+def parse_name_list(text: str) -> frozenset[str]:
+    """One name a line; `#` starts a comment; blank lines are skipped."""
+    return frozenset(name for line in text.splitlines() if (name := line.split("#")[0].strip()))
 
 
 def check_host_name(name: object) -> str:
@@ -28,6 +41,17 @@ def check_host_name(name: object) -> str:
         raise InvalidHostNameError(
             f"host name must match {HOST_NAME.pattern} (lowercase letters, digits, '-'; "
             "at most 32 characters)")
-    if name in RESERVED or name.isdigit():
-        raise InvalidHostNameError(f"host name {name!r} is reserved on the archive instance")
+    if name in reserved_names() or name.isdigit():
+        raise InvalidHostNameError(
+            f"host name {name!r} is reserved: the archive instance already has an account "
+            "or group of that name")
     return name
+
+
+def check_volume_id(volume_id: object) -> str:
+    """The id, if it is an EBS volume id as EC2 writes them."""
+    if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
+        raise InvalidVolumeIdError(
+            f"volume_id must be an EBS volume id: 'vol-' and 8 or 17 lowercase hex digits, "
+            f"not {str(volume_id)[:40]!r}")
+    return volume_id

@@ -13,6 +13,7 @@ from chalicelib.names import InvalidHostNameError, check_host_name
 from chalicelib.records import REPORT_STATUSES
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 16  # our deepest body is an object holding a list; anything deeper is abuse
 MAX_WINDOW_HOURS = 24.0
 MAX_DETAIL_CHARS = 2000
 
@@ -45,11 +46,30 @@ def parse_json_object(raw: bytes | str | None) -> dict[str, Any]:
         raise InvalidPayloadError(f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
+    except RecursionError:  # json's C decoder recurses once per level: ~1000 `[` are enough
+        raise InvalidPayloadError(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidPayloadError("body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise InvalidPayloadError("body must be a JSON object")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidPayloadError(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and objects nest in `value` (a scalar is 0). Counted with a stack, not
+    recursion, so a body too deep for recursive code (logging, copying) is refused first."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else None)
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_open_request(body: Mapping[str, Any]) -> OpenRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ ED25519_CERT = "ssh-ed25519-cert-v01@openssh.com"
 SSH_CERT_TYPE_USER = 1
 MIN_NONCE_BYTES = 16
 UINT64_MAX = 2**64 - 1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_TYPE = re.compile(  # OpenSSH's public key types (sshkey.c), security keys and certificates
+    r"(sk-)?(ssh-(ed25519|ed448|rsa|dss)|ecdsa-sha2-nistp(256|384|521))(@openssh\.com)?"
+    r"(-cert-v0[01]@openssh\.com)?")
 
 Sign = Callable[[bytes], bytes]
 """Returns the 64-byte Ed25519 signature of its argument, made with the CA's private key."""
@@ -104,10 +110,19 @@ def ed25519_signature_blob(signature: bytes) -> bytes:
 
 
 def parse_ed25519_public_key(line: str) -> bytes:
-    """The raw 32-byte key of an "ssh-ed25519 AAAA... [comment]" line."""
+    """The raw 32-byte key of exactly one "ssh-ed25519 AAAA... [comment]" line.
+
+    The one rule for every key a request brings (a host's enrolled key, a run's ephemeral key):
+    a newline, CR, NUL or other control character, or a second key in the comment, is refused,
+    never cut off, so the key used is always the only key the caller sent."""
+    if _CONTROL.search(line):
+        raise MalformedKeyError(
+            "a public key must be one line: no newline, CR, NUL or other control character")
     key_type, blob = _split_key_line(line)
     if key_type != ED25519:
-        raise UnsupportedKeyTypeError(f"only {ED25519} keys are certified, not {key_type[:40]!r}")
+        raise UnsupportedKeyTypeError(f"only {ED25519} keys are accepted, not {key_type[:40]!r}")
+    if any(_is_key_part(word) for word in line.split()[2:]):
+        raise MalformedKeyError("expected one public key; the comment holds another")
     name, offset = _read_string(blob, 0)
     key, offset = _read_string(blob, offset)
     if name != ED25519.encode() or len(key) != 32 or offset != len(blob):
@@ -224,6 +239,18 @@ def _split_key_line(line: str) -> tuple[str, bytes]:
         return fields[0], base64.b64decode(fields[1], validate=True)
     except binascii.Error as exc:
         raise MalformedKeyError("the key blob is not valid base64") from exc
+
+
+def _is_key_part(word: str) -> bool:
+    """Whether `word` is a key type or a key blob (base64 of a `string` naming a key type), even
+    a blob cut short."""
+    if _KEY_TYPE.fullmatch(word):
+        return True
+    try:
+        name, _ = _read_string(base64.b64decode(word[: len(word) // 4 * 4], validate=True), 0)
+    except (binascii.Error, MalformedKeyError):
+        return False
+    return bool(_KEY_TYPE.fullmatch(name.decode("ascii", errors="replace")))
 
 
 def _read_string(blob: bytes, offset: int) -> tuple[bytes, int]:

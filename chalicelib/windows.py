@@ -28,9 +28,9 @@ from chalicelib.adapters.metrics import Metrics
 from chalicelib.adapters.notifier import Notifier
 from chalicelib.adapters.scheduler import DeadlineScheduler
 from chalicelib.adapters.store import WindowActiveError, WindowStore
-from chalicelib.instance.userdata import BootConfigError
+from chalicelib.instance.userdata import BootConfigError, LeftOut, bootable_hosts
 from chalicelib.payloads import OpenRequest, ReportRequest
-from chalicelib.records import Report, SnapshotRecord
+from chalicelib.records import Host, Report, SnapshotRecord
 from chalicelib.retention import choose_deletions
 from chalicelib.settings import Settings
 from chalicelib.window import (
@@ -113,6 +113,19 @@ class Ports:
     boot: Boot
 
 
+def _bootable(hosts: Iterable[Host], expected: frozenset[str], account_prefix: str) -> tuple[
+        list[tuple[str, str]], list[LeftOut]]:
+    """An account and volume for every enabled host (a host enrolled since the last boot gets
+    its account now) and every expected one, less those the instance would refuse."""
+    volumes = {h.name: h.volume_id for h in hosts
+               if h.volume_id and (h.enabled or h.name in expected)}
+    return bootable_hosts(sorted(volumes.items()), account_prefix)
+
+
+def _reasons(left_out: Iterable[LeftOut]) -> str:
+    return "; ".join(f"{host.name}: {host.reason}" for host in left_out)
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -133,11 +146,13 @@ class WindowService:
     # opening ---------------------------------------------------------------------------
     def open_window(self, trigger: str, request: OpenRequest = EVERY_HOST) -> Window:
         store, now = self.ports.store, self._clock()
-        enabled = {h.name for h in store.list_hosts() if h.enabled}
+        hosts = store.list_hosts()
+        enabled = {h.name for h in hosts if h.enabled}
         expected = enabled if request.hosts is None else request.hosts
         unknown = sorted(expected - enabled)
         if unknown:
             raise UnknownHostError(f"not enrolled or revoked: {', '.join(unknown)}")
+        expected = expected - self._tell_left_out(hosts)
         if not expected:
             raise NoHostsError("no enabled host to back up")
         hours = request.duration_hours or self.settings.window_hours
@@ -213,11 +228,28 @@ class WindowService:
     def _user_data(self, window: Window) -> str:
         """The boot config of this window: an account and volume for every enabled host (a
         host enrolled since the last boot gets its account now), and the restore volume."""
-        hosts = {h.name: h.volume_id for h in self.ports.store.list_hosts()
-                 if h.volume_id and (h.enabled or h.name in window.expected)}
+        listed, left_out = _bootable(self.ports.store.list_hosts(), window.expected,
+                                    self.settings.account_prefix)
+        if left_out:
+            logger.warning("hosts left out of the boot config", extra={
+                "window_id": window.window_id, "reason": _reasons(left_out)})
         restores = ([(next(iter(window.expected)), window.restore_volume_id)]
                     if window.purpose == RESTORE and window.restore_volume_id else [])
-        return self.ports.boot.user_data(sorted(hosts.items()), restores)
+        return self.ports.boot.user_data(listed, restores)
+
+    def _tell_left_out(self, hosts: Iterable[Host]) -> set[str]:
+        """Enabled hosts the boot config cannot list (enrolled before the API refused their name
+        or volume id): told to the admins and not expected, so they neither fail the other
+        hosts' boot nor keep the window from closing."""
+        left_out = _bootable(hosts, frozenset(), self.settings.account_prefix)[1]
+        if left_out:
+            logger.warning("hosts left out of the window", extra={"reason": _reasons(left_out)})
+            self.ports.notifier.notify(
+                "Offsite: hosts left out of the backup window",
+                "These hosts cannot be backed up: revoke each and enrol it again under a name "
+                f"and volume the archive instance accepts. {_reasons(left_out)}. The other "
+                "hosts are backed up as usual.")
+        return {host.name for host in left_out}
 
     # events ----------------------------------------------------------------------------
     def on_instance_state(self, instance_id: str, state: str) -> Decision | None:

@@ -80,7 +80,7 @@ DROPIN=$DROPIN_DIR/00-offsite.conf # sshd keeps the first value: read before 50-
 EBS_LINK_PREFIX=nvme-Amazon_Elastic_Block_Store_
 NAME_RE='^[a-z0-9][a-z0-9-]{0,31}$'
 ACCOUNT_PREFIX_RE='^([a-z][a-z0-9-]{0,15})?$'
-VOLUME_RE='^vol-[0-9a-f]{8,17}$'
+VOLUME_RE='^vol-([0-9a-f]{8}|[0-9a-f]{17})$' # chalicelib/names.py VOLUME_ID
 
 REGION=
 HOST_KEY_PARAMETER=

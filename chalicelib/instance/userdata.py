@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.accounts import AccountNameError, account_name, check_account_prefix
-from chalicelib.names import check_host_name
+from chalicelib.names import VOLUME_ID, check_host_name
 
 USER_DATA_LIMIT = 16 * 1024  # bytes, as EC2 counts them: before base64
 CONFIG_PATH = "/etc/offsite/instance.conf"
 SCRIPT_PATH = "/usr/local/sbin/offsite-boot"
 BOOT_SCRIPT = Path(__file__).with_name("boot.sh")
 
-VOLUME_ID = re.compile(r"vol-[0-9a-f]{8,17}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 PARAMETER_NAME = re.compile(r"[A-Za-z0-9_./-]{1,2048}")
 PUBLIC_KEY_LINE = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})( [ -~]*)?")
@@ -166,19 +165,49 @@ def _check_account(prefix: str, name: str) -> None:
         raise BootConfigError(str(exc)) from exc
 
 
-def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    seen_names: set[str] = set()
-    seen_volumes: set[str] = set()
+@dataclass(frozen=True)
+class LeftOut:
+    """A host the boot config cannot list, and why."""
+
+    name: str
+    reason: str
+
+
+def bootable_hosts(
+    hosts: Sequence[tuple[str, str]], account_prefix: str = "",
+) -> tuple[list[tuple[str, str]], list[LeftOut]]:
+    """The (host, volume id) pairs the boot config can list, and the hosts it must leave out:
+    a host enrolled before the API refused its name or volume id, one whose account would be
+    too long with the stage's prefix, or on a volume an earlier host already has. Leaving one
+    out keeps it from failing the boot of all the others."""
+    listed: list[tuple[str, str]] = []
+    left_out: list[LeftOut] = []
     for name, volume_id in hosts:
-        check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
-        if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
-            raise InvalidVolumeIdError(
-                f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
-        if name in seen_names or volume_id in seen_volumes:
-            raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
-        seen_names.add(name)
-        seen_volumes.add(volume_id)
-    return list(hosts)
+        try:
+            _check_host(name, volume_id, listed)
+            account_name(account_prefix, name)
+        except ValueError as exc:
+            left_out.append(LeftOut(str(name), str(exc)))
+        else:
+            listed.append((name, volume_id))
+    return listed, left_out
+
+
+def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    listed: list[tuple[str, str]] = []
+    for name, volume_id in hosts:
+        _check_host(name, volume_id, listed)
+        listed.append((name, volume_id))
+    return listed
+
+
+def _check_host(name: str, volume_id: str, listed: Sequence[tuple[str, str]]) -> None:
+    check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
+    if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
+        raise InvalidVolumeIdError(
+            f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
+    if any(name == other or volume_id == volume for other, volume in listed):
+        raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
 
 
 def _ca_key_lines(text: str) -> list[str]:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
+import time
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
+from offsite_host import httpsig
+
+from chalicelib.names import RESERVED_NAMES_FILE, parse_name_list
+from chalicelib.sshcert import ca_public_key_line
 
 from .app_rig import AppRig, app_rig, offsite_snapshots
 
@@ -45,6 +53,37 @@ def test_bad_bodies(app_rig: AppRig, path: str, name: str, raw: bytes, code: str
     else:  # a host's route: signed, so it is the body that is refused
         answer = app_rig.signed("POST", path, None, "c", raw=raw)
     assert_clean_error(answer, 400, code)
+    assert state(app_rig) == before
+
+
+BODY_ROUTES = [("POST", "/v1/windows", None), ("PUT", "/v1/hosts/c", None),
+               ("POST", "/v1/restores", None), ("POST", "/v1/sessions", "c"),
+               ("POST", "/v1/reports", "c"), ("POST", "/v1/hosts/c/restores", "c")]
+DEEP_BODIES = [
+    ("18 kB of [", b"[" * 18_000),
+    ("18 kB of [ then ]", b"[" * 9_000 + b"]" * 9_000),
+    ("an object 18 kB deep", b'{"hosts": ' + b"[" * 18_000 + b"]" * 18_000 + b"}"),
+    ("valid JSON, deep but under the parser's limit", b'{"hosts": ' + b"[" * 500
+     + b"]" * 500 + b"}"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "signer"), BODY_ROUTES)
+@pytest.mark.parametrize(("name", "raw"), DEEP_BODIES)
+def test_deeply_nested_json_is_a_400_without_a_traceback(
+        app_rig: AppRig, capfd: pytest.CaptureFixture[str], method: str, path: str,
+        signer: str | None, name: str, raw: bytes) -> None:
+    before = state(app_rig)
+    capfd.readouterr()
+    if signer is None:
+        answer = app_rig.client.http.request(method, path, body=raw,
+                                             headers={"Content-Type": "application/json"})
+    else:  # signed as its host signs, so it is the body that is refused
+        answer = app_rig.signed(method, path, None, signer, raw=raw)
+    assert_clean_error(answer, 400, "bad_request")
+    assert "nests deeper" in json.loads(answer.body)["message"]
+    logged = "".join(capfd.readouterr())
+    assert "Traceback" not in logged and "RecursionError" not in logged
     assert state(app_rig) == before
 
 
@@ -114,6 +153,98 @@ def test_bad_enrolments(app_rig: AppRig, name: str, body: dict[str, Any], code: 
     assert app_rig.client.http.get("/v1/hosts").json_body == hosts
 
 
+def _two_key_lines() -> list[str]:
+    """Public key texts that hold one good key and something after it."""
+    first, second = (ca_public_key_line(SigningKey.generate(), "h@x") for _ in range(2))
+    return [f"{first}\n", f"{first}\r\n", f"{first}\n{second}", f"{first}\r{second}",
+            f"{first}\x00{second}", f"{first} {second}", f"{first} {second.split()[1]}"]
+
+
+@pytest.mark.parametrize("index", range(len(_two_key_lines())))
+def test_enrolment_refuses_anything_but_one_key_line(app_rig: AppRig, index: int) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    for name in ("c", "newhost"):  # a re-enrolment (key change) and a new host
+        answer = app_rig.client.http.put(
+            f"/v1/hosts/{name}", body=json.dumps({"public_key": _two_key_lines()[index]}).encode(),
+            headers={"Content-Type": "application/json"})
+        assert_clean_error(answer, 400, "bad_request")
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("index", range(len(_two_key_lines())))
+def test_a_session_key_must_be_one_key_line(app_rig: AppRig, index: int) -> None:
+    app_rig.post("/v1/windows", {})
+    app_rig.state_event("running")
+    answer = app_rig.session("c", ssh_public_key=_two_key_lines()[index])
+    assert_clean_error(answer, 400, "bad_request")
+    assert app_rig.session("c").status_code == 201
+
+
+def test_a_key_of_another_type_is_refused_with_a_clear_message(app_rig: AppRig) -> None:
+    rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7"
+    answer = app_rig.client.http.put("/v1/hosts/c", body=json.dumps({"public_key": rsa}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    assert_clean_error(answer, 400, "bad_request")
+    assert "only ssh-ed25519 keys are accepted" in json.loads(answer.body)["message"]
+
+
+def _enrol(rig: AppRig, name: str, **body: Any) -> Any:
+    body = {"public_key": ca_public_key_line(SigningKey.generate()), **body}
+    return rig.client.http.put(f"/v1/hosts/{name}", body=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"})
+
+
+# Read from the data file itself, plus names that must stay in it whatever it is edited to.
+RESERVED = sorted(parse_name_list(RESERVED_NAMES_FILE.read_text()) | {
+    "root", "nobody", "sshd", "ec2-user", "admin", "adm", "halt", "shutdown", "operator", "ftp",
+    "dbus", "rpc", "rpcuser", "ec2-instance-connect", "chrony", "systemd-network", "tss",
+    "libstoragemgmt", "wheel", "users", "offsite"})
+
+
+def test_every_reserved_name_is_refused_at_enrolment(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    assert len(RESERVED) > 60  # the file was read, not an empty list
+    for name in RESERVED:
+        answer = _enrol(app_rig, name)
+        assert_clean_error(answer, 400, "bad_request")
+        assert "reserved" in json.loads(answer.body)["message"], name
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("volume_id", [
+    "vol-zz", "vol-0123456789", "vol-0123456789abcdef", "vol-0123456789abcdef01",
+    "vol-0123456789ABCDEF0", "vol-1234567", "vol-", "vol-0123456789abcdef0 ",
+    "snap-0123456789abcdef0", 17])
+def test_a_volume_id_boot_would_refuse_is_refused_at_enrolment(app_rig: AppRig,
+                                                               volume_id: Any) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    assert_clean_error(_enrol(app_rig, "newhost", volume_id=volume_id), 400, "bad_request")
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+@pytest.mark.parametrize("volume_id", ["vol-0123abcd", "vol-0123456789abcdef0"])
+def test_both_lengths_of_volume_id_are_enrolled(app_rig: AppRig, volume_id: str) -> None:
+    answer = _enrol(app_rig, "newhost", volume_id=volume_id)
+    assert answer.status_code == 201 and answer.json_body["volume_id"] == volume_id
+
+
+def test_a_volume_of_another_host_is_refused(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    answer = _enrol(app_rig, "newhost", volume_id=app_rig.volumes["c"])
+    assert_clean_error(answer, 400, "bad_request")
+    assert "already belongs to host c" in json.loads(answer.body)["message"]
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+
+
+def test_re_enrolment_cannot_move_a_host_to_another_volume(app_rig: AppRig) -> None:
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
+    answer = _enrol(app_rig, "c", volume_id="vol-0123456789abcdef0")
+    assert_clean_error(answer, 400, "bad_request")
+    assert "keeps its volume" in json.loads(answer.body)["message"]
+    assert app_rig.client.http.get("/v1/hosts").json_body == hosts
+    assert _enrol(app_rig, "c", volume_id=app_rig.volumes["c"]).status_code == 200
+
+
 def test_revoking_an_unknown_host(app_rig: AppRig) -> None:
     assert_clean_error(app_rig.client.http.delete("/v1/hosts/zz"), 404, "unknown_host")
 
@@ -124,3 +255,33 @@ def test_wrong_content_type_and_method(app_rig: AppRig) -> None:
     assert answer.status_code == 415 and set(json.loads(answer.body)) == {"error", "message"}
     answer = app_rig.client.http.delete("/v1/windows")
     assert answer.status_code == 405 and set(json.loads(answer.body)) == {"error", "message"}
+
+
+def _signed_without(rig: AppRig, left_out: str, path: str, body: bytes) -> Any:
+    """A host's request whose signature verifies but covers one component fewer than
+    offsite-host signs."""
+    covered = tuple(c for c in httpsig.COVERED_COMPONENTS if c != left_out)
+    values = {"@method": "POST", "@authority": "api.offsite.test", "@path": path, "@query": "?",
+              "content-type": "application/json",
+              "content-digest": httpsig.content_digest(body)}
+    params = httpsig.signature_params(covered, created=int(time.time()),
+                                      nonce=secrets.token_urlsafe(16), keyid="c")
+    base = httpsig.signature_base({name: values[name] for name in covered}, params)
+    signature = base64.b64encode(rig.keys["c"].sign(base).signature).decode()
+    headers = {"Host": "api.offsite.test", "Content-Type": "application/json",
+               "Content-Digest": values["content-digest"],
+               "Signature-Input": f"offsite={params}", "Signature": f"offsite=:{signature}:"}
+    return rig.client.http.request("POST", path, body=body, headers=headers)
+
+
+@pytest.mark.parametrize("left_out", httpsig.COVERED_COMPONENTS)
+def test_a_signature_that_covers_less_than_the_readme_says_is_401(app_rig: AppRig,
+                                                                  left_out: str) -> None:
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    app_rig.state_event("running")
+    before = state(app_rig)
+    body = json.dumps({"host": "c", "window_id": wid, "status": "succeeded"}).encode()
+    assert_clean_error(_signed_without(app_rig, left_out, "/v1/reports", body), 401,
+                       "unauthorized")
+    assert state(app_rig) == before
+    assert _signed_without(app_rig, "", "/v1/reports", body).status_code == 200

@@ -294,3 +294,32 @@ def test_a_scheduled_open_with_no_host_enrolled_does_nothing(rig: Rig) -> None:
         rig.store.put_host(replace(rig.store.get_host(host), enabled=False))  # type: ignore[arg-type]
     assert rig.service.open_scheduled() is None
     assert rig.notifier.sent == [] and rig.compute.started_as == []
+
+
+def enrolled_before_the_api_refused_them(rig: Rig) -> None:
+    """Hosts already in the table from before the edge refused them: a reserved name, a
+    volume id boot.sh refuses, and a volume another host has."""
+    rig.store.put_host(Host("adm", "ssh-ed25519 KEYA", True, "vol-000000000000000aa", T0))
+    rig.store.put_host(Host("zz-bad-volume", "ssh-ed25519 KEYB", True, "vol-zz", T0))
+    rig.store.put_host(Host("zz-same-volume", "ssh-ed25519 KEYC", True, f"vol-{0:017x}", T0))
+
+
+def test_hosts_the_instance_would_refuse_never_stop_the_others(rig: Rig) -> None:
+    enrolled_before_the_api_refused_them(rig)
+    for _night in range(2):  # and the next night opens too: nothing is left hanging
+        rig.notifier.sent.clear()
+        wid = open_and_run(rig)
+        window = rig.service.get_window(wid)
+        assert window.state is State.OPEN, window.reason
+        assert window.expected == frozenset(HOSTS)
+        assert boot_hosts(rig) == sorted(f"host {h} vol-{i:017x}" for i, h in enumerate(HOSTS))
+        (_subject, message), = (m for m in rig.notifier.sent if "left out" in m[0])
+        for host, why in [("adm", "reserved"), ("zz-bad-volume", "vol-zz"),
+                          ("zz-same-volume", "listed twice")]:
+            assert f"{host}: " in message and why in message
+        for host in HOSTS:
+            rig.service.record_report(report(wid, host))
+        rig.service.on_instance_state("i-1", "stopped")
+        settle_all(rig)
+        assert rig.service.get_window(wid).state is State.CLOSED
+        rig.clock.advance(days=1)

@@ -152,6 +152,17 @@ def test_refusals_carry_their_code(headers: dict[str, str], overrides: dict[str,
     assert _refusal(_request(headers, **overrides), now).code == code
 
 
+@pytest.mark.parametrize("left_out", COVERED)
+def test_every_component_the_client_signs_is_required(left_out: str) -> None:
+    covered = tuple(name for name in COVERED if name != left_out)
+    refusal = _refusal(_request(_hand_signed(covered)))
+    assert refusal.code == "malformed_signature" and left_out in refusal.reason
+
+
+def test_the_server_requires_what_the_client_signs() -> None:
+    assert frozenset(host.COVERED_COMPONENTS) == server.REQUIRED_COMPONENTS
+
+
 def test_the_skew_window_is_inclusive() -> None:
     assert _verify(_request(_signed()), NOW + 300).created == NOW
     assert _verify(_request(_signed()), NOW - 300).created == NOW

@@ -15,7 +15,9 @@ from chalicelib.instance.userdata import (
     USER_DATA_LIMIT,
     BootConfigError,
     InvalidVolumeIdError,
+    LeftOut,
     UserDataTooLargeError,
+    bootable_hosts,
     render_boot_config,
     render_user_data,
 )
@@ -99,7 +101,8 @@ def test_several_ca_keys_are_kept_for_a_rotation() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "Web", "web_1", "-web", "a" * 33, "web 1", "web;id", "123", "root"])
+    "name", ["", "Web", "web_1", "-web", "a" * 33, "web 1", "web;id", "123", "root", "adm",
+             "halt", "ec2-instance-connect", "wheel"])
 def test_a_host_name_that_cannot_be_an_account_is_refused(name: str) -> None:
     with pytest.raises(InvalidHostNameError):
         render_user_data([(name, volume_ids(1)[0])], CA, PARAMETER, REGION)
@@ -107,10 +110,21 @@ def test_a_host_name_that_cannot_be_an_account_is_refused(name: str) -> None:
 
 @pytest.mark.parametrize(
     "volume_id", ["", "vol-1234567", "vol-0123456789abcdef01", "vol-0123456789ABCDEF0",
+                  "vol-zz", "vol-0123456789", "vol-0123456789abcdef",
                   "0123456789abcdef0", "vol-01234567 ", "snap-0123456789abcdef0"])
 def test_a_malformed_volume_id_is_refused(volume_id: str) -> None:
     with pytest.raises(InvalidVolumeIdError):
         render_user_data([("web", volume_id)], CA, PARAMETER, REGION)
+
+
+def test_bootable_hosts_leaves_out_only_what_boot_would_refuse() -> None:
+    first, second = volume_ids(2)
+    listed, left_out = bootable_hosts([("db", first), ("adm", second), ("web", "vol-zz"),
+                                       ("web2", first), ("www", second)])
+    assert listed == [("db", first), ("www", second)]
+    assert [host.name for host in left_out] == ["adm", "web", "web2"]
+    assert all(isinstance(host, LeftOut) and host.reason for host in left_out)
+    render_user_data(listed, CA, PARAMETER, REGION)  # what is listed boots
 
 
 def test_a_host_or_a_volume_listed_twice_is_refused() -> None:

@@ -5,7 +5,9 @@ from typing import Any
 import pytest
 
 from chalicelib.payloads import (
+    MAX_JSON_DEPTH,
     InvalidPayloadError,
+    json_depth,
     parse_json_object,
     parse_open_request,
     parse_report,
@@ -53,3 +55,19 @@ def test_bad_bodies(raw: bytes) -> None:
 
 def test_empty_body_is_an_empty_object() -> None:
     assert parse_json_object(b"") == {} and parse_json_object(None) == {}
+
+
+@pytest.mark.parametrize(("value", "depth"), [
+    (1, 0), ({}, 1), ([], 1), ({"a": [1, {"b": []}]}, 4), ([[[]], []], 3)])
+def test_json_depth(value: object, depth: int) -> None:
+    assert json_depth(value) == depth
+
+
+def test_nesting_is_refused_past_the_limit_only() -> None:
+    def nested(levels: int) -> bytes:
+        return b'{"a": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+    assert json_depth(parse_json_object(nested(MAX_JSON_DEPTH))) == MAX_JSON_DEPTH
+    for levels in (MAX_JSON_DEPTH + 1, 900, 20_000):
+        with pytest.raises(InvalidPayloadError, match="nests deeper"):
+            parse_json_object(nested(levels))

@@ -235,6 +235,41 @@ def test_only_well_formed_ed25519_keys_are_certified(line: str, error: type[SshC
 
 
 @pytest.mark.parametrize(
+    "line",
+    [
+        CLIENT_LINE + "\n",
+        CLIENT_LINE + "\r\n",
+        CLIENT_LINE + "\r",
+        CLIENT_LINE + "\n" + CA_LINE,
+        CLIENT_LINE + " comment\n" + CA_LINE,
+        CLIENT_LINE + " comment\x00" + CA_LINE,
+        CLIENT_LINE + " comment\x00",
+        CLIENT_LINE + "\tcomment",
+        CLIENT_LINE + " " + CA_LINE,
+        CLIENT_LINE + " comment " + CA_LINE.split()[1],
+        CLIENT_LINE + " " + CA_LINE.split()[1][:30],
+        CLIENT_LINE + " ssh-rsa",
+        CLIENT_LINE + " ssh-ed25519-cert-v01@openssh.com",
+    ],
+)
+def test_anything_but_exactly_one_key_line_is_refused(line: str) -> None:
+    """Splitting on whitespace used to certify the first key of such a line silently."""
+    with pytest.raises(MalformedKeyError):
+        parse_ed25519_public_key(line)
+
+
+@pytest.mark.parametrize("comment", ["", " h1@offsite-run", " rsa-key-20240101", " a b c",
+                                     " user@host.example ssh key"])
+def test_a_key_line_with_an_ordinary_comment_is_accepted(comment: str) -> None:
+    assert parse_ed25519_public_key(CLIENT_LINE.rsplit(" ", 1)[0] + comment) == CLIENT_KEY
+
+
+def test_the_refusal_of_another_key_type_says_which_keys_are_accepted() -> None:
+    with pytest.raises(UnsupportedKeyTypeError, match="only ssh-ed25519 keys are accepted"):
+        parse_ed25519_public_key(rsa_line())
+
+
+@pytest.mark.parametrize(
     "change",
     [
         {"valid_before": 1_700_000_000},
