@@ -32,6 +32,7 @@ from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
 from chalicelib.instance.userdata import BootRenderer
 from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
+from chalicelib.names import InvalidHostNameError, check_host_name
 from chalicelib.payloads import (
     InvalidPayloadError,
     parse_json_object,
@@ -297,7 +298,10 @@ def list_snapshots() -> dict[str, Any]:
     host = dict(_request().query_params or {}).get("host")
     if not host:
         raise InvalidPayloadError("say whose snapshots: ?host=NAME")
-    return _snapshots(host)
+    try:
+        return _snapshots(check_host_name(host))
+    except InvalidHostNameError as exc:
+        raise InvalidPayloadError(str(exc)) from exc
 
 
 @api("/v1/restores", "POST")

@@ -101,3 +101,9 @@ def test_the_deadline_schedule_never_fires_before_the_deadline(app_rig: AppRig) 
         Name=schedule["Name"], GroupName="offsite-dev")["ScheduleExpression"]
     fires = datetime.strptime(expression, "at(%Y-%m-%dT%H:%M:%S)").replace(tzinfo=timezone.utc)
     assert deadline <= fires < deadline + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("name", ["../x", "C", "x" * 40, "adm"])
+def test_listing_refuses_what_is_not_a_host_name(app_rig: AppRig, name: str) -> None:
+    answer = app_rig.client.http.get(f"/v1/snapshots?host={name}")
+    assert answer.status_code == 400 and answer.json_body["error"] == "bad_request", name
