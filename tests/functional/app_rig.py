@@ -106,12 +106,25 @@ class AppRig:
         return self.client.http.put(f"/v1/hosts/{name}", body=json.dumps(body).encode(),
                                     headers={"Content-Type": "application/json"})
 
-    def settle_snapshots(self, result: str = "succeeded") -> list[str]:
-        snaps = offsite_snapshots()
+    def settle_snapshots(self, result: str = "succeeded", window_id: str | None = None,
+                         ebs_fails: tuple[str, ...] = ()) -> list[str]:
+        """EBS's notifications for our snapshots (of `window_id` only, if given); those of the
+        hosts in `ebs_fails` end in EBS state `error` and are notified as failed."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        snaps = [s for s in offsite_snapshots() if window_id is None
+                 or {"Key": "offsite:window", "Value": window_id} in s["Tags"]]
         for snap in snaps:
+            host = next(t["Value"] for t in snap["Tags"] if t["Key"] == "offsite:host")
+            outcome = result
+            if host in ebs_fails:
+                ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].snapshots[
+                    snap["SnapshotId"]].status = "error"
+                outcome = "failed"
             self.client.lambda_.invoke("snapshot_state",
                                        snapshot_event(snap["SnapshotId"], snap["VolumeId"],
-                                                      result))
+                                                      outcome))
         return [s["SnapshotId"] for s in snaps]
 
 

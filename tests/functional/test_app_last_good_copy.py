@@ -10,45 +10,23 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
 
 import app as app_module
 from chalicelib.windows import new_window_id
 
-from .app_rig import HOSTS, AppRig, app_rig, clear_caches, offsite_snapshots, snapshot_event
+from .app_rig import HOSTS, AppRig, app_rig, clear_caches, offsite_snapshots
+from .test_app_restores import backup_window
 
 __all__ = ["app_rig"]
 
 
 def window_on(rig: AppRig, days_ago: int, succeeded: tuple[str, ...],
               ebs_fails: tuple[str, ...] = ()) -> str:
-    """A whole backup window whose id (and so its day) is `days_ago` days back; the snapshots
-    of `ebs_fails` end in EBS state `error`, with the failed notification EBS sends."""
+    """A whole backup window whose id (and so its day) is `days_ago` days back."""
     service = app_module.window_service()
     service._new_id = (  # type: ignore[method-assign]
         lambda now: new_window_id(now - timedelta(days=days_ago)))
-    answer = rig.post("/v1/windows", {})
-    assert answer.status_code == 201, answer.json_body
-    wid = str(answer.json_body["window_id"])
-    rig.state_event("running")
-    for host in succeeded:
-        assert rig.report(wid, host).status_code == 200
-    if set(succeeded) != set(HOSTS):
-        assert rig.post(f"/v1/windows/{wid}/close", {}).status_code == 200
-    rig.state_event("stopped")
-    ebs = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
-    for snap in offsite_snapshots():
-        tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
-        if tags["offsite:window"] != wid:
-            continue
-        failed = tags["offsite:host"] in ebs_fails
-        if failed:
-            ebs.snapshots[snap["SnapshotId"]].status = "error"
-        rig.client.lambda_.invoke("snapshot_state", snapshot_event(
-            snap["SnapshotId"], snap["VolumeId"], "failed" if failed else "succeeded"))
-    assert rig.client.http.get(f"/v1/windows/{wid}").json_body["state"] == "CLOSED"
-    return wid
+    return backup_window(rig, succeeded, ebs_fails)
 
 
 def points(rig: AppRig, host: str) -> list[dict[str, Any]]:

@@ -23,7 +23,9 @@ def today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
 
-def backup_window(rig: AppRig, succeeded: tuple[str, ...] = HOSTS) -> str:
+def backup_window(rig: AppRig, succeeded: tuple[str, ...] = HOSTS,
+                  ebs_fails: tuple[str, ...] = ()) -> str:
+    """A whole window; the snapshots of `ebs_fails` end in EBS state `error`."""
     answer = rig.post("/v1/windows", {})
     assert answer.status_code == 201, answer.json_body
     wid = str(answer.json_body["window_id"])
@@ -33,7 +35,7 @@ def backup_window(rig: AppRig, succeeded: tuple[str, ...] = HOSTS) -> str:
     if set(succeeded) != set(HOSTS):
         assert rig.post(f"/v1/windows/{wid}/close", {}).status_code == 200
     rig.state_event("stopped")
-    rig.settle_snapshots()
+    rig.settle_snapshots(window_id=wid, ebs_fails=ebs_fails)
     assert window(rig, wid)["state"] == "CLOSED"
     time.sleep(1.1)  # window ids carry the second they opened
     return wid
