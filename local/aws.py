@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from chalicelib.adapters.dynamo_store import create_table
 from chalicelib.keys import KeyMaterial, KeyParameters, generate_key_material
@@ -71,22 +77,50 @@ class Deployment:
         }
 
 
+class _OneRequestAtATime:
+    """moto's WSGI app with one request served at a time. DynamoDB evaluates a condition
+    expression and writes in one atomic step; moto checks, then writes, with nothing between,
+    so two Lambdas racing one conditional transition could both win against a threaded moto
+    (seen on a loaded machine: two stops for four concurrent reports). Serialising requests
+    gives the atomicity the control plane relies on, as DynamoDB does."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
 class MotoServer:
-    """moto's server in a thread of this process, on a loopback port held for it."""
+    """moto's server in a thread of this process, on a loopback port held for it; connections
+    are taken in parallel, requests served one at a time (`_OneRequestAtATime`)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        self._server.start()
+        app = _OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
         self.reset()  # moto keeps its accounts per process: start from an empty one
 
     def stop(self) -> None:
+        if self._server is None:
+            return
         self.reset()
-        self._server.stop()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = None
 
     def reset(self) -> None:
         request = urllib.request.Request(  # noqa: S310 (our own loopback server)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,15 +136,13 @@ def app_rig(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
 @pytest.fixture
 def served_app_rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
     """AWS on a moto server on loopback, so that separate processes (separate Lambda
-    containers) share one account."""
-    from moto.server import ThreadedMotoServer
+    containers) share one account; like DynamoDB, it serves one conditional write at a time
+    (local.aws.MotoServer)."""
+    from local.aws import MotoServer, free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = MotoServer(free_port())
     server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
     try:
         yield from provision(monkeypatch)
     finally:
