@@ -119,6 +119,11 @@ def test_unknown_window(app_rig: AppRig) -> None:
     ({"host": "../../etc"}, 400, "bad_request"),
     ({"host": "h"}, 403, "wrong_host"),  # signed by c
     ({"window_id": "w-nope"}, 404, "unknown_window"),
+    # what DynamoDB cannot store was a 500: a number of more than 38 digits, a lone surrogate
+    ({"bytes_sent": 10**40}, 400, "bad_request"),
+    ({"files": 2**63}, 400, "bad_request"),
+    ({"detail": "restored /data/caf\udce9.txt"}, 400, "bad_request"),
+    ({"detail": "\ud800"}, 400, "bad_request"),
 ])
 def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code: str) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
@@ -128,6 +133,29 @@ def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code:
             "files": 1, "duration_s": 1.0, "detail": "", **change}
     assert_clean_error(app_rig.signed("POST", "/v1/reports", body, "c"), status, code)
     assert state(app_rig) == before
+
+
+def test_the_largest_count_is_recorded(app_rig: AppRig) -> None:
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    app_rig.state_event("running")
+    body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 2**63 - 1,
+            "files": 2**63 - 1, "duration_s": 1.0, "detail": "caf\u00e9 \U0001f600"}
+    assert app_rig.signed("POST", "/v1/reports", body, "c").status_code == 200
+    report = app_rig.client.http.get(f"/v1/windows/{wid}").json_body["host_reports"][0]
+    assert report["bytes_sent"] == 2**63 - 1 and report["detail"] == "caf\u00e9 \U0001f600"
+
+
+@pytest.mark.parametrize(("method", "path", "signer"), BODY_ROUTES)
+def test_a_lone_surrogate_in_any_body_is_a_400(app_rig: AppRig, method: str, path: str,
+                                               signer: str | None) -> None:
+    raw = b'{"host": "c", "public_key": "ssh-ed25519 AAAA \\udcff", "detail": "\\udcff"}'
+    if signer is None:
+        answer = app_rig.client.http.request(method, path, body=raw,
+                                             headers={"Content-Type": "application/json"})
+    else:
+        answer = app_rig.signed(method, path, None, signer, raw=raw)
+    assert_clean_error(answer, 400, "bad_request")
+    assert "not Unicode text" in json.loads(answer.body)["message"]
 
 
 def test_report_from_a_host_not_expected(app_rig: AppRig) -> None:
