@@ -19,12 +19,25 @@ RESTORE_TIMEOUT_S = 24 * 3600.0
 def target_state(target: Path) -> TargetState:
     try:
         if not target.is_dir():
-            return TargetState.NOT_A_DIRECTORY if target.exists() or target.is_symlink() \
-                else TargetState.ABSENT
+            if target.exists() or target.is_symlink():
+                return TargetState.NOT_A_DIRECTORY
+            _check_creatable(target)
+            return TargetState.ABSENT
         with os.scandir(target) as entries:
             return TargetState.NOT_EMPTY if next(entries, None) else TargetState.EMPTY
     except OSError as exc:
         raise ConfigError(f"--to {target}: {exc.strerror}") from None
+
+
+def _check_creatable(target: Path) -> None:
+    """An absent target is made (with its parents) only once the restore is complete: a file
+    where a parent directory must be would fail it then, after the whole fetch."""
+    for ancestor in target.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ConfigError(f"--to {target} cannot be made: {ancestor} is not a "
+                                  "directory")
+            return
 
 
 def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> None:
@@ -51,8 +64,13 @@ def place(target: Path, overwrite: bool, build: Callable[[Path], object],
     stays as it was. `build` makes the tree at the path it is given: one selection (named
     `file_name`; a file, rather than a directory, is put inside the target under that name),
     or, when `file_name` is None, a directory `build` fills."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.offsite-restore-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.offsite-restore-",
+                                     dir=target.parent))
+    except OSError as exc:
+        raise ConfigError(f"--to {target}: cannot write beside it ({exc.strerror}); nothing "
+                          "was changed") from None
     try:
         tree = work / "tree"
         if file_name is None:

@@ -467,6 +467,19 @@ def test_a_target_that_is_not_empty(days: ThreeDays, tmp_path: Path) -> None:
     assert tree(target) == days.trees[DAYS[0]]
 
 
+def test_a_target_below_a_file(days: ThreeDays, tmp_path: Path) -> None:
+    """Refused before anything is fetched (it was a traceback after the whole fetch, and the
+    restore window never heard how it ended)."""
+    host = days.host
+    opened = len(host.entry.restores)
+    (tmp_path / "a-file").write_text("mine\n")
+    done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to",
+                   str(tmp_path / "a-file" / "out"))
+    expect(done, 2, "is not a directory")
+    assert len(host.entry.restores) == opened
+    assert (tmp_path / "a-file").read_text() == "mine\n" and leftovers(tmp_path) == []
+
+
 def test_verify_deep_passes_on_a_good_copy_and_fails_on_a_damaged_one(
         days: ThreeDays, session_server: SessionServer) -> None:
     host = days.host
