@@ -23,6 +23,8 @@ def target_state(target: Path) -> TargetState:
                 return TargetState.NOT_A_DIRECTORY
             _check_creatable(target)
             return TargetState.ABSENT
+        if os.path.ismount(target):
+            return TargetState.MOUNT_POINT
         with os.scandir(target) as entries:
             return TargetState.NOT_EMPTY if next(entries, None) else TargetState.EMPTY
     except OSError as exc:
@@ -91,6 +93,8 @@ def _swap(tree: Path, target: Path, work: Path, overwrite: bool) -> None:
     state = target_state(target)
     if state is TargetState.NOT_EMPTY and not overwrite:
         raise ConfigError(f"--to {target} is no longer empty; nothing was changed")
+    if state in (TargetState.MOUNT_POINT, TargetState.NOT_A_DIRECTORY):
+        raise ConfigError(f"--to {target} is now {state.value}; nothing was changed")
     if state is TargetState.NOT_EMPTY:
         target.rename(work / "previous")
     elif state is TargetState.EMPTY:

@@ -35,6 +35,7 @@ def test_absent_empty_and_not_empty_targets(tmp_path: Path) -> None:
     (tmp_path / "empty" / "x").write_text("")
     assert target_state(tmp_path / "empty") is TargetState.NOT_EMPTY
     assert target_state(tmp_path / "empty" / "x") is TargetState.NOT_A_DIRECTORY
+    assert target_state(Path("/proc")) is TargetState.MOUNT_POINT  # (Linux: always mounted)
 
 
 def test_a_place_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
