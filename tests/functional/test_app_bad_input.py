@@ -208,6 +208,17 @@ def test_a_session_key_must_be_one_key_line(app_rig: AppRig, index: int) -> None
     assert app_rig.session("c").status_code == 201
 
 
+def test_a_key_whose_comment_is_not_ascii_is_enrolled(app_rig: AppRig) -> None:
+    """ssh-keygen's default comment is user@host, which may well be josé@portátil (a 500)."""
+    key = SigningKey.generate()
+    line = ca_public_key_line(key, "jos\u00e9@port\u00e1til")
+    answer = app_rig.enrol("newhost", key, public_key=line)
+    assert answer.status_code == 201, answer.body
+    answer = app_rig.enrol("newhost2", key,
+                           public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\u00e9")
+    assert_clean_error(answer, 400, "bad_request")
+
+
 def test_a_key_of_another_type_is_refused_with_a_clear_message(app_rig: AppRig) -> None:
     rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7"
     answer = app_rig.client.http.put("/v1/hosts/c", body=json.dumps({"public_key": rsa}).encode(),
