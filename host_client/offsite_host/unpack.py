@@ -95,8 +95,27 @@ def _swap(tree: Path, target: Path, work: Path, overwrite: bool) -> None:
         raise ConfigError(f"--to {target} is no longer empty; nothing was changed")
     if state in (TargetState.MOUNT_POINT, TargetState.NOT_A_DIRECTORY):
         raise ConfigError(f"--to {target} is now {state.value}; nothing was changed")
+    previous = work / "previous"
     if state is TargetState.NOT_EMPTY:
-        target.rename(work / "previous")
+        target.rename(previous)
     elif state is TargetState.EMPTY:
         target.rmdir()
-    tree.rename(target)
+    try:
+        tree.rename(target)
+    except OSError as exc:  # something made `target` again meanwhile: give back what was there
+        if state is TargetState.NOT_EMPTY:
+            _give_back(previous, target, work)
+        raise RestoreError(f"cannot put the restored tree at {target} ({exc.strerror}); it "
+                           "was left as it was") from None
+
+
+def _give_back(previous: Path, target: Path, work: Path) -> None:
+    """Puts the target's old content back; if that fails too, keeps it (the caller's cleanup
+    spares `work`) and says where."""
+    try:
+        previous.rename(target)
+    except OSError:
+        kept = work.with_name(work.name + "-previous")
+        previous.rename(kept)
+        raise RestoreError(f"cannot put the restored tree at {target}, nor its previous "
+                           f"content back: that content is kept in {kept}") from None

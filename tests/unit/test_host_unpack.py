@@ -4,14 +4,16 @@ ends a restore, its window hears of it."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 from pathlib import Path
 
 import pytest
 from offsite_host import restore as restore_module
 from offsite_host.config import parse_config
 from offsite_host.console import Console
-from offsite_host.exitcodes import ConfigError
+from offsite_host.exitcodes import ConfigError, RestoreError
 from offsite_host.manifest import Verdict
 from offsite_host.points import Choice, RecoveryPoint, RestoreWindow
 from offsite_host.restore import Restorer
@@ -76,3 +78,47 @@ def test_a_restore_that_breaks_unexpectedly_still_tells_its_window(
     with pytest.raises(RuntimeError, match="a bug"):
         restorer.in_window(None, Choice(point, "test"), work)  # type: ignore[arg-type]
     assert reports == [("failed", "internal error: RuntimeError('a bug')")]
+
+
+def failing_rename(monkeypatch: pytest.MonkeyPatch, target: Path, failing: set[str]) -> None:
+    """Renaming the entries named in `failing` to `target` fails, as when something made the
+    target again between moving it aside and putting the restored tree there."""
+    rename = Path.rename
+
+    def maybe_fail(self: Path, to: Path) -> Path:
+        if self.name in failing and Path(to) == target:
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        return rename(self, to)
+
+    monkeypatch.setattr(Path, "rename", maybe_fail)
+
+
+def users_files(target: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in target.iterdir()}
+
+
+def test_a_failed_swap_gives_the_target_its_content_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "live"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine\n")
+    failing_rename(monkeypatch, target, {"tree"})
+    with pytest.raises(RestoreError, match="left as it was"):
+        place(target, True, lambda tree: (tree / "restored.txt").write_text("old\n"), None)
+    assert users_files(target) == {"keep.txt": "mine\n"}
+    assert [p.name for p in tmp_path.iterdir()] == ["live"]
+
+
+def test_content_that_cannot_be_given_back_is_kept_and_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "live"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine\n")
+    failing_rename(monkeypatch, target, {"tree", "previous"})
+    with pytest.raises(RestoreError, match="content is kept in") as raised:
+        place(target, True, lambda tree: (tree / "restored.txt").write_text("old\n"), None)
+    kept = next(p for p in tmp_path.iterdir() if p.name.endswith("-previous"))
+    assert str(kept) in str(raised.value)
+    monkeypatch.undo()
+    kept_from = {p.name: p.read_text() for p in kept.iterdir()}
+    assert kept_from == {"keep.txt": "mine\n"}
