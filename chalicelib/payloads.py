@@ -16,6 +16,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16  # our deepest body is an object holding a list; anything deeper is abuse
 MAX_WINDOW_HOURS = 24.0
 MAX_DETAIL_CHARS = 2000
+MAX_COUNT = 2**63 - 1  # any int64 holds it; DynamoDB refuses numbers of more than 38 digits
 
 
 class InvalidPayloadError(ValueError):
@@ -54,6 +55,11 @@ def parse_json_object(raw: bytes | str | None) -> dict[str, Any]:
         raise InvalidPayloadError("body must be a JSON object")
     if json_depth(body) > MAX_JSON_DEPTH:
         raise InvalidPayloadError(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:  # JSON may escape a lone surrogate (`"\udcff"`); no store or log can hold one
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPayloadError("body holds a string that is not Unicode text (an unpaired "
+                                  "surrogate escape such as \\udcff)") from None
     return body
 
 
@@ -121,8 +127,8 @@ def _host(value: object) -> str:
 
 def _count(body: Mapping[str, Any], name: str) -> int:
     value = body.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidPayloadError(f"{name} must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise InvalidPayloadError(f"{name} must be an integer from 0 to 2**63 - 1")
     return value
 
 

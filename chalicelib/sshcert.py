@@ -9,7 +9,6 @@ randomness, so a test can pin the bytes.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 import struct
@@ -237,7 +236,7 @@ def _split_key_line(line: str) -> tuple[str, bytes]:
         raise MalformedKeyError("expected '<key type> <base64 blob> [comment]'")
     try:
         return fields[0], base64.b64decode(fields[1], validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a character that is not ASCII
         raise MalformedKeyError("the key blob is not valid base64") from exc
 
 
@@ -248,7 +247,7 @@ def _is_key_part(word: str) -> bool:
         return True
     try:
         name, _ = _read_string(base64.b64decode(word[: len(word) // 4 * 4], validate=True), 0)
-    except (binascii.Error, MalformedKeyError):
+    except (ValueError, MalformedKeyError):  # a comment word may hold any character
         return False
     return bool(_KEY_TYPE.fullmatch(name.decode("ascii", errors="replace")))
 

@@ -470,11 +470,14 @@ class WindowService:
                     store.record_snapshot_id(window.window_id, record.host, found)
                 else:
                     store.release_claim(window.window_id, record.host)
-        pending = [r.snapshot_id for r in store.snapshot_records(window.window_id)
-                   if r.status is SnapshotStatus.PENDING and r.snapshot_id]
-        states = compute.snapshot_states(pending)
-        for snapshot_id in pending:
-            state = states.get(snapshot_id, "error")
+        pending = {r.snapshot_id: r for r in store.snapshot_records(window.window_id)
+                   if r.status is SnapshotStatus.PENDING and r.snapshot_id}
+        states = compute.snapshot_states(list(pending))
+        for snapshot_id, record in pending.items():
+            # DescribeSnapshots is eventually consistent: a snapshot made a moment ago may not
+            # be found yet. Only one still unknown long after its claim is gone (deleted).
+            gone = now - record.claimed_at > CLAIM_TIMEOUT
+            state = states.get(snapshot_id, "error" if gone else "pending")
             if state in ("completed", "error"):
                 self._settle(snapshot_id, state == "completed")
 

@@ -38,7 +38,7 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.CONFIG: "configuration error: config file, key, password, tool or path, or the "
                      "server refused this host (400/401/403); nothing was sent; for restore: "
                      "a bad request (unknown date, incomplete point, path not in the backup, "
-                     "target not empty), nothing was written",
+                     "target not empty, below a file or a mount point), nothing was written",
     ExitCode.NO_WINDOW: "no backup window is open; normal under cron, try again next time "
                         "(restore: another window is active on the archive)",
     ExitCode.DEADLINE: "the window deadline (or the certificate's end) was reached, or the "

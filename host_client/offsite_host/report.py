@@ -25,7 +25,18 @@ class Report:
     def payload(self, host: str) -> dict[str, Any]:
         return {"host": host, "window_id": self.window_id, "status": self.status,
                 "bytes_sent": self.bytes_sent, "files": self.files,
-                "duration_s": round(self.duration_s, 1), "detail": self.detail[:MAX_DETAIL_CHARS]}
+                "duration_s": round(self.duration_s, 1),
+                "detail": unicode_text(self.detail)[:MAX_DETAIL_CHARS]}
+
+
+def unicode_text(text: str) -> str:
+    """`text` as valid Unicode: a name that is not UTF-8 reaches Python as lone surrogates
+    (surrogateescape), which the server refuses; its bytes are shown as `\\xe9` instead."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def send_report(client: ApiClient, report: Report, attempts: int = 3,

@@ -115,6 +115,9 @@ class Restorer:
         except KeyboardInterrupt:  # the window must still close: tell it, then stop
             self._report(client, window, "failed", "interrupted", started)
             raise
+        except Exception as exc:  # a bug: the window still hears of it, then the traceback
+            self._report(client, window, "failed", f"internal error: {exc!r}", started)
+            raise
         if verdict.notes:
             outcome = dataclasses.replace(
                 outcome, detail="; ".join([outcome.detail, *verdict.notes]))

@@ -33,6 +33,7 @@ class TargetState(Enum):
     EMPTY = "empty"
     NOT_EMPTY = "not empty"
     NOT_A_DIRECTORY = "not a directory"
+    MOUNT_POINT = "a mount point"  # rename(2) and rmdir(2) refuse it (EBUSY): never replaced
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ def check_target(target: PurePath, state: TargetState, live: tuple[PurePath, ...
                               "uses; choose another directory")
     if state is TargetState.NOT_A_DIRECTORY:
         raise ConfigError(f"--to {target} exists and is not a directory")
+    if state is TargetState.MOUNT_POINT:
+        raise ConfigError(f"--to {target} is a mount point, which a restore cannot replace: "
+                          f"restore into a new directory inside it (e.g. {target / 'restored'})")
     if overwrite:
         return
     for path in live:

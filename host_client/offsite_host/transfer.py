@@ -172,7 +172,9 @@ def parse_stats(stdout: str) -> TransferStats:
     return TransferStats(**values)
 
 
-_ITEM = re.compile(r"^(\*deleting|[<>ch.][fdLDS][^ ]*) +(.*)$")
+# rsync 3's `%i %n`: an 11-character change string (`*deleting` padded), one space, the name,
+# which may itself begin with spaces
+_ITEM = re.compile(r"^(\*deleting  |[<>ch.][fdLDS][^ ]{9}) (.*)$")
 
 
 def differences(itemized: str) -> list[str]:
@@ -183,7 +185,7 @@ def differences(itemized: str) -> list[str]:
     for line in itemized.splitlines():
         match = _ITEM.match(line)
         if match and not match.group(1).startswith(".d"):
-            found.append(line.strip())
+            found.append(line)  # not stripped: a name may end in spaces
     return found
 
 

@@ -19,12 +19,27 @@ RESTORE_TIMEOUT_S = 24 * 3600.0
 def target_state(target: Path) -> TargetState:
     try:
         if not target.is_dir():
-            return TargetState.NOT_A_DIRECTORY if target.exists() or target.is_symlink() \
-                else TargetState.ABSENT
+            if target.exists() or target.is_symlink():
+                return TargetState.NOT_A_DIRECTORY
+            _check_creatable(target)
+            return TargetState.ABSENT
+        if os.path.ismount(target):
+            return TargetState.MOUNT_POINT
         with os.scandir(target) as entries:
             return TargetState.NOT_EMPTY if next(entries, None) else TargetState.EMPTY
     except OSError as exc:
         raise ConfigError(f"--to {target}: {exc.strerror}") from None
+
+
+def _check_creatable(target: Path) -> None:
+    """An absent target is made (with its parents) only once the restore is complete: a file
+    where a parent directory must be would fail it then, after the whole fetch."""
+    for ancestor in target.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ConfigError(f"--to {target} cannot be made: {ancestor} is not a "
+                                  "directory")
+            return
 
 
 def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> None:
@@ -51,8 +66,13 @@ def place(target: Path, overwrite: bool, build: Callable[[Path], object],
     stays as it was. `build` makes the tree at the path it is given: one selection (named
     `file_name`; a file, rather than a directory, is put inside the target under that name),
     or, when `file_name` is None, a directory `build` fills."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.offsite-restore-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.offsite-restore-",
+                                     dir=target.parent))
+    except OSError as exc:
+        raise ConfigError(f"--to {target}: cannot write beside it ({exc.strerror}); nothing "
+                          "was changed") from None
     try:
         tree = work / "tree"
         if file_name is None:
@@ -73,8 +93,29 @@ def _swap(tree: Path, target: Path, work: Path, overwrite: bool) -> None:
     state = target_state(target)
     if state is TargetState.NOT_EMPTY and not overwrite:
         raise ConfigError(f"--to {target} is no longer empty; nothing was changed")
+    if state in (TargetState.MOUNT_POINT, TargetState.NOT_A_DIRECTORY):
+        raise ConfigError(f"--to {target} is now {state.value}; nothing was changed")
+    previous = work / "previous"
     if state is TargetState.NOT_EMPTY:
-        target.rename(work / "previous")
+        target.rename(previous)
     elif state is TargetState.EMPTY:
         target.rmdir()
-    tree.rename(target)
+    try:
+        tree.rename(target)
+    except OSError as exc:  # something made `target` again meanwhile: give back what was there
+        if state is TargetState.NOT_EMPTY:
+            _give_back(previous, target, work)
+        raise RestoreError(f"cannot put the restored tree at {target} ({exc.strerror}); it "
+                           "was left as it was") from None
+
+
+def _give_back(previous: Path, target: Path, work: Path) -> None:
+    """Puts the target's old content back; if that fails too, keeps it (the caller's cleanup
+    spares `work`) and says where."""
+    try:
+        previous.rename(target)
+    except OSError:
+        kept = work.with_name(work.name + "-previous")
+        previous.rename(kept)
+        raise RestoreError(f"cannot put the restored tree at {target}, nor its previous "
+                           f"content back: that content is kept in {kept}") from None

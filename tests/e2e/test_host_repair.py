@@ -77,3 +77,31 @@ def test_a_difference_still_there_after_the_repair_is_a_mismatch(
     assert "differs from the encrypted view in 1 entries after resending them once" in done.stderr
     assert faults.connections == 4  # one repair, not a loop
     assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+
+
+STRANGERS = [b" leading space", b"trailing space ", b"new\nline", b"not-utf8-\xff", b"back\\#012"]
+
+
+def test_strangers_with_awkward_names_on_the_archive_are_deleted_by_the_repair(
+        make_host: HostFactory, session_server: SessionServer) -> None:
+    """Files the host never sent appear on the archive after the transfer (its --delete-delay
+    could not see them): verification lists them, the repair deletes exactly those names
+    (a leading or trailing space, a newline, a byte that is not UTF-8, rsync's own escape),
+    and the second check passes."""
+    host = make_host()
+    faults = Faults(host)
+    faults.plan()
+    make_tree(host.source, large_bytes=0)
+    host.write_config()
+    assert host.cli("run").returncode == 0
+    # connections of the next run: 1 transfer, 2 verify, 3 repair, 4 verify again, 5 manifest
+    faults.plan(extra={"2": [name.hex() for name in STRANGERS]})
+    faults.log.unlink()
+
+    done = host.cli("run")
+
+    assert done.returncode == 0, done.stderr
+    assert f"after repairing {len(STRANGERS)} files" in done.stderr
+    assert faults.connections == 5
+    assert session_server.reports_of(host.name)[-1]["status"] == "succeeded"
+    assert tree_digest(host.volume / "current", skip=".~tmp~") == view_digest(host)

@@ -467,6 +467,42 @@ def test_a_target_that_is_not_empty(days: ThreeDays, tmp_path: Path) -> None:
     assert tree(target) == days.trees[DAYS[0]]
 
 
+def test_a_target_below_a_file(days: ThreeDays, tmp_path: Path) -> None:
+    """Refused before anything is fetched (it was a traceback after the whole fetch, and the
+    restore window never heard how it ended)."""
+    host = days.host
+    opened = len(host.entry.restores)
+    (tmp_path / "a-file").write_text("mine\n")
+    done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to",
+                   str(tmp_path / "a-file" / "out"))
+    expect(done, 2, "is not a directory")
+    assert len(host.entry.restores) == opened
+    assert (tmp_path / "a-file").read_text() == "mine\n" and leftovers(tmp_path) == []
+
+
+def test_a_mount_point_as_target(days: ThreeDays, tmp_path: Path) -> None:
+    """A freshly mounted, empty disk: rename(2) and rmdir(2) refuse a mount point, so a restore
+    into it was a traceback after the whole fetch (its window never told). It is refused before
+    anything is fetched, and a directory inside it works."""
+    host = days.host
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    must(["mount", "-t", "tmpfs", "-o", "size=64m", "offsite-e2e", str(disk)])
+    try:
+        opened = len(host.entry.restores)
+        for extra in ((), ("--force-overwrite",)):
+            done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to",
+                           str(disk), *extra)
+            expect(done, 2, "is a mount point")
+        assert len(host.entry.restores) == opened and list(disk.iterdir()) == []
+        done = restore(host, "--date", DAYS[0], "--path", str(host.source), "--to",
+                       str(disk / "restored"))
+        assert done.returncode == 0, done.stderr
+        assert tree(disk / "restored") == days.trees[DAYS[0]]
+    finally:
+        must(["umount", str(disk)])
+
+
 def test_verify_deep_passes_on_a_good_copy_and_fails_on_a_damaged_one(
         days: ThreeDays, session_server: SessionServer) -> None:
     host = days.host

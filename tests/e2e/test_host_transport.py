@@ -2,7 +2,8 @@
 the client's `[tools] ssh` is a wrapper that, on chosen connections, first takes the volume's
 rrsync lock itself (as the archive's rsync of a dropped connection still holds it) or sends
 ssh to a port where nothing listens (as a stopped instance); or the archive's rsync is
-signalled (as an instance shutting down); or it damages a file on the archive first."""
+signalled (as an instance shutting down); or it damages a file on the archive first, or adds
+one."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ if str(n) in plan.get("damage", {}):  # flip a byte, keeping size and time
         handle.seek(stat.st_size // 2)
         handle.write(bytes([byte ^ 0xFF]))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+for name in plan.get("extra", {}).get(str(n), []):  # a stranger on the archive (hex name)
+    with open(os.fsencode(plan["volume"]) + b"/current/" + bytes.fromhex(name), "wb") as f:
+        f.write(b"not sent by the host")
 if n >= plan.get("refuse_from", 1 << 30):
     args[args.index("-p") + 1] = str(plan["closed_port"])
 os.execvp("ssh", ["ssh", *args])

@@ -119,6 +119,11 @@ def test_unknown_window(app_rig: AppRig) -> None:
     ({"host": "../../etc"}, 400, "bad_request"),
     ({"host": "h"}, 403, "wrong_host"),  # signed by c
     ({"window_id": "w-nope"}, 404, "unknown_window"),
+    # what DynamoDB cannot store was a 500: a number of more than 38 digits, a lone surrogate
+    ({"bytes_sent": 10**40}, 400, "bad_request"),
+    ({"files": 2**63}, 400, "bad_request"),
+    ({"detail": "restored /data/caf\udce9.txt"}, 400, "bad_request"),
+    ({"detail": "\ud800"}, 400, "bad_request"),
 ])
 def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code: str) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
@@ -128,6 +133,29 @@ def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code:
             "files": 1, "duration_s": 1.0, "detail": "", **change}
     assert_clean_error(app_rig.signed("POST", "/v1/reports", body, "c"), status, code)
     assert state(app_rig) == before
+
+
+def test_the_largest_count_is_recorded(app_rig: AppRig) -> None:
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    app_rig.state_event("running")
+    body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 2**63 - 1,
+            "files": 2**63 - 1, "duration_s": 1.0, "detail": "caf\u00e9 \U0001f600"}
+    assert app_rig.signed("POST", "/v1/reports", body, "c").status_code == 200
+    report = app_rig.client.http.get(f"/v1/windows/{wid}").json_body["host_reports"][0]
+    assert report["bytes_sent"] == 2**63 - 1 and report["detail"] == "caf\u00e9 \U0001f600"
+
+
+@pytest.mark.parametrize(("method", "path", "signer"), BODY_ROUTES)
+def test_a_lone_surrogate_in_any_body_is_a_400(app_rig: AppRig, method: str, path: str,
+                                               signer: str | None) -> None:
+    raw = b'{"host": "c", "public_key": "ssh-ed25519 AAAA \\udcff", "detail": "\\udcff"}'
+    if signer is None:
+        answer = app_rig.client.http.request(method, path, body=raw,
+                                             headers={"Content-Type": "application/json"})
+    else:
+        answer = app_rig.signed(method, path, None, signer, raw=raw)
+    assert_clean_error(answer, 400, "bad_request")
+    assert "not Unicode text" in json.loads(answer.body)["message"]
 
 
 def test_report_from_a_host_not_expected(app_rig: AppRig) -> None:
@@ -178,6 +206,17 @@ def test_a_session_key_must_be_one_key_line(app_rig: AppRig, index: int) -> None
     answer = app_rig.session("c", ssh_public_key=_two_key_lines()[index])
     assert_clean_error(answer, 400, "bad_request")
     assert app_rig.session("c").status_code == 201
+
+
+def test_a_key_whose_comment_is_not_ascii_is_enrolled(app_rig: AppRig) -> None:
+    """ssh-keygen's default comment is user@host, which may well be josé@portátil (a 500)."""
+    key = SigningKey.generate()
+    line = ca_public_key_line(key, "jos\u00e9@port\u00e1til")
+    answer = app_rig.enrol("newhost", key, public_key=line)
+    assert answer.status_code == 201, answer.body
+    answer = app_rig.enrol("newhost2", key,
+                           public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\u00e9")
+    assert_clean_error(answer, 400, "bad_request")
 
 
 def test_a_key_of_another_type_is_refused_with_a_clear_message(app_rig: AppRig) -> None:

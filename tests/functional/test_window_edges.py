@@ -77,3 +77,39 @@ def test_a_stop_that_fails_still_deletes_the_deadline_and_the_retry_does_too(rig
     rig.service.reconcile()
     assert rig.compute.state == "stopped" and wid not in rig.scheduler.deadlines
 
+
+
+def test_a_snapshot_not_yet_described_is_not_settled_as_failed(rig: Rig) -> None:
+    """DescribeSnapshots is eventually consistent: a reconciler tick right after
+    CreateSnapshot may not find the new snapshot. That is not EBS's `error`: it stays pending
+    (EBS's verdict is recorded once, so a wrong one would stand), the window closes with
+    retention when it completes; only a snapshot still unknown long after is failed."""
+    wid = open_and_run(rig)
+    close_and_stop(rig, wid)
+    rig.service.on_instance_state("i-1", "stopped")
+    c_snapshot = snapshots_of(rig, wid, "c")[0]
+    states = rig.compute.snapshot_states
+    rig.compute.snapshot_states = lambda ids: {  # type: ignore[method-assign]
+        i: s for i, s in states(ids).items() if i != c_snapshot}
+    rig.clock.advance(minutes=1)
+    rig.service.reconcile()
+    assert rig.service.get_window(wid).snapshots["c"] is SnapshotStatus.PENDING
+
+    rig.compute.snapshot_states = states  # type: ignore[method-assign]
+    for snapshot_id in list(rig.compute.snapshots):
+        rig.compute.complete_snapshot(snapshot_id)
+    rig.service.reconcile()
+    window = rig.service.get_window(wid)
+    assert window.state is State.CLOSED and "retention skipped" not in window.reason
+    assert set(window.snapshots.values()) == {SnapshotStatus.COMPLETED}
+
+
+def test_a_snapshot_unknown_long_after_its_claim_is_failed(rig: Rig) -> None:
+    wid = open_and_run(rig)
+    close_and_stop(rig, wid)
+    rig.service.on_instance_state("i-1", "stopped")
+    gone = snapshots_of(rig, wid, "c")[0]
+    rig.compute.snapshots.pop(gone)  # deleted behind our back
+    rig.clock.advance(minutes=20)
+    rig.service.reconcile()
+    assert rig.service.get_window(wid).snapshots["c"] is SnapshotStatus.FAILED

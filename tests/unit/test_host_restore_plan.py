@@ -83,6 +83,13 @@ def test_target_must_be_a_directory_and_absolute() -> None:
         check_target(P("relative"), TargetState.ABSENT, PATHS, PRIVATE, False)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_mount_point_is_never_replaced(overwrite: bool) -> None:
+    """rename(2) and rmdir(2) refuse a mount point (EBUSY): say so before the fetch."""
+    with pytest.raises(ConfigError, match=r"mount point.*inside it \(e\.g\. /mnt/disk/restored\)"):
+        check_target(P("/mnt/disk"), TargetState.MOUNT_POINT, PATHS, PRIVATE, overwrite)
+
+
 def test_restore_argv() -> None:
     assert restore_argv("rdiff-backup", "2B", Path("/m/etc/ssh"), Path("/t/x")) == [
         "rdiff-backup", "restore", "--at", "2B", "/m/etc/ssh", "/t/x"]

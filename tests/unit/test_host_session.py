@@ -4,6 +4,7 @@ report's shape."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -166,6 +167,17 @@ def test_report_payload_matches_the_contract() -> None:
     assert set(payload) == {"host", "window_id", "status", "bytes_sent", "files",
                             "duration_s", "detail"}
     assert payload["duration_s"] == 12.3 and len(payload["detail"]) == 2000
+
+
+def test_a_report_about_a_name_that_is_not_utf8_is_unicode_text() -> None:
+    """A path holding a Latin-1 byte reaches Python as a lone surrogate; the control plane
+    refuses a body holding one (400), so the restore window would never hear how it ended."""
+    name = os.fsdecode(b"/data/caf\xe9 \xff.txt")
+    detail = Report("w-1", "succeeded", 0, 0, 1.0, f"restored {name}").payload("h")["detail"]
+    assert detail == "restored /data/caf\\xe9 \\xff.txt"
+    assert Report("w-1", "failed", 0, 0, 1.0, "a \ud800 b").payload("h")["detail"] == \
+        "a \\ud800 b"
+    assert Report("w-1", "failed", 0, 0, 1.0, "caf\u00e9").payload("h")["detail"] == "caf\u00e9"
 
 
 def test_send_report_retries_server_errors_but_not_refusals() -> None:

@@ -132,3 +132,11 @@ def test_the_paths_a_repair_resends_or_deletes() -> None:
                         "*deleting   old/extra\ncL+++++++++ link -> a/blob\n"
                         ".d..t...... a/\n<fc........ a/blob\n")
     assert differing_paths(found) == ["a/blob", "new\u00e9/", "old/extra", "link"]
+
+
+def test_a_name_that_begins_or_ends_with_spaces_is_repaired_by_that_name() -> None:
+    """rsync 3.5.0's own output for names ' lead', '  two', ' x', 'trail ' and 'nl<LF>x': an
+    extra file on the archive is deleted by its real name, not by one that is not there."""
+    output = ("*deleting    lead\n>f+++++++++   two\n.f..t......  x\n>f+++++++++ trail \n"
+              "*deleting   nl\\#012x\n")
+    assert differing_paths(differences(output)) == [" lead", "  two", " x", "trail ", "nl\nx"]

@@ -225,6 +225,7 @@ def rsa_line() -> str:
         ("ssh-ed25519 " + CA_LINE.split()[1] + "AAAA", MalformedKeyError),
         ("ssh-ed25519", MalformedKeyError),
         ("", MalformedKeyError),
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\u00e9", MalformedKeyError),  # was a ValueError
     ],
 )
 def test_only_well_formed_ed25519_keys_are_certified(line: str, error: type[SshCertError]) -> None:
@@ -259,7 +260,8 @@ def test_anything_but_exactly_one_key_line_is_refused(line: str) -> None:
 
 
 @pytest.mark.parametrize("comment", ["", " h1@offsite-run", " rsa-key-20240101", " a b c",
-                                     " user@host.example ssh key"])
+                                     " user@host.example ssh key", " jos\u00e9@laptop",
+                                     " \u30e6\u30fc\u30b6\u30fc@\u30db\u30b9\u30c8 AAAA\u00e9"])
 def test_a_key_line_with_an_ordinary_comment_is_accepted(comment: str) -> None:
     assert parse_ed25519_public_key(CLIENT_LINE.rsplit(" ", 1)[0] + comment) == CLIENT_KEY
 
