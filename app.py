@@ -34,6 +34,7 @@ from chalicelib.instance.userdata import BootRenderer
 from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
 from chalicelib.names import InvalidHostNameError, check_host_name
 from chalicelib.payloads import (
+    MAX_WINDOW_ID,
     InvalidPayloadError,
     parse_json_object,
     parse_open_request,
@@ -50,7 +51,14 @@ from chalicelib.sessions import (
 )
 from chalicelib.settings import Settings, open_schedule_expression, reconcile_rate_expression
 from chalicelib.window import State
-from chalicelib.windows import Ports, WindowFailedError, WindowService, utc_now, window_view
+from chalicelib.windows import (
+    Ports,
+    UnknownWindowError,
+    WindowFailedError,
+    WindowService,
+    utc_now,
+    window_view,
+)
 
 app = Chalice(app_name="offsite", configure_logs=False)  # powertools owns the "offsite" logger
 logger = Logger(service="offsite")
@@ -233,7 +241,7 @@ def list_windows() -> dict[str, Any]:
 @api("/v1/windows/{window_id}", "GET")
 def get_window(window_id: str) -> dict[str, Any]:
     service = window_service()
-    view = window_view(service.get_window(window_id))
+    view = window_view(service.get_window(_window_id(window_id)))
     view["host_reports"] = [vars(r) | {"received_at": r.received_at.isoformat()}
                             for r in service.reports(window_id)]
     return view
@@ -241,8 +249,16 @@ def get_window(window_id: str) -> dict[str, Any]:
 
 @api("/v1/windows/{window_id}/close", "POST")
 def close_window(window_id: str) -> dict[str, Any]:
-    decision = window_service().close_window(window_id, by=_admin())
+    decision = window_service().close_window(_window_id(window_id), by=_admin())
     return {"window_id": window_id, "state": decision.target, "reason": decision.reason}
+
+
+def _window_id(text: str) -> str:
+    """A window id from a path, bounded before it reaches the table (DynamoDB refuses a
+    partition key over 2048 bytes with a ValidationException: a 500, not a 404)."""
+    if not 0 < len(text) <= MAX_WINDOW_ID:
+        raise UnknownWindowError(f"no window {text[:MAX_WINDOW_ID]}…")
+    return text
 
 
 @app.lambda_function(name="window_deadline")

@@ -16,6 +16,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 16  # our deepest body is an object holding a list; anything deeper is abuse
 MAX_WINDOW_HOURS = 24.0
 MAX_DETAIL_CHARS = 2000
+MAX_WINDOW_ID = 64  # ours are 25 characters (windows.new_window_id)
 MAX_COUNT = 2**63 - 1  # any int64 holds it; DynamoDB refuses numbers of more than 38 digits
 
 
@@ -101,7 +102,7 @@ def parse_report(body: Mapping[str, Any]) -> ReportRequest:
     if status not in REPORT_STATUSES:
         raise InvalidPayloadError(f"status must be one of {', '.join(REPORT_STATUSES)}")
     window_id = body.get("window_id")
-    if not isinstance(window_id, str) or not 0 < len(window_id) <= 64:
+    if not isinstance(window_id, str) or not 0 < len(window_id) <= MAX_WINDOW_ID:
         raise InvalidPayloadError("window_id must be a window id string")
     detail = body.get("detail", "")
     if not isinstance(detail, str):

@@ -85,3 +85,11 @@ def test_the_deadline_schedule_never_fires_before_the_deadline(app_rig: AppRig) 
 def test_listing_refuses_what_is_not_a_host_name(app_rig: AppRig, name: str) -> None:
     answer = app_rig.client.http.get(f"/v1/snapshots?host={name}")
     assert answer.status_code == 400 and answer.json_body["error"] == "bad_request", name
+
+
+def test_a_window_id_too_long_for_the_table_is_unknown_at_the_edge(app_rig: AppRig) -> None:
+    long_id = "w-" + "a" * 3000  # DynamoDB refuses a partition key over 2048 bytes
+    for answer in (app_rig.client.http.get(f"/v1/windows/{long_id}"),
+                   app_rig.post(f"/v1/windows/{long_id}/close", {})):
+        assert answer.status_code == 404 and answer.json_body["error"] == "unknown_window"
+        assert len(answer.json_body["message"]) < 100
