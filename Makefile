@@ -22,8 +22,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Two workers: the tests that act on the machine (accounts, sshd, mounts) stay on one, in order
+# (tests/conftest.py); PYTEST_ARGS="-n 0" runs everything in one process.
 pytest: system venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Every benchmark, one after the other (bench/README.md). bench-wire and bench-restore need
 # root: they add a Unix account for their throwaway sshd; WIRE_ARGS="--size-mb 20" and

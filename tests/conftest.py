@@ -24,3 +24,17 @@ def aws() -> Iterator[None]:
 
     with mock_aws():
         yield
+
+
+# Tests that act on the machine itself (Unix accounts, sshd, FUSE mounts, loop devices, the
+# local stack) run one after another on one xdist worker, as they always have; everything
+# else shares the other core (Makefile: `pytest -n 2 --dist loadgroup`).
+_ON_THE_MACHINE = ("tests/e2e/", "tests/functional/test_bench_wire.py",
+                   "tests/functional/test_bench_restore.py",
+                   "tests/integration/test_instance_boot.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(part in item.nodeid for part in _ON_THE_MACHINE):
+            item.add_marker(pytest.mark.xdist_group("machine"))
