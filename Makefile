@@ -9,7 +9,7 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-bac
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest system venv bench clean \
-	bench-window-overhead bench-sessions bench-wire bench-restore
+	bench-window-overhead bench-moto-app bench-sessions bench-wire bench-restore bench-cost
 
 demo: system venv
 	$(BIN)/python -m local.demo $(DEMO_ARGS)
@@ -28,12 +28,15 @@ pytest: system venv
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Every benchmark, one after the other (bench/README.md). bench-wire and bench-restore need
-# root: they add a Unix account for their throwaway sshd; WIRE_ARGS="--size-mb 20" and
-# RESTORE_ARGS="--size-mb 20" for quick runs.
-bench: bench-window-overhead bench-sessions bench-wire bench-restore
+# root: they add a Unix account for their throwaway sshd; WIRE_ARGS="--size-mb 20",
+# RESTORE_ARGS="--size-mb 20" and MOTO_APP_ARGS=--quick for quick runs.
+bench: bench-window-overhead bench-moto-app bench-sessions bench-wire bench-restore bench-cost
 
 bench-window-overhead: system venv
 	$(BIN)/python -m bench.window_overhead
+
+bench-moto-app: system venv
+	$(BIN)/python -m bench.moto_app $(MOTO_APP_ARGS)
 
 bench-sessions: system venv
 	$(BIN)/python -m bench.sessions
@@ -43,6 +46,9 @@ bench-wire: system venv
 
 bench-restore: system venv
 	$(BIN)/python -m bench.restore $(RESTORE_ARGS)
+
+bench-cost: venv
+	$(BIN)/python -m bench.cost $(COST_ARGS)
 
 # Installs only what is missing, and only as root; otherwise says what to install.
 system:

@@ -7,31 +7,26 @@ answers. AWS clients are built once per container, on first use, in the cached g
 from __future__ import annotations
 
 import functools
-import os
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import boto3
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.parameters import SSMProvider
-from botocore.config import Config
 from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Request, Response
 
-from chalicelib.adapters.compute import Ec2Compute
-from chalicelib.adapters.dynamo_store import DynamoStore
-from chalicelib.adapters.metrics import EmfMetrics
-from chalicelib.adapters.notifier import SnsNotifier
-from chalicelib.adapters.scheduler import EventBridgeScheduler
+from chalicelib.composition import (
+    authenticator,
+    host_service,
+    reset,
+    restore_service,
+    session_service,
+    window_service,
+)
 from chalicelib.events import instance_state_change, snapshot_results
-from chalicelib.host_auth import HostAuthenticator
-from chalicelib.hosts import HostService, host_view, parse_enrolment
+from chalicelib.hosts import host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
-from chalicelib.instance.userdata import BootRenderer
-from chalicelib.keys import CACHE_SECONDS, CertificateAuthority, KeyParameters
 from chalicelib.names import InvalidHostNameError, check_host_name
 from chalicelib.payloads import (
     MAX_WINDOW_ID,
@@ -41,103 +36,19 @@ from chalicelib.payloads import (
     parse_report,
 )
 from chalicelib.recovery import parse_restore_request, point_view
-from chalicelib.restores import RestoreService
-from chalicelib.schedule import next_open
-from chalicelib.sessions import (
-    CertificatePolicy,
-    SessionService,
-    WrongHostError,
-    parse_session_request,
-)
-from chalicelib.settings import Settings, open_schedule_expression, reconcile_rate_expression
-from chalicelib.window import State
-from chalicelib.windows import (
-    Ports,
-    UnknownWindowError,
-    WindowFailedError,
-    WindowService,
-    utc_now,
-    window_view,
-)
+from chalicelib.sessions import WrongHostError, parse_session_request
+from chalicelib.settings import open_schedule_expression, reconcile_rate_expression
+from chalicelib.windows import UnknownWindowError, window_view
 
 app = Chalice(app_name="offsite", configure_logs=False)  # powertools owns the "offsite" logger
 logger = Logger(service="offsite")
 iam = IAMAuthorizer()
-_AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6})
-
-
-@functools.cache
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-@functools.cache
-def window_service() -> WindowService:
-    s = settings()
-    names = KeyParameters(s.key_prefix)
-    ports = Ports(
-        store=DynamoStore(boto3.client("dynamodb", config=_AWS_CONFIG), s.table_name),
-        compute=Ec2Compute(boto3.client("ec2", config=_AWS_CONFIG)),
-        scheduler=EventBridgeScheduler(boto3.client("scheduler", config=_AWS_CONFIG),
-                                       s.deadline_target_arn, s.scheduler_role_arn,
-                                       s.schedule_group),
-        notifier=SnsNotifier(boto3.client("sns", config=_AWS_CONFIG), s.topic_arn),
-        metrics=EmfMetrics(namespace="Offsite", service="offsite"),
-        boot=BootRenderer(lambda: read_parameter(names.ca_public), names.host_private,
-                          os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"],
-                          s.account_prefix),
-    )
-    return WindowService(s, ports)
-
-
-def read_parameter(name: str) -> str:
-    """An SSM parameter, decrypted, through powertools' cache."""
-    return str(_ssm().get(name, decrypt=True, max_age=CACHE_SECONDS))
-
-
-@functools.cache
-def _ssm() -> SSMProvider:
-    return SSMProvider(boto3_client=boto3.client("ssm", config=_AWS_CONFIG))
 
 
 def reset_caches() -> None:
-    """Drops the cached settings, clients and services (and the parameters read), as a new
-    Lambda container would start: for the local stack, tests and benches, which change the
-    environment between runs in one process."""
-    for getter in (settings, window_service, host_service, restore_service, session_service,
-                   authenticator, _ssm):
-        getter.cache_clear()
-
-
-@functools.cache
-def host_service() -> HostService:
-    ports = window_service().ports
-    return HostService(ports.store, ports.compute, settings().instance_id, utc_now,
-                       settings().account_prefix)
-
-
-@functools.cache
-def restore_service() -> RestoreService:
-    return RestoreService(window_service())
-
-
-@functools.cache
-def session_service() -> SessionService:
-    s, ports = settings(), window_service().ports
-    return SessionService(
-        store=ports.store, ca=CertificateAuthority(read_parameter, KeyParameters(s.key_prefix)),
-        metrics=ports.metrics, clock=utc_now,
-        next_window=lambda now: next_open(s.open_schedule, now),
-        policy=CertificatePolicy(
-            rrsync=s.rrsync, mount_root=s.mount_root, restore_root=s.restore_root,
-            port=s.ssh_port, endpoint=s.ssh_endpoint,
-            source_address=s.source_address, retry_after=s.retry_after,
-            account_prefix=s.account_prefix))
-
-
-@functools.cache
-def authenticator() -> HostAuthenticator:
-    return HostAuthenticator(window_service().ports.store, lambda: int(time.time()))
+    """Drops the cached settings, clients and services, as a new Lambda container would
+    start (chalicelib/composition.py)."""
+    reset()
 
 
 def api(path: str, method: str, admin: bool = True) -> Callable[[Callable[..., Any]], Any]:
@@ -227,10 +138,9 @@ def console_open(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @api("/v1/windows", "POST")
 def open_window() -> Response:
+    """Accepted: the shards' archives launch in invocations of their own (launch_shard)."""
     window = window_service().open_window("api", parse_open_request(_body()))
-    if window.state is State.FAILED:
-        raise WindowFailedError(window)
-    return Response(body=window_view(window), status_code=201)
+    return Response(body=window_view(window), status_code=202)
 
 
 @api("/v1/windows", "GET")
@@ -249,8 +159,10 @@ def get_window(window_id: str) -> dict[str, Any]:
 
 @api("/v1/windows/{window_id}/close", "POST")
 def close_window(window_id: str) -> dict[str, Any]:
-    decision = window_service().close_window(_window_id(window_id), by=_admin())
-    return {"window_id": window_id, "state": decision.target, "reason": decision.reason}
+    decisions = window_service().close_window(_window_id(window_id), by=_admin())
+    window = window_service().get_window(window_id)
+    return {"window_id": window_id, "state": window.state.value,
+            "reasons": [d.reason for d in decisions]}
 
 
 def _window_id(text: str) -> str:
@@ -264,16 +176,26 @@ def _window_id(text: str) -> str:
 @app.lambda_function(name="window_deadline")
 def window_deadline(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Invoked by the window's one-time Scheduler schedule with {"window_id": ...}."""
-    decision = window_service().on_deadline(str(event["window_id"]))
-    return {"reason": decision.reason}
+    decisions = window_service().on_deadline(str(event["window_id"]))
+    return {"reasons": [d.reason for d in decisions]}
+
+
+@app.lambda_function(name="launch_shard")
+def launch_shard(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Invoked asynchronously, once per shard, by the window's opening:
+    {"window_id": ..., "shard_id": ...}."""
+    outcome = window_service().launch_shard(str(event["window_id"]), str(event["shard_id"]))
+    logger.info("launch", extra={"window_id": event["window_id"],
+                                 "shard_id": event["shard_id"], "outcome": outcome})
+    return {"outcome": outcome}
 
 
 @app.schedule(reconcile_rate_expression(), name="reconciler")
 def reconciler(event: Any) -> None:
-    decision = window_service().reconcile()
-    if decision is not None:
-        logger.info("reconciled", extra={"reason": decision.reason})
-    window_service().sweep_restore_volumes()
+    decisions = window_service().reconcile()
+    if decisions:
+        logger.info("reconciled", extra={"reasons": [d.reason for d in decisions]})
+    window_service().sweep()
 
 
 # AWS events ------------------------------------------------------------------------------

@@ -1,47 +1,68 @@
-"""app.py's handlers against a moto server on loopback.
+"""A whole backup window of many hosts through app.py on a moto server:
+`python -m bench.moto_app`.
 
-Provisions what the deploy would (the table, the archive instance, one volume per host, the SNS
-topic, the schedule group), enrols the hosts, then drives whole windows through chalice's test
-client with events in the shapes AWS sends (tests/events/). boto3 finds the server through
-AWS_ENDPOINT_URL, with fake credentials; every client is checked to point at the server before
-the first call, and the environment is restored afterwards.
+Provisions what a deploy makes (two subnets in two zones, the launch template, the table, the
+SNS topic, the schedule group, the key material), enrols the hosts through `PUT /v1/hosts`,
+then drives one window through chalice's test client, phase by phase: `POST /v1/windows` (202),
+each shard's `launch_shard` invocation (Lambda would run them asynchronously; here one after
+the other), each archive's "running" notification, every host's signed `POST /v1/sessions` and
+`POST /v1/reports`, each archive's "stopped" notification, one EBS notification per snapshot,
+until the window is CLOSED. Events are in the shapes AWS sends (tests/events/). boto3 finds
+the server (local.aws.MotoServer: one request at a time, as DynamoDB's conditional writes are
+atomic) through AWS_ENDPOINT_URL, with fake credentials; every client is checked to point at it
+before the first call, and the environment is restored afterwards.
+
+Only the handler calls are timed and their AWS calls counted (a botocore `before-call` hook on
+a fresh default session); building events, signing requests and the bench's own checks are not.
 """
 
 from __future__ import annotations
 
-import copy
-import http.client
+import argparse
 import json
-import logging
+import math
 import os
+import platform
+import secrets
+import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from chalice.test import Client
-from moto.server import ThreadedMotoServer
+from nacl.signing import SigningKey
 
-import app as app_module
-from bench.handler_throughput import BenchError, Timings, expect_state, run_windows, succeeded
+from bench.quiet import quiet_output
 from chalicelib.adapters.dynamo_store import create_table
 from chalicelib.keys import KeyParameters, generate_key_material
-from chalicelib.records import Host
-from chalicelib.windows import WindowService, utc_now
+from chalicelib.launcher import launch_event
+from chalicelib.sshcert import ca_public_key_line
 
+__all__ = ["REPO", "BenchError", "fake_aws_env", "moto_server", "quiet_output", "scoped_env"]
+
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "tests" / "events"
-# The dev stage's names: chalice's test client sets the stage's variables on every invocation.
+# The dev stage: chalice's test client sets the stage's variables (.chalice/config.json).
 STAGE, TABLE, SCHEDULE_GROUP = "dev", "offsite-dev", "offsite-dev"
-KEYS = "/offsite/dev"
-MAX_DEADLINE_WAIT_S = 5.0
+KEYS = "/offsite/bench"
+API, AUTHORITY = "https://api.offsite.test", "api.offsite.test"
+PHASES = ("open", "launch", "running", "sessions", "reports", "stopped", "snapshots")
 
 
+class BenchError(RuntimeError):
+    pass
+
+
+# the moto server and the environment ---------------------------------------------------------
 @contextmanager
 def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, for None, unset) environment variables; put the old values back after."""
@@ -73,64 +94,139 @@ def fake_aws_env(endpoint: str) -> dict[str, str | None]:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """A moto server in a thread on a free loopback port; its endpoint URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    """The local stack's moto server (one request at a time) on a free loopback port, in this
+    process; its endpoint URL. Its accounts are emptied when it starts and stops."""
+    from local.aws import MotoServer, free_port
+
+    server = MotoServer(free_port())
     server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     try:
-        yield endpoint
+        yield server.endpoint
     finally:
-        try:
-            _reset(host, port)
-        finally:
-            server.stop()
-
-
-def _reset(host: str, port: int) -> None:
-    """The threaded server keeps its state in this process's moto backends: empty them."""
-    connection = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        connection.request("POST", "/moto-api/reset")
-        connection.getresponse().read()
-    finally:
-        connection.close()
+        server.stop()
 
 
 def check_endpoints(endpoint: str) -> None:
-    found = {boto3.client("dynamodb").meta.endpoint_url, boto3.client("ec2").meta.endpoint_url,
-             boto3.client("scheduler").meta.endpoint_url, boto3.client("sns").meta.endpoint_url}
+    found = {boto3.client(name).meta.endpoint_url
+             for name in ("dynamodb", "ec2", "scheduler", "sns", "ssm", "lambda")}
     if found != {endpoint}:
         raise BenchError(f"boto3 would not call the moto server only: {sorted(found)}")
 
 
-@dataclass(frozen=True)
-class MotoRig:
-    env: dict[str, str]  # the settings app.py reads
-    volumes: dict[str, str]  # host -> volume id
+# counting and timing -----------------------------------------------------------------------
+@contextmanager
+def counting_session() -> Iterator[Counter[str]]:
+    """A new default boto3 session, so that no credentials cached before are used, whose
+    clients count the API calls they make (service.Operation -> n); the previous default
+    session is put back after."""
+    previous, calls = boto3.DEFAULT_SESSION, Counter[str]()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[f"{model.service_model.service_name}.{model.name}"] += 1
+
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    boto3.DEFAULT_SESSION.events.register("before-call", count)
+    try:
+        yield calls
+    finally:
+        boto3.DEFAULT_SESSION = previous
 
 
-def provision(hosts: Sequence[str]) -> MotoRig:
+@dataclass
+class Phase:
+    name: str
+    samples: list[float] = field(default_factory=list)  # seconds, one per handler call
+    calls: Counter[str] = field(default_factory=Counter)  # service.Operation -> AWS calls
+
+    @property
+    def events(self) -> int:
+        return len(self.samples)
+
+    @property
+    def aws_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def busy_s(self) -> float:
+        return sum(self.samples)
+
+    def percentile_ms(self, p: float) -> float | None:
+        """Nearest rank (p99 of fewer than 100 calls is their maximum)."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return None
+        return 1000 * ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+class Stopwatch:
+    def __init__(self, calls: Counter[str]) -> None:
+        self._calls = calls
+        self.phases = {name: Phase(name) for name in PHASES}
+
+    def time(self, phase: str, call: Callable[[], T]) -> T:
+        before = Counter(self._calls)
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.phases[phase].samples.append(time.perf_counter() - start)
+            self.phases[phase].calls.update(self._calls - before)
+
+
+# the deploy and the window -----------------------------------------------------------------
+def provision(per_archive: int) -> dict[str, str | None]:
+    """What a deploy makes; the settings app.py reads (beside the dev stage's)."""
     ec2 = boto3.client("ec2")
-    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
-                                 InstanceType="t3.small")["Instances"][0]
-    instance_id = instance["InstanceId"]
-    ec2.stop_instances(InstanceIds=[instance_id])
-    zone = instance["Placement"]["AvailabilityZone"]
-    volumes = {h: ec2.create_volume(AvailabilityZone=zone, Size=10)["VolumeId"] for h in hosts}
+    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.7.{i}.0/24",
+                                 AvailabilityZone=f"us-east-1{zone}")["Subnet"]["SubnetId"]
+               for i, zone in enumerate("ab")]
+    template = ec2.create_launch_template(
+        LaunchTemplateName="offsite-dev-archive",
+        LaunchTemplateData={"MetadataOptions": {"HttpTokens": "required"}})[
+        "LaunchTemplate"]["LaunchTemplateId"]
     topic = boto3.client("sns").create_topic(Name="offsite")["TopicArn"]
     boto3.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
     create_table(boto3.client("dynamodb"), TABLE)
-    ssm = boto3.client("ssm")  # the boot config of each open reads the CA's public key
+    ssm = boto3.client("ssm")
     for name, value, kind in generate_key_material("bench").parameters(KeyParameters(KEYS)):
         ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
-    env = {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEYS, "SCHEDULE_GROUP": SCHEDULE_GROUP,
-           "INSTANCE_ID": instance_id,
-           "INSTANCE_TYPES": "t3.small,t3a.small", "TOPIC_ARN": topic, "WINDOW_HOURS": "3.6",
-           "DEADLINE_TARGET_ARN":
-               "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline",
-           "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/offsite-scheduler"}
-    return MotoRig(env, volumes)
+    return {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEYS, "SCHEDULE_GROUP": SCHEDULE_GROUP,
+            "INSTANCE_TYPES": "t3.small,t3a.small", "IMAGE_ID_X86_64": "ami-12c6146b",
+            "SUBNET_IDS": ",".join(subnets), "LAUNCH_TEMPLATE": template,
+            "HOSTS_PER_ARCHIVE": str(per_archive), "SSH_ADDRESS": "private",
+            "TOPIC_ARN": topic, "WINDOW_HOURS": "3.6", "LAUNCH_FUNCTION": None,
+            "DEADLINE_TARGET_ARN":
+                "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline",
+            "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/offsite-scheduler"}
+
+
+class QueuedLauncher:
+    """Lambda's asynchronous Invoke of launch_shard, one per shard: queued here, each then
+    invoked by the bench as a phase of its own."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str]] = []
+
+    def launch(self, window_id: str, shard_ids: Sequence[str]) -> None:
+        self.queued.extend((window_id, s) for s in shard_ids)
+
+
+@contextmanager
+def queued_launches() -> Iterator[QueuedLauncher]:
+    """composition's launcher replaced by a queue, app.py's caches dropped before and after."""
+    import app as app_module
+    from chalicelib import composition
+
+    launcher, original = QueuedLauncher(), composition._launcher
+    composition._launcher = lambda settings: launcher  # type: ignore[assignment]
+    app_module.reset_caches()
+    try:
+        yield launcher
+    finally:
+        composition._launcher = original
+        app_module.reset_caches()
 
 
 def aws_event(name: str, **detail: Any) -> dict[str, Any]:
@@ -147,105 +243,227 @@ def snapshot_event(snapshot_id: str, volume_id: str) -> dict[str, Any]:
     return event
 
 
-class AppDriver:
-    """Windows through app.py's handlers; reports through the service the handlers use."""
+class AppWindow:
+    """One window through app.py's handlers, phase by phase."""
 
-    def __init__(self, client: Any, service: WindowService, instance_id: str) -> None:
-        self._client, self._service = client, service
-        self._states = {s: aws_event(f"ec2-state-{s}.json", **{"instance-id": instance_id})
-                        for s in ("running", "stopped")}
+    def __init__(self, client: Any, watch: Stopwatch, launcher: QueuedLauncher,
+                 keys: Mapping[str, SigningKey]) -> None:
+        self._client, self._watch, self._launcher, self._keys = client, watch, launcher, keys
+        self.window_id = ""
 
-    def open(self, duration_hours: float | None) -> str:
-        body = {} if duration_hours is None else {"duration_hours": duration_hours}
-        answer = self._client.http.post("/v1/windows", body=json.dumps(body).encode(),
-                                        headers={"Content-Type": "application/json"})
-        if answer.status_code != 201:
-            raise BenchError(f"POST /v1/windows answered {answer.status_code}: "
-                             f"{answer.json_body}")
-        return str(answer.json_body["window_id"])
+    def _request(self, method: str, path: str, body: Any, host: str | None = None) -> Any:
+        # mypy cannot follow setuptools' editable-install finder to offsite_host (see
+        # bench/sessions.py).
+        from offsite_host.httpsig import (  # type: ignore[import-not-found, unused-ignore]
+            sign_request,
+        )
 
-    def instance_state(self, state: str) -> None:
-        self._client.lambda_.invoke("instance_state", copy.deepcopy(self._states[state]))
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if host is not None:
+            headers = {"Host": AUTHORITY, **sign_request(
+                method, API + path, data, self._keys[host], keyid=host,
+                created=int(time.time()), nonce=secrets.token_urlsafe(16))}
+        return self._client.http.request(method, path, body=data, headers=headers)
 
-    def report(self, window_id: str, host: str) -> None:
-        self._service.record_report(succeeded(window_id, host))
+    def _expect(self, answer: Any, status: int, what: str) -> Any:
+        if answer.status_code != status:
+            raise BenchError(f"{what} answered {answer.status_code}: {answer.json_body}")
+        return answer.json_body
 
-    def wait_for_deadline(self, window_id: str) -> None:
-        left = (self._service.get_window(window_id).deadline - utc_now()).total_seconds()
-        time.sleep(min(max(0.0, left) + 0.01, MAX_DEADLINE_WAIT_S))
+    def enrol(self, host: str) -> None:
+        body = {"public_key": ca_public_key_line(self._keys[host])}
+        self._expect(self._client.http.put(f"/v1/hosts/{host}", body=json.dumps(body).encode(),
+                                           headers={"Content-Type": "application/json"}),
+                     201, f"PUT /v1/hosts/{host}")
 
-    def deadline(self, window_id: str) -> None:
-        self._client.lambda_.invoke("window_deadline", {"window_id": window_id})
+    def open(self) -> None:
+        answer = self._watch.time("open", lambda: self._request("POST", "/v1/windows", {}))
+        self.window_id = str(self._expect(answer, 202, "POST /v1/windows")["window_id"])
 
-    def snapshot_deliveries(self, window_id: str) -> list[Callable[[], None]]:
-        records = self._service.ports.store.snapshot_records(window_id)
-        return [partial(self._client.lambda_.invoke, "snapshot_state",
-                        snapshot_event(r.snapshot_id, r.volume_id))
-                for r in records if r.snapshot_id]
+    def launch(self) -> None:
+        queued, self._launcher.queued = self._launcher.queued, []
+        for window_id, shard_id in queued:
+            self._watch.time("launch", partial(self._client.lambda_.invoke, "launch_shard",
+                                               launch_event(window_id, shard_id)))
 
-    def expect(self, window_id: str, state: str) -> None:
-        expect_state(self._service, window_id, state)
+    def view(self) -> dict[str, Any]:
+        return dict(self._expect(self._client.http.get(f"/v1/windows/{self.window_id}"), 200,
+                                 "GET /v1/windows/{id}"))
+
+    def instances(self) -> list[str]:
+        return [s["instance_id"] for s in self.view()["shards"] if s["instance_id"]]
+
+    def instance_states(self, state: str) -> None:
+        phase = "running" if state == "running" else "stopped"
+        for instance_id in self.instances():
+            event = aws_event(f"ec2-state-{state}.json", **{"instance-id": instance_id})
+            self._watch.time(phase, partial(self._client.lambda_.invoke, "instance_state",
+                                            event))
+
+    def sessions(self) -> None:
+        for host in sorted(self._keys):
+            body = {"host": host, "purpose": "backup",
+                    "ssh_public_key": ca_public_key_line(SigningKey.generate())}
+            answer = self._watch.time("sessions", partial(self._request, "POST",
+                                                          "/v1/sessions", body, host))
+            self._expect(answer, 201, f"POST /v1/sessions for {host}")
+
+    def reports(self) -> None:
+        for host in sorted(self._keys):
+            body = {"host": host, "window_id": self.window_id, "status": "succeeded",
+                    "bytes_sent": 1234, "files": 5, "duration_s": 2.0, "detail": ""}
+            answer = self._watch.time("reports", partial(self._request, "POST", "/v1/reports",
+                                                         body, host))
+            self._expect(answer, 200, f"POST /v1/reports for {host}")
+
+    def snapshots(self) -> None:
+        snaps = boto3.client("ec2").describe_snapshots(OwnerIds=["self"], Filters=[
+            {"Name": "tag:offsite:window", "Values": [self.window_id]}])["Snapshots"]
+        for snap in snaps:
+            event = snapshot_event(snap["SnapshotId"], snap["VolumeId"])
+            self._watch.time("snapshots", partial(self._client.lambda_.invoke, "snapshot_state",
+                                                  event))
+
+    def expect(self, state: str) -> dict[str, Any]:
+        view = self.view()
+        if view["state"] != state:
+            raise BenchError(f"window {self.window_id} is {view['state']}, not {state}: "
+                             f"{view['reason']}")
+        return view
 
 
-@contextmanager
-def _fresh_app() -> Iterator[None]:
-    """app.py's cached settings and clients, built anew here and dropped after."""
-    app_module.reset_caches()
-    try:
-        yield
-    finally:
-        app_module.reset_caches()
+@dataclass(frozen=True)
+class Result:
+    hosts: int
+    archives: int
+    phases: tuple[Phase, ...]
+    wall_s: float  # the whole window with the harness
+    left: tuple[str, ...]  # instances or volumes of the window left behind (none, we hope)
+
+    @property
+    def aws_calls(self) -> int:
+        return sum(p.aws_calls for p in self.phases)
 
 
-@contextmanager
-def counting_session() -> Iterator[Callable[[], int]]:
-    """A new default boto3 session, so that no credentials cached before are used, whose
-    clients count the API calls they make; the previous default session is put back after."""
-    previous, calls = boto3.DEFAULT_SESSION, [0]
-
-    def count(**_: Any) -> None:
-        calls[0] += 1
-
-    boto3.setup_default_session()
-    assert boto3.DEFAULT_SESSION is not None
-    boto3.DEFAULT_SESSION.events.register("before-call", count)
-    try:
-        yield lambda: calls[0]
-    finally:
-        boto3.DEFAULT_SESSION = previous
+def host_names(count: int) -> list[str]:
+    width = max(3, len(str(count - 1)))
+    return [f"host-{i:0{width}d}" for i in range(count)]
 
 
-def measure_on_moto(hosts: Sequence[str], plan: Sequence[bool]) -> Timings:
-    with moto_server() as endpoint, scoped_env(fake_aws_env(endpoint)), \
-            counting_session() as aws_calls:
+def run_window(hosts: int, per_archive: int) -> Result:
+    """Provision a moto server, enrol the hosts, drive one window to CLOSED."""
+    # chalice's test client sets AWS_EXECUTION_ENV, as Lambda does, and leaves it set.
+    kept = {"AWS_EXECUTION_ENV": os.environ.get("AWS_EXECUTION_ENV")}
+    with scoped_env(kept), moto_server() as endpoint, scoped_env(fake_aws_env(endpoint)), \
+            counting_session() as calls:
         check_endpoints(endpoint)
-        rig = provision(hosts)
-        with scoped_env(rig.env), _fresh_app(), warnings.catch_warnings(), \
-                Client(app_module.app, stage_name=STAGE, project_dir=str(REPO)) as client:
+        env = provision(per_archive)
+        with scoped_env(env), queued_launches() as launcher, warnings.catch_warnings(), \
+                Client(_app(), stage_name=STAGE, project_dir=str(REPO)) as client:
             warnings.filterwarnings("ignore", "IAMAuthorizer is not a supported in local mode")
-            service = app_module.window_service()
-            for name, volume in rig.volumes.items():
-                service.ports.store.put_host(Host(name, "ssh-ed25519 BENCH", True, volume,
-                                                  utc_now()))
-            driver = AppDriver(client, service, rig.env["INSTANCE_ID"])
-            return run_windows(driver, hosts, plan, "app.py handlers on moto server", aws_calls)
+            watch = Stopwatch(calls)
+            keys = {name: SigningKey.generate() for name in host_names(hosts)}
+            window = AppWindow(client, watch, launcher, keys)
+            for host in keys:
+                window.enrol(host)
+            start = time.perf_counter()
+            _drive(window)
+            wall = time.perf_counter() - start
+            view = window.expect("CLOSED")
+            return Result(hosts, len(view["shards"]), tuple(watch.phases.values()), wall,
+                          _left_behind(window.window_id))
 
 
-@contextmanager
-def quiet_output() -> Iterator[None]:
-    """The service's JSON log lines and EMF metrics and moto's request log go nowhere meanwhile.
-    They are still formatted, so what they cost stays in the figures."""
-    offsite = [h for h in logging.getLogger("offsite").handlers
-               if isinstance(h, logging.StreamHandler)]
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    with open(os.devnull, "w") as sink, redirect_stdout(sink):
-        streams = [h.setStream(sink) for h in offsite]
-        werkzeug.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            werkzeug.setLevel(level)
-            for handler, stream in zip(offsite, streams, strict=True):
-                if stream is not None:
-                    handler.setStream(stream)
+def _app() -> Any:
+    import app as app_module
+
+    return app_module.app
+
+
+def _drive(window: AppWindow) -> None:
+    window.open()
+    window.expect("OPENING")
+    window.launch()
+    window.instance_states("running")
+    window.expect("OPEN")
+    window.sessions()
+    window.reports()
+    window.expect("CLOSING")
+    window.instance_states("stopped")
+    window.expect("SNAPSHOTTING")
+    window.snapshots()
+
+
+def _left_behind(window_id: str) -> tuple[str, ...]:
+    ec2 = boto3.client("ec2")
+    tag: Any = [{"Name": "tag:offsite:window", "Values": [window_id]}]
+    instances = [i["InstanceId"] for r in ec2.describe_instances(Filters=tag)["Reservations"]
+                 for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+    volumes = [v["VolumeId"] for v in ec2.describe_volumes(Filters=tag)["Volumes"]]
+    return tuple(instances + volumes)
+
+
+# the report ----------------------------------------------------------------------------------
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def report(result: Result, top: int = 3) -> str:
+    from bench.window_overhead import table
+
+    header = ["phase", "events", "wall s", "p50 ms", "p99 ms", "AWS calls", "calls/event",
+              "calls/host", "most called"]
+    rows = []
+    for p in result.phases:
+        most = ", ".join(f"{op} {n}" for op, n in p.calls.most_common(top))
+        rows.append([p.name, f"{p.events:,}", f"{p.busy_s:.2f}", _ms(p.percentile_ms(50)),
+                     _ms(p.percentile_ms(99)), f"{p.aws_calls:,}",
+                     f"{p.aws_calls / p.events:.2f}" if p.events else "-",
+                     f"{p.aws_calls / result.hosts:.2f}", most])
+    events = sum(p.events for p in result.phases)
+    busy = sum(p.busy_s for p in result.phases)
+    left = ", ".join(result.left) or "nothing"
+    return "\n".join([
+        f"One window of {result.hosts:,} hosts in {result.archives} archives through app.py on "
+        f"a moto server, from POST /v1/windows to CLOSED", "",
+        table(header, rows), "",
+        f"{events:,} handler calls, {result.aws_calls:,} AWS calls in {busy:.1f} s "
+        f"(wall {result.wall_s:.1f} s with the harness): "
+        f"{result.aws_calls / result.hosts:.2f} AWS calls per host, "
+        f"{result.aws_calls / events:.2f} per handler call, {1000 * busy / events:.1f} ms per "
+        "handler call",
+        f"left behind after CLOSED (instances not terminated, volumes): {left}"])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.moto_app", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hosts", type=int, default=200, metavar="N", help="hosts (default 200)")
+    p.add_argument("--hosts-per-archive", type=int, default=20, metavar="N",
+                   help="HOSTS_PER_ARCHIVE (default 20)")
+    p.add_argument("--quick", action="store_true", help="40 hosts in 2 archives")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.hosts = 40
+    if args.hosts < 1:
+        p.error("--hosts: want 1 or more")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"Offsite app on moto, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs\n")
+    try:
+        with quiet_output():
+            result = run_window(args.hosts, args.hosts_per_archive)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    print(report(result))
+    return 0 if not result.left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

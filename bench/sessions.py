@@ -54,8 +54,8 @@ from nacl.signing import SigningKey
 from offsite_host.httpsig import sign_request  # type: ignore[import-not-found, unused-ignore]
 
 import app as app_module
-from bench.handler_throughput import BenchError
-from bench.moto_app import REPO, fake_aws_env, moto_server, quiet_output, scoped_env
+from bench.moto_app import REPO, BenchError, fake_aws_env, moto_server, quiet_output, scoped_env
+from chalicelib import composition
 from chalicelib.adapters.dynamo_store import DynamoStore, create_table
 from chalicelib.host_auth import NONCE_TTL_SECONDS, HostAuthenticator
 from chalicelib.httpsig import SignedRequest, verify_request
@@ -64,7 +64,7 @@ from chalicelib.payloads import parse_json_object
 from chalicelib.records import Host
 from chalicelib.sessions import SessionService, parse_session_request
 from chalicelib.sshcert import CertificateSpec, ca_public_key_line, sign_user_certificate
-from chalicelib.window import State, Window
+from chalicelib.window import Shard, State, Window
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 HOSTS = ("c", "h", "o", "l")
 API, AUTHORITY, PATH = "https://api.offsite.test", "api.offsite.test", "/v1/sessions"
 TABLE, KEY_PREFIX, WINDOW_ID = "offsite-bench", "/offsite/bench", "w-20261129T020000Z-bench"
-APP_ENV = {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEY_PREFIX, "INSTANCE_ID": "i-0bench",
+APP_ENV = {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEY_PREFIX,
            "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:offsite",
            "DEADLINE_TARGET_ARN": "arn:aws:lambda:us-east-1:123456789012:function:deadline",
            "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/offsite-scheduler",
@@ -127,9 +127,9 @@ class TimedStore(DynamoStore):
         with self._timing(NONCE_PUT):
             return super().remember_nonce(keyid, nonce, now, expires_at)
 
-    def active_window_id(self) -> str | None:
+    def active_window_id(self, guard: str = "BACKUP") -> str | None:
         with self._timing(WINDOW_READ):
-            return super().active_window_id()
+            return super().active_window_id(guard)
 
     def get_window(self, window_id: str) -> Window | None:
         with self._timing(WINDOW_READ):
@@ -207,14 +207,17 @@ def provision(endpoint: str) -> SessionRig:
     put_key_material(ssm, generate_key_material("offsite-bench"))
     store, now = TimedStore(client, TABLE), datetime.now(timezone.utc)
     keys = {host: SigningKey.generate() for host in HOSTS}
-    for i, (host, key) in enumerate(keys.items()):
-        store.put_host(Host(host, ca_public_key_line(key), True, f"vol-{i:017x}", now))
+    for host, key in keys.items():
+        store.put_host(Host(host, ca_public_key_line(key), True, now))
+    shard = Shard("s01", frozenset(HOSTS), State.OPENING, now, entered={"OPENING": now})
     store.create_window(Window(WINDOW_ID, State.OPENING, now, now + timedelta(hours=3.6),
-                               frozenset(HOSTS), "i-0bench", "bench", now))
-    store.transition(WINDOW_ID, State.OPENING, State.OPEN, "bench: instance running", now,
-                     address="203.0.113.10")
-    service = dataclasses.replace(app_module.session_service(), store=store)
-    return SessionRig(client, store, HostAuthenticator(store, lambda: int(time.time())),
+                               frozenset(HOSTS), "bench", now, shards={"s01": shard},
+                               entered={"OPENING": now}))
+    store.transition_shard(WINDOW_ID, "s01", State.OPENING, State.OPEN,
+                           "bench: instance running", now, address="203.0.113.10")
+    store.transition(WINDOW_ID, State.OPENING, State.OPEN, "bench: its one archive is open", now)
+    service = dataclasses.replace(composition.session_service(), store=store)
+    return SessionRig(client, store, HostAuthenticator(store, store, lambda: int(time.time())),
                       service, keys)
 
 

@@ -1,13 +1,16 @@
-"""What a backup window costs beyond the transfers themselves: `python -m bench.window_overhead`.
+"""What a backup window of an archive fleet costs beyond the transfers themselves:
+`python -m bench.window_overhead`.
 
-1. Instance time: one window simulated with a fake clock (bench/simulated_window.py); billed
-   instance seconds over the longest host transfer, beside the same for an instance kept up for
-   the whole window as the seed setup did, and a window whose deadline closes it.
-2. Handler time: whole windows of events through app.py's handlers on a moto server
-   (bench/moto_app.py), beside the same events through the service on in-memory fakes
-   (bench/handler_throughput.py).
+1. Instance time: one window of log-normal transfers on its archives (one per shard of at most
+   HOSTS_PER_ARCHIVE hosts), simulated with a fake clock (bench/simulated_window.py): billed
+   instance seconds over the sum of each archive's longest transfer, beside the same archives
+   kept up for the whole window, one host that never reports, and the single instance that
+   served every host before issue 11.
+2. AWS calls: the same simulation at several sizes, the API calls the service makes through its
+   ports per host and per event: they must not grow with the number of hosts.
 
-See bench/README.md for how to read the figures.
+bench/moto_app.py drives a whole window through app.py on a moto server. See bench/README.md
+for how to read the figures.
 """
 
 from __future__ import annotations
@@ -20,28 +23,28 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from bench.handler_throughput import (
-    HANDLERS,
-    BenchError,
-    Timings,
-    deadline_plan,
-    measure_on_fakes,
-)
-from bench.moto_app import measure_on_moto, quiet_output
+from bench.quiet import quiet_output
 from bench.simulated_window import (
+    EVENT_KINDS,
     Scenario,
     SimulationError,
     WindowRun,
     kept_up_billed_s,
     random_transfers,
     simulate,
+    single_instance_billed_s,
 )
+from chalicelib.fleet import FleetConfigError, check_hosts_per_archive
 from chalicelib.names import InvalidHostNameError, check_host_name
 
-DEFAULT_HOSTS = "c=420,h=900,o=60,l=1800"
+DEFAULT_SCALES = "100,500,1000"
 
 
-def parse_hosts(spec: str) -> dict[str, float]:
+class BenchError(RuntimeError):
+    pass
+
+
+def parse_transfers(spec: str) -> dict[str, float]:
     """`c=420,h=900` -> {"c": 420.0, "h": 900.0}: host name = transfer seconds."""
     hosts: dict[str, float] = {}
     for item in spec.split(","):
@@ -65,13 +68,6 @@ def _positive(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: want 0 or more")
-    return value
-
-
 def _some(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -79,16 +75,32 @@ def _some(text: str) -> int:
     return value
 
 
+def _per_archive(text: str) -> int:
+    try:
+        return check_hosts_per_archive(int(text))
+    except (ValueError, FleetConfigError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({_some(v) for v in text.split(",")}))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: want host counts, 100,500,1000") from exc
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.window_overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hosts", type=parse_hosts, default=parse_hosts(DEFAULT_HOSTS),
-                   help=f"host=transfer seconds, ... (default {DEFAULT_HOSTS})")
-    p.add_argument("--random", type=_count, metavar="N", default=0,
-                   help="N hosts with log-normal transfer times (median 600 s) instead")
-    p.add_argument("--seed", type=int, default=2026, help="seed of --random (default 2026)")
+    p.add_argument("--hosts", type=_some, default=1000, metavar="N",
+                   help="hosts with log-normal transfer times, median 600 s (default 1000)")
+    p.add_argument("--transfers", type=parse_transfers, metavar="HOST=S,...",
+                   help="these hosts' transfer seconds instead (c=420,h=900,o=60,l=1800)")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the transfers (default 2026)")
+    p.add_argument("--hosts-per-archive", type=_per_archive, default=20, metavar="N",
+                   help="HOSTS_PER_ARCHIVE (default 20)")
     p.add_argument("--boot", type=_positive, default=30.0, metavar="S",
-                   help="StartInstances to the 'running' event (default 30 s)")
+                   help="RunInstances to the 'running' event (default 30 s)")
     p.add_argument("--stop", type=_positive, default=45.0, metavar="S",
                    help="StopInstances to the 'stopped' event (default 45 s)")
     p.add_argument("--snapshot", type=_positive, default=300.0, metavar="S",
@@ -96,29 +108,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--window-hours", type=_positive, default=3.6, metavar="H",
                    help="the window's length (default 3.6)")
     p.add_argument("--never-finishes", metavar="HOST",
-                   help="the host of the deadline case (default: the longest transfer)")
-    p.add_argument("--windows", type=_some, default=20, metavar="N",
-                   help="windows through the handlers (default 20)")
-    p.add_argument("--deadline-windows", type=_count, default=4, metavar="N",
-                   help="how many of those the deadline closes (default 4)")
-    p.add_argument("--handler-hosts", type=_some, default=4, metavar="N",
-                   help="hosts per window through the handlers, at most the simulated ones "
-                        "(default 4)")
-    p.add_argument("--no-moto", action="store_true",
-                   help="time the handlers on the in-memory fakes only")
-    p.add_argument("--quick", action="store_true",
-                   help="3 windows through the handlers, 1 closed by the deadline")
-    p.add_argument("--trace", action="store_true", help="print the simulated windows' events")
+                   help="the host that never reports (default: the longest transfer)")
+    p.add_argument("--scales", type=_scales, default=_scales(DEFAULT_SCALES), metavar="N,N,...",
+                   help=f"host counts of the AWS-call table (default {DEFAULT_SCALES})")
+    p.add_argument("--quick", action="store_true", help="60 hosts; AWS calls at 20 and 60")
+    p.add_argument("--trace", action="store_true", help="print the windows' events")
     args = p.parse_args(argv)
     if args.quick:
-        args.windows, args.deadline_windows = 3, 1
+        args.hosts, args.scales = 60, (20, 60)
     return args
 
 
-def scenario_from(args: argparse.Namespace) -> Scenario:
-    transfers = random_transfers(args.random, args.seed) if args.random else args.hosts
+def scenario_from(args: argparse.Namespace, hosts: int | None = None) -> Scenario:
+    transfers = args.transfers if args.transfers and hosts is None else \
+        random_transfers(hosts or args.hosts, args.seed)
     return Scenario(transfers=transfers, boot_s=args.boot, stop_s=args.stop,
-                    snapshot_s=args.snapshot, window_hours=args.window_hours)
+                    snapshot_s=args.snapshot, window_hours=args.window_hours,
+                    hosts_per_archive=args.hosts_per_archive)
 
 
 def deadline_scenario(scenario: Scenario, host: str | None = None) -> Scenario:
@@ -140,78 +146,142 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: in
 
 
 def _hosts(count: int) -> str:
-    return f"{count} host" if count == 1 else f"{count} hosts"
+    return f"{count:,} host" if count == 1 else f"{count:,} hosts"
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def ratio(run: WindowRun) -> float | None:
+    """Over the archives their last report closed: billed seconds over the sum of their
+    longest transfers (None when the deadline closed every archive)."""
+    return run.billed_by_reports_s / run.sum_longest_s if run.by_reports else None
 
 
-def instance_time_report(scenario: Scenario, runs: Sequence[WindowRun]) -> str:
-    kept, longest = kept_up_billed_s(scenario), scenario.longest_transfer_s
-    rows = [["kept up for the whole window (seed)", "a timer", f"{kept:,}", "-",
-             _seconds(longest), f"{kept / longest:.2f}", "1.000"]]
-    rows.extend(_run_row(run, kept) for run in runs)
-    header = ["case", "closed by", "billed s", "metric s", "longest transfer s",
-              "billed/longest", "vs kept-up"]
-    return "\n".join([
-        f"1. Instance time per window (simulated, fake clock): {_hosts(len(scenario.transfers))}, "
-        f"boot {scenario.boot_s:g} s, stop {scenario.stop_s:g} s, snapshots "
-        f"{scenario.snapshot_s:g} s, window {scenario.window_hours:g} h",
-        "   billed = StartInstances to the 'stopped' event, per second, 60 s minimum per start;",
-        "   metric = the InstanceSecondsBilled the service records",
-        "", table(header, rows, text_columns=2)])
+def excess_ratio(run: WindowRun) -> float | None:
+    """The same, less each archive's boot and stop: 1.00 is an archive up exactly while its
+    slowest host sends."""
+    if not run.by_reports:
+        return None
+    fixed = len(run.by_reports) * (run.scenario.boot_s + run.scenario.stop_s)
+    return (run.billed_by_reports_s - fixed) / run.sum_longest_s
 
 
-def _run_row(run: WindowRun, kept_up_s: int) -> list[str]:
-    hosts, missed, longest = len(run.scenario.transfers), sorted(run.missed), \
-        run.scenario.longest_transfer_s
-    if missed:  # its longest transfer never ended: no ratio to it
-        names = ", ".join(missed[:3]) + (" ..." if len(missed) > 3 else "")
-        case, ratio = f"on demand, {names} never reported", "-"
-    else:
-        case, ratio = "on demand, every host reports", f"{run.billed_s / longest:.2f}"
-    closed_by = "the deadline" if run.closing_event == "deadline" else "the last report"
-    return [case, f"{closed_by} ({hosts - len(missed)}/{hosts} in)", f"{run.billed_s:,}",
-            _seconds(run.metric_billed_s), _seconds(longest), ratio,
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def instance_time_report(scenario: Scenario, every: WindowRun, missing: WindowRun) -> str:
+    archives = len(every.shards)
+    kept = kept_up_billed_s(scenario, archives)
+    kept_ratio = kept_up_billed_s(scenario, len(every.by_reports)) / every.sum_longest_s \
+        if every.by_reports else None
+    longest = max(scenario.transfers[h] for h in every.reported)
+    single = single_instance_billed_s(replace(scenario, transfers={"all": longest}))
+    rows = [
+        ["kept up for the whole window (the seed's way)", "a timer", f"{archives}",
+         f"{kept:,}", "-", f"{every.sum_longest_s:,.0f}", _ratio(kept_ratio), "-", "1.000"],
+        _run_row("on demand, each archive stopped by its last report", every, kept),
+        _run_row(f"the same, but {_names(missing.scenario.never_finish)} never reports", missing,
+                 kept),
+        ["one instance for every host (before issue 11)", "the last report", "1",
+         f"{single:,}", "-", f"{longest:,.0f}", f"{single / longest:.3f}",
+         f"{(single - scenario.boot_s - scenario.stop_s) / longest:.3f}", "-"],
+    ]
+    header = ["case", "closed by", "archives", "billed s", "metric s", "sum longest s",
+              "billed/longest", "less boot+stop", "vs kept-up"]
+    source = "given transfers" if len(scenario.transfers) < 10 and all(
+        not h.startswith("host-") for h in scenario.transfers) else \
+        "log-normal transfers, median 600 s"
+    lines = [
+        f"1. Instance time per window (simulated, fake clock): {_hosts(len(scenario.transfers))}"
+        f" ({source}) in {archives} archive{'' if archives == 1 else 's'} of at most "
+        f"{scenario.hosts_per_archive}, boot "
+        f"{scenario.boot_s:g} s, stop {scenario.stop_s:g} s, snapshots {scenario.snapshot_s:g} s,"
+        f" window {scenario.window_hours:g} h",
+        "   billed = each archive's RunInstances to its 'stopped' event, per second, 60 s "
+        "minimum, summed; metric = the InstanceSecondsBilled the service records;",
+        "   sum longest = over the archives their last report closed, each one's longest "
+        "transfer (last row: the longest that ends in the window);",
+        "   billed/longest = those archives' billed s over it; less boot+stop = the same less "
+        "each one's boot and stop",
+        "", table(header, rows, text_columns=2), ""]
+    lines.extend(_missing_lines(every, missing))
+    if every.missed:
+        lines.append(f"   transfers longer than the window: {_names(every.missed)} "
+                     f"({_hosts(len(every.missed))}); their archives close at the deadline and "
+                     "are left out of the ratios")
+    return "\n".join(lines)
+
+
+def _names(hosts: frozenset[str]) -> str:
+    names = sorted(hosts)
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
+def _closed_by(run: WindowRun) -> str:
+    by_deadline = sum(1 for s in run.shards if s.closing_event == "deadline")
+    reported = f"{len(run.reported)}/{run.hosts} in"
+    if not by_deadline:
+        return f"each its last report ({reported})"
+    return f"{len(run.shards) - by_deadline} reports, {by_deadline} deadline ({reported})"
+
+
+def _run_row(case: str, run: WindowRun, kept_up_s: int) -> list[str]:
+    return [case, _closed_by(run), f"{len(run.shards)}", f"{run.billed_s:,}",
+            "-" if run.metric_billed_s is None else f"{run.metric_billed_s:,.0f}",
+            f"{run.sum_longest_s:,.0f}", _ratio(ratio(run)), _ratio(excess_ratio(run)),
             f"{run.billed_s / kept_up_s:.3f}"]
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _missing_lines(every: WindowRun, missing: WindowRun) -> list[str]:
+    """Which archives the host that never reported kept up, and what the others cost."""
+    before = {s.shard_id: s for s in every.shards}
+    kept_up = [s for s in missing.shards if s.closing_event == "deadline"
+               and before[s.shard_id].closing_event != "deadline"]
+    others = [s for s in missing.shards if s.closing_event == "report"]
+    same = all(before[s.shard_id].billed_s == s.billed_s for s in others)
+    was = sum(before[s.shard_id].billed_s for s in kept_up)
+    return [f"   {_names(missing.scenario.never_finish)} never reporting kept archive "
+            f"{', '.join(s.shard_id for s in kept_up) or 'none'} up until the deadline "
+            f"({sum(s.billed_s for s in kept_up):,} s billed instead of {was:,}); the "
+            f"{len(others)} archives closed by their reports were billed "
+            f"{sum(s.billed_s for s in others):,} s, "
+            f"{'the same as' if same else 'NOT the same as'} without it"]
 
 
-def handler_report(fakes: Timings, moto: Timings | None, hosts: int, plan: Sequence[bool]) -> str:
-    header = ["handler", "events", "AWS calls/event", "moto p50 ms", "moto p99 ms",
-              "fakes p50 ms", "fakes p99 ms", "moto/fakes p50"]
+def calls_report(runs: Sequence[WindowRun]) -> str:
+    header = ["AWS calls per event", *(_hosts(r.hosts) for r in runs)]
     rows = []
-    for h in HANDLERS:
-        m50, f50 = (moto.percentile_ms(h, 50) if moto else None), fakes.percentile_ms(h, 50)
-        ratio = f"{m50 / f50:.0f}x" if m50 is not None and f50 else "-"
-        calls = moto.aws_calls_per_event(h) if moto else None
-        rows.append([h, str(len(fakes.samples[h])), "-" if calls is None else f"{calls:.1f}",
-                     _ms(m50), _ms(moto.percentile_ms(h, 99) if moto else None), _ms(f50),
-                     _ms(fakes.percentile_ms(h, 99)), ratio])
-    lines = [f"2. Window events through the handlers: {len(plan)} windows of {_hosts(hosts)}, "
-             f"{sum(plan)} closed by the deadline", "", table(header, rows), ""]
-    for t in (moto, fakes):
-        if t is not None:
-            counted = f", {sum(t.aws_calls.values())} AWS calls" if t.aws_calls else ""
-            lines.append(f"{t.label}: {t.events} events{counted} in {t.busy_s:.2f} s "
-                         f"(wall {t.wall_s:.1f} s with the harness)\n"
-                         f"    {t.events_per_s:,.1f} events/s, {t.ms_per_event:.2f} ms/event, "
-                         f"CPU {t.cpu_ms_per_event:.2f} ms/event")
-    if moto is not None:
-        lines.append(f"moto server / in-memory fakes, per event: "
-                     f"{moto.ms_per_event / fakes.ms_per_event:.0f}x")
-    return "\n".join(lines)
+    for kind in EVENT_KINDS:
+        cells = []
+        for run in runs:
+            events, calls = run.log.events.get(kind, 0), run.log.per_kind().get(kind, 0)
+            cells.append(f"{calls / events:.2f} ({events:,})" if events else "-")
+        rows.append([kind, *cells])
+    rows.append(["every event", *(f"{r.log.total / r.events:.2f} ({r.events:,})"
+                                  for r in runs)])
+    rows.append(["AWS calls per host", *(f"{r.log.total / r.hosts:.2f}" for r in runs)])
+    rows.append(["AWS calls per window", *(f"{r.log.total:,}" for r in runs)])
+    rows.append(["archives", *(f"{len(r.shards)}" for r in runs)])
+    return "\n".join([
+        "2. AWS calls the service makes through its ports, per event (events in brackets): "
+        "the real adapters' API calls for each port call (Ec2Compute, the DynamoDB stores, "
+        "the Scheduler, SNS, Lambda's Invoke per launch)", "",
+        table(header, rows)])
+
+
+def operations(run: WindowRun) -> str:
+    """The AWS calls of one run by event and operation (--trace)."""
+    rows = [[kind, op, f"{n:,}", f"{n / run.log.events[kind]:.2f}"]
+            for (kind, op), n in sorted(run.log.calls.items(),
+                                        key=lambda kv: (EVENT_KINDS.index(kv[0][0]), kv[0][1]))]
+    return f"AWS calls of {_hosts(run.hosts)} by operation:\n" + table(
+        ["event", "operation", "calls", "per event"], rows, text_columns=2)
 
 
 def trace(runs: Sequence[WindowRun]) -> str:
     lines = []
     for run in runs:
-        lines.append(f"-- {run.closed_by}")
-        lines.extend(f"{s.at_s:9.0f} s  {s.event:<48} -> {s.state:<12} {s.reason}"
+        lines.append(f"-- {run.reason}")
+        lines.extend(f"{s.at_s:9.0f} s  {s.event:<60} -> {s.state:<12} {s.reason}"
                      for s in run.steps)
     return "\n".join(lines)
 
@@ -223,17 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         scenario = scenario_from(args)
         with quiet_output():
-            runs = [simulate(scenario),
-                    simulate(deadline_scenario(scenario, args.never_finishes))]
-        print(instance_time_report(scenario, runs) + "\n")
+            every = simulate(scenario)
+            # By default the slowest host that does finish in time never reports.
+            host = args.never_finishes or max(sorted(every.reported),
+                                              key=lambda h: scenario.transfers[h])
+            missing = simulate(deadline_scenario(scenario, host))
+            scaled = [simulate(scenario_from(args, n)) for n in args.scales]
+        print(instance_time_report(scenario, every, missing) + "\n")
+        print(calls_report(scaled))
         if args.trace:
-            print(trace(runs) + "\n")
-        hosts = sorted(scenario.transfers)[:args.handler_hosts]
-        plan = deadline_plan(args.windows, args.deadline_windows)
-        with quiet_output():
-            moto = None if args.no_moto else measure_on_moto(hosts, plan)
-            fakes = measure_on_fakes(hosts, plan)
-        print(handler_report(fakes, moto, len(hosts), plan))
+            print("\n" + operations(scaled[-1]) + "\n\n" + trace([every, missing]))
     except (BenchError, SimulationError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1

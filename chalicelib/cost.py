@@ -1,25 +1,46 @@
-"""What a month of backups costs, from what a window really used (pure).
+"""What a month of backups costs, line by line, in three designs (pure).
 
-`month_at(usage)` prices 30 windows like the observed one; `month_kept_up(usage)` prices the
-same hosts with the instance up for the whole window, as the hand-run setup did. EC2 bills
-running seconds with a 60 s minimum per start; EBS snapshots bill the blocks they store, which
-for incremental backups is estimated from what the hosts stored and sent.
+- "fleet" (Offsite): per window, one archive instance per shard, launched with its hosts'
+  volumes, stopped once they have reported, then terminated with its volumes once their
+  snapshots are complete;
+- "kept up": the same fleet with every instance up for the whole window (the hand-run setup);
+- "persistent": the earlier design: one instance started and stopped per window, its root volume
+  and one volume per host existing all month.
+
+Every line is a quantity times one unit price from the dated price file, so each can be
+checked by hand. A month is `windows` (default 30: one a night) times the mean observed window.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
 GIB = 1024**3
-HOURS_PER_MONTH = 730
-RECONCILES_PER_DAY = 288  # every 5 minutes
+HOURS_PER_MONTH = 730  # AWS prices a GiB-month as 730 hours
+SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
+MILLION = 1e6
+# StopInstances (EC2 API reference): "Every time you start your instance, Amazon EC2 charges a
+# one-minute minimum for instance usage, and thereafter charges per second."
+EC2_MINIMUM_S = 60.0
+ROOT_GIB = 8.0  # the launch template's gp3 root volume, deleted on termination
+# Every state change of every instance in the account reaches the instance_state rule: a fleet
+# instance goes pending, running, stopping, stopped, shutting-down, terminated; the persistent
+# instance only pending, running, stopping, stopped. Each EBS snapshot sends one notification.
+EVENTS_PER_FLEET_INSTANCE = 6
+EVENTS_PER_PERSISTENT_START = 4
+RECONCILES_PER_MONTH = 288 * 30  # every 5 minutes
+API_CALLS_PER_HOST = 3  # session, report, and a retry or status call
+READS_PER_INVOCATION, WRITES_PER_INVOCATION = 3, 2  # a window handler's items (<= 1 KiB)
 LAMBDA_GB = 0.5
 LAMBDA_SECONDS = 0.3  # a typical handler's billed duration
+SNAPSHOT_SETTLE_S = 600.0  # stopped -> snapshots complete, when a window did not record it
 
 
 class UnknownPriceError(KeyError):
@@ -51,15 +72,39 @@ def load_prices(path: Path | None = None) -> Prices:
 
 
 @dataclass(frozen=True)
-class WindowUsage:
+class ShardRun:
+    """One archive instance in one window, timed from its launch."""
+
+    window_id: str
     instance_type: str
     hosts: int
-    billed_seconds: float  # instance start to stop
-    window_seconds: float  # the window's full length (open to deadline)
-    volume_gib: float  # allocated, all host volumes
-    stored_bytes: int  # what the volumes hold
-    sent_bytes: int  # what the hosts sent in this window (changed data)
+    stopped_s: float  # launch -> stopped: what EC2 bills (before its 60 s minimum)
+    closed_s: float  # launch -> snapshots complete: the instance and volumes are then deleted
+
+    @property
+    def snapshot_s(self) -> float:
+        return max(0.0, self.closed_s - self.stopped_s)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What some windows used. Snapshot storage is a state, not a per-window flow: the oldest
+    retained snapshot holds the full data, each later one the blocks changed that night."""
+
+    shards: tuple[ShardRun, ...]
+    window_s: float  # open -> deadline
+    stored_gib: float  # every host's archive together
+    changed_gib: float  # what the hosts changed in one window, together
+    volume_gib: float = 20.0  # each host's data volume
     retention_days: int = 20
+
+    @property
+    def windows_seen(self) -> int:
+        return len({s.window_id for s in self.shards}) or 1
+
+    @property
+    def hosts(self) -> float:
+        return sum(s.hosts for s in self.shards) / self.windows_seen
 
 
 @dataclass(frozen=True)
@@ -67,58 +112,163 @@ class CostLine:
     item: str
     quantity: float
     unit: str
-    usd: float
+    unit_usd: float  # the price of one `unit`
+
+    @property
+    def usd(self) -> float:
+        return self.quantity * self.unit_usd
 
 
 @dataclass(frozen=True)
 class MonthlyCost:
+    design: str
     lines: tuple[CostLine, ...]
 
     @property
     def total(self) -> float:
         return sum(line.usd for line in self.lines)
 
+    def line(self, item: str) -> CostLine:
+        return next(line for line in self.lines if line.item == item)
+
+
+def fleet(usage: Usage, prices: Prices, windows: int = 30, design: str = "fleet") -> MonthlyCost:
+    scale = windows / usage.windows_seen  # observed shards -> a month of windows
+    shards = usage.shards
+    hosts_closed_s = sum(s.hosts * s.closed_s for s in shards)
+    lines = (
+        *_instances(((s.instance_type, max(EC2_MINIMUM_S, s.stopped_s)) for s in shards),
+                    scale, prices),
+        _root_volumes(ROOT_GIB * sum(s.closed_s for s in shards) * scale / SECONDS_PER_MONTH,
+                      prices),
+        _ipv4(sum(s.stopped_s for s in shards) * scale / 3600, prices),
+        _data_volumes(usage.volume_gib * hosts_closed_s * scale / SECONDS_PER_MONTH, prices),
+        _snapshots(usage, prices),
+        *_requests(usage, windows, len(shards) / usage.windows_seen,
+                   EVENTS_PER_FLEET_INSTANCE, prices),
+    )
+    return MonthlyCost(design, lines)
+
+
+def kept_up(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
+    """The fleet with every instance up until the deadline, its snapshots taking as long."""
+    stretched = tuple(replace(s, stopped_s=usage.window_s, closed_s=usage.window_s + s.snapshot_s)
+                      for s in usage.shards)
+    return fleet(replace(usage, shards=stretched), prices, windows, design="kept up")
+
+
+def persistent(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
+    """One instance for every host, up while the window's slowest shard was; volumes all month
+    (they exist around the clock, even if read only minutes a night)."""
+    longest: dict[str, float] = defaultdict(float)
+    for shard in usage.shards:
+        longest[shard.window_id] = max(longest[shard.window_id], shard.stopped_s)
+    instance_type = usage.shards[0].instance_type if usage.shards else "t4g.small"
+    scale = windows / usage.windows_seen
+    lines = (
+        *_instances(((instance_type, max(EC2_MINIMUM_S, s)) for s in longest.values()),
+                    scale, prices),
+        _root_volumes(ROOT_GIB, prices),
+        _ipv4(sum(longest.values()) * scale / 3600, prices),
+        _data_volumes(usage.hosts * usage.volume_gib, prices),
+        _snapshots(usage, prices),
+        *_requests(usage, windows, 1.0, EVENTS_PER_PERSISTENT_START, prices),
+    )
+    return MonthlyCost("persistent", lines)
+
+
+def _instances(billed: Iterable[tuple[str, float]], scale: float,
+               prices: Prices) -> tuple[CostLine, ...]:
+    hours: dict[str, float] = defaultdict(float)
+    for instance_type, seconds in billed:
+        hours[instance_type] += seconds * scale / 3600
+    return tuple(CostLine(f"EC2 {t}", h, "h", prices.instance_hourly(t))
+                 for t, h in sorted(hours.items()))
+
+
+def _root_volumes(gib_months: float, prices: Prices) -> CostLine:
+    return CostLine(f"EBS root volumes ({ROOT_GIB:g} GiB gp3)", gib_months, "GiB-month",
+                    prices["ebs_gp3_gib_month"])
+
+
+def _ipv4(hours: float, prices: Prices) -> CostLine:
+    # An auto-assigned public IPv4 address is released when the instance stops (EC2 User Guide,
+    # "Public IPv4 addresses"), so it is billed while the instance runs, not while it exists.
+    return CostLine("public IPv4 addresses", hours, "h", prices["public_ipv4_hourly"])
+
+
+def _data_volumes(gib_months: float, prices: Prices) -> CostLine:
+    return CostLine("EBS data volumes (gp3)", gib_months, "GiB-month",
+                    prices["ebs_gp3_gib_month"])
+
+
+def _snapshots(usage: Usage, prices: Prices) -> CostLine:
+    # EBS stores only the blocks changed since the snapshot a volume was made from: "Snapshot A
+    # is used to create EBS volume 1. Snapshot D is created from EBS volume 1. Snapshot D is an
+    # incremental snapshot of A" (EBS User Guide, "Write Amazon EBS snapshots with EBS direct
+    # APIs"), so the fleet's volumes made from last night's snapshots stay incremental.
+    gib = usage.stored_gib + usage.retention_days * usage.changed_gib
+    return CostLine("EBS snapshots", gib, "GiB-month", prices["snapshot_gib_month"])
+
+
+def _requests(usage: Usage, windows: int, instances: float, events_per_instance: int,
+              prices: Prices) -> tuple[CostLine, ...]:
+    """Per window: the scheduled open, one launch per instance, the deadline, each instance's
+    EC2 state changes, one snapshot notification per host volume, the hosts' API calls; and the
+    reconciler every 5 minutes all month."""
+    api = windows * usage.hosts * API_CALLS_PER_HOST
+    events = windows * (instances * events_per_instance + usage.hosts)
+    handled = windows * (2 + instances) + events + api
+    invocations = handled + RECONCILES_PER_MONTH
+    return (
+        CostLine("Lambda requests", invocations, "requests",
+                 prices["lambda_per_million_requests"] / MILLION),
+        CostLine("Lambda compute", invocations * LAMBDA_GB * LAMBDA_SECONDS, "GB-s",
+                 prices["lambda_gb_second"]),
+        CostLine("API Gateway", api, "requests", prices["api_gateway_per_million"] / MILLION),
+        CostLine("DynamoDB writes", handled * WRITES_PER_INVOCATION, "requests",
+                 prices["dynamodb_per_million_writes"] / MILLION),
+        CostLine("DynamoDB reads", handled * READS_PER_INVOCATION + RECONCILES_PER_MONTH,
+                 "requests", prices["dynamodb_per_million_reads"] / MILLION),
+        # The open and reconcile schedules are EventBridge rules, priced here at the
+        # Scheduler's rate (an upper bound); the deadline is a one-time Scheduler schedule.
+        CostLine("EventBridge Scheduler", windows * 2 + RECONCILES_PER_MONTH, "invocations",
+                 prices["scheduler_per_million"] / MILLION),
+        CostLine("EventBridge AWS events", events, "events",
+                 prices.table.get("eventbridge_aws_events_per_million", 0.0) / MILLION),
+    )
+
+
+# Until local/demo.py calls chalicelib.cost_report.compare(): the earlier one-window API, now
+# priced as the fleet. Delete with the demo's three calls.
+@dataclass(frozen=True)
+class WindowUsage:
+    instance_type: str
+    hosts: int
+    billed_seconds: float
+    window_seconds: float
+    volume_gib: float  # all host volumes
+    stored_bytes: int
+    sent_bytes: int
+    retention_days: int = 20
+
+    def usage(self) -> Usage:
+        shard = ShardRun("observed", self.instance_type, self.hosts, self.billed_seconds,
+                         self.billed_seconds + SNAPSHOT_SETTLE_S)
+        return Usage((shard,), self.window_seconds, self.stored_bytes / GIB,
+                     self.sent_bytes / GIB, self.volume_gib / max(1, self.hosts),
+                     self.retention_days)
+
 
 def month_at(usage: WindowUsage, prices: Prices, windows: int = 30) -> MonthlyCost:
-    return _month(usage, prices, windows, max(60.0, usage.billed_seconds))
+    return fleet(usage.usage(), prices, windows)
 
 
 def month_kept_up(usage: WindowUsage, prices: Prices, windows: int = 30) -> MonthlyCost:
-    return _month(usage, prices, windows, usage.window_seconds)
+    return kept_up(usage.usage(), prices, windows)
 
 
-def _month(usage: WindowUsage, prices: Prices, windows: int, seconds: float) -> MonthlyCost:
-    hours = windows * seconds / 3600
-    snapshot_gib = (usage.stored_bytes + usage.retention_days * usage.sent_bytes) / GIB
-    api = windows * usage.hosts * 3  # session, report, and a retry or status call
-    invocations = api + windows * (usage.hosts + 4) + 30 * RECONCILES_PER_DAY
-    writes, reads = windows * (usage.hosts * 5 + 8), windows * (usage.hosts * 8 + 20)
-    m = 1e6
-    lines = (
-        CostLine(f"EC2 {usage.instance_type}", hours, "h",
-                 hours * prices.instance_hourly(usage.instance_type)),
-        CostLine("public IPv4 address", hours, "h", hours * prices["public_ipv4_hourly"]),
-        CostLine("EBS gp3 host volumes", usage.volume_gib, "GiB-month",
-                 usage.volume_gib * prices["ebs_gp3_gib_month"]),
-        CostLine("EBS snapshots (estimated)", snapshot_gib, "GiB-month",
-                 snapshot_gib * prices["snapshot_gib_month"]),
-        CostLine("Lambda", invocations, "requests",
-                 invocations / m * prices["lambda_per_million_requests"]
-                 + invocations * LAMBDA_GB * LAMBDA_SECONDS * prices["lambda_gb_second"]),
-        CostLine("API Gateway", api, "requests", api / m * prices["api_gateway_per_million"]),
-        CostLine("DynamoDB", writes + reads, "requests",
-                 writes / m * prices["dynamodb_per_million_writes"]
-                 + reads / m * prices["dynamodb_per_million_reads"]),
-        CostLine("EventBridge Scheduler", windows * 2, "invocations",
-                 windows * 2 / m * prices["scheduler_per_million"]),
-    )
-    return MonthlyCost(lines)
+def render(observed: MonthlyCost, kept: MonthlyCost, prices: Prices) -> str:
+    from chalicelib.cost_report import table  # here: cost_report imports this module
 
-
-def render(observed: MonthlyCost, kept_up: MonthlyCost, prices: Prices) -> str:
-    rows = [f"{'':32} {'observed':>12} {'kept up':>12}"]
-    for mine, theirs in zip(observed.lines, kept_up.lines, strict=True):
-        rows.append(f"{mine.item:32} {mine.usd:12.2f} {theirs.usd:12.2f}")
-    rows.append(f"{'total per month (USD)':32} {observed.total:12.2f} {kept_up.total:12.2f}")
-    rows.append(f"prices: {prices.region}, read {prices.read_on} ({prices.source})")
-    return "\n".join(rows)
+    return table((observed, kept), prices)

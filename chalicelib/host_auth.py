@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aws_lambda_powertools import Logger
 
-from chalicelib.adapters.store import WindowStore
+from chalicelib.adapters.store import HostStore, NonceStore
 from chalicelib.httpsig import SignatureError, SignedRequest, verify_request
 from chalicelib.names import HOST_NAME
 from chalicelib.sshcert import SshCertError, parse_ed25519_public_key
@@ -25,8 +25,9 @@ class HostNotAllowedError(Exception):
 
 
 class HostAuthenticator:
-    def __init__(self, store: WindowStore, clock: Callable[[], int]) -> None:
-        self._store = store
+    def __init__(self, hosts: HostStore, nonces: NonceStore, clock: Callable[[], int]) -> None:
+        self._hosts = hosts
+        self._nonces = nonces
         self._clock = clock
 
     def authenticate(self, request: SignedRequest) -> str:
@@ -41,7 +42,7 @@ class HostAuthenticator:
                 raise HostNotAllowedError("host not enrolled or revoked") from exc
             raise NotAuthenticatedError("request signature not accepted") from exc
         nonce = verified.nonce or ""
-        if not self._store.remember_nonce(verified.keyid, nonce, now, now + NONCE_TTL_SECONDS):
+        if not self._nonces.remember_nonce(verified.keyid, nonce, now, now + NONCE_TTL_SECONDS):
             logger.warning("request replayed", extra={"host": verified.keyid})
             raise NotAuthenticatedError("request signature not accepted")
         return verified.keyid
@@ -49,7 +50,7 @@ class HostAuthenticator:
     def _enabled_key(self, keyid: str) -> bytes | None:
         if not HOST_NAME.fullmatch(keyid):
             return None
-        host = self._store.get_host(keyid)
+        host = self._hosts.get_host(keyid)
         if host is None or not host.enabled:
             return None
         try:

@@ -10,8 +10,15 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from chalicelib.accounts import AccountNameError, account_name
-from chalicelib.adapters.compute import Compute
-from chalicelib.adapters.store import WindowStore
+from chalicelib.adapters.compute import (
+    TAG_COMPLETE,
+    TAG_HOST,
+    TAG_REPORTED,
+    TAG_WINDOW,
+    Compute,
+    VolumeNotFoundError,
+)
+from chalicelib.adapters.store import HostStore
 from chalicelib.names import (
     InvalidHostNameError,
     InvalidVolumeIdError,
@@ -59,48 +66,52 @@ def parse_enrolment(name: str, body: Mapping[str, Any]) -> Enrolment:
 
 
 class HostService:
-    def __init__(self, store: WindowStore, compute: Compute, instance_id: str,
-                 clock: Callable[[], datetime], account_prefix: str = "") -> None:
+    def __init__(self, store: HostStore, compute: Compute, clock: Callable[[], datetime],
+                 account_prefix: str = "") -> None:
         self._store = store
         self._account_prefix = account_prefix
         self._compute = compute
-        self._instance_id = instance_id
         self._clock = clock
 
     def enrol(self, enrolment: Enrolment) -> tuple[Host, bool]:
-        """Enrol or re-enrol (new key, enabled again; the volume stays). True if new."""
+        """Enrol or re-enrol (new key, enabled again). True if new. Nothing is made in EC2:
+        the host's volume is made at each window's launch, from its newest snapshot. An
+        existing volume named at the first enrolment (data moved from elsewhere) is
+        snapshotted once, and that snapshot is the host's first recovery point."""
         try:  # the instance could never make its account
             account_name(self._account_prefix, enrolment.name)
         except AccountNameError as exc:
             raise InvalidPayloadError(str(exc)) from exc
         existing = self._store.get_host(enrolment.name)
-        if enrolment.volume_id is not None:
-            self._check_volume_is_free(enrolment)
         if existing is not None:
-            if enrolment.volume_id not in (None, existing.volume_id):
-                raise InvalidPayloadError(  # silently keeping the old one would hide the mistake
-                    f"host {existing.name} keeps its volume {existing.volume_id}; re-enrolment "
-                    "changes only its key")
+            if enrolment.volume_id is not None:
+                raise InvalidPayloadError(  # silently ignoring it would hide the mistake
+                    f"host {existing.name} is enrolled already; a volume is adopted only at "
+                    "the first enrolment")
             host = replace(existing, public_key=enrolment.public_key, enabled=True)
         else:
-            volume_id = enrolment.volume_id or self._compute.create_host_volume(
-                enrolment.name, self._instance_id, enrolment.size_gib)
-            host = Host(enrolment.name, enrolment.public_key, True, volume_id, self._clock())
+            host = Host(enrolment.name, enrolment.public_key, True, self._clock(),
+                        enrolment.size_gib)
+        adopted = self._adopt(host, enrolment.volume_id) if enrolment.volume_id else None
         self._store.put_host(host)
         logger.info("host enrolled", extra={
-            "host": host.name, "volume_id": host.volume_id, "new": existing is None,
+            "host": host.name, "new": existing is None, "adopted_snapshot": adopted,
             "key_fingerprint": public_key_fingerprint(host.public_key)})
         return host, existing is None
 
-    def _check_volume_is_free(self, enrolment: Enrolment) -> None:
-        """A volume is one host's: two hosts on one volume would stop every window's boot."""
-        for host in self._store.list_hosts():
-            if host.volume_id == enrolment.volume_id and host.name != enrolment.name:
-                raise InvalidPayloadError(
-                    f"volume {enrolment.volume_id} already belongs to host {host.name}")
+    def _adopt(self, host: Host, volume_id: str) -> str:
+        """One snapshot of an existing volume, tagged as the host's recovery point of an
+        enrolment "window" (its day is the enrolment's)."""
+        window_id = f"w-{self._clock():%Y%m%dT%H%M%SZ}-enrol"
+        try:
+            return self._compute.snapshot_volume(volume_id, {
+                TAG_WINDOW: window_id, TAG_HOST: host.name, TAG_REPORTED: "succeeded",
+                TAG_COMPLETE: "pending"})
+        except VolumeNotFoundError as exc:  # the admin's mistake, not a 500
+            raise InvalidPayloadError(f"volume_id: {exc}") from exc
 
     def revoke(self, name: str) -> Host:
-        """Takes effect on the host's next request; its volume and snapshots stay."""
+        """Takes effect on the host's next request; its snapshots stay."""
         host = self._store.get_host(name)
         if host is None:
             raise UnknownHostNameError(f"no host {name}")
@@ -114,6 +125,6 @@ class HostService:
 
 
 def host_view(host: Host) -> dict[str, Any]:
-    return {"name": host.name, "enabled": host.enabled, "volume_id": host.volume_id,
+    return {"name": host.name, "enabled": host.enabled, "size_gib": host.size_gib,
             "enrolled_at": host.enrolled_at.isoformat(), "public_key": host.public_key,
             "key_fingerprint": public_key_fingerprint(host.public_key)}

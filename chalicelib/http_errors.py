@@ -6,7 +6,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from chalicelib.adapters.compute import NoFreeDeviceError
 from chalicelib.adapters.store import WindowActiveError
 from chalicelib.host_auth import HostNotAllowedError, NotAuthenticatedError
 from chalicelib.hosts import UnknownHostNameError
@@ -17,7 +16,6 @@ from chalicelib.sessions import (
     NotExpectedError,
     WindowOpeningError,
     WrongHostError,
-    WrongPurposeError,
 )
 from chalicelib.windows import (
     HostNotExpectedError,
@@ -25,7 +23,6 @@ from chalicelib.windows import (
     NotClosableError,
     UnknownHostError,
     UnknownWindowError,
-    WindowFailedError,
     WindowNotOpenError,
 )
 
@@ -40,10 +37,8 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (UnknownHostNameError, 404, "unknown_host"),
     (NoOpenWindowError, 409, "no_open_window"),
     (NotExpectedError, 409, "not_expected"),
-    (WrongPurposeError, 409, "wrong_purpose"),
     (NoRecoveryPointError, 404, "no_recovery_point"),
     (IncompleteSnapshotError, 409, "incomplete_snapshot"),
-    (NoFreeDeviceError, 409, "no_free_device"),
     (WindowOpeningError, 503, "window_opening"),
     (UnknownHostError, 400, "unknown_host"),
     (UnknownWindowError, 404, "unknown_window"),
@@ -52,7 +47,6 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (WindowNotOpenError, 409, "window_not_open"),
     (HostNotExpectedError, 409, "host_not_expected"),
     (NotClosableError, 409, "not_closable"),
-    (WindowFailedError, 503, "window_failed"),
 ]
 
 
@@ -75,8 +69,6 @@ def _extra(exc: Exception) -> dict[str, Any]:
         return {"next_window": upcoming.isoformat() if upcoming else None}
     if isinstance(exc, NoRecoveryPointError | IncompleteSnapshotError):
         return {"days": exc.days}
-    if isinstance(exc, WindowFailedError):
-        return {"window_id": exc.window_id}
     return {}
 
 

@@ -1,6 +1,7 @@
-"""Names the API accepts for what becomes part of the archive instance: host names (each a Unix
-account and a path) and EBS volume ids (each found under /dev/disk/by-id at boot). One rule for
-each, used at the API's edge and again when the boot config is rendered."""
+"""Names that become part of the archive instance: host names (each a Unix account and a path),
+EBS volume ids (given at enrolment) and the device names of the block device mapping (each
+found by boot.sh at boot). One rule for each, used at the API's edge or where the archive is
+launched, and again when the boot config is rendered."""
 
 from __future__ import annotations
 
@@ -15,12 +16,22 @@ RESERVED_NAMES_FILE = Path(__file__).with_name("reserved_names.txt")
 # characters; EC2 writes them in lowercase hex. boot.sh's VOLUME_RE is the same rule.
 VOLUME_ID = re.compile(r"vol-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 
+# EC2 user guide, "Device names for volumes on Amazon EC2 instances": /dev/sd[f-z] are the names
+# for EBS data volumes on Linux (the root volume has /dev/sda1 or /dev/xvda). The archive's
+# block device mapping hands them out in host-name order (adapters/compute.DEVICE_NAMES), so an
+# archive has at most 21 volumes. boot.sh's DEVICE_RE is the same rule.
+DEVICE_NAME = re.compile(r"/dev/sd[f-z]")
+
 
 class InvalidHostNameError(ValueError):
     pass
 
 
 class InvalidVolumeIdError(ValueError):
+    pass
+
+
+class InvalidDeviceNameError(ValueError):
     pass
 
 
@@ -55,3 +66,11 @@ def check_volume_id(volume_id: object) -> str:
             f"volume_id must be an EBS volume id: 'vol-' and 8 or 17 lowercase hex digits, "
             f"not {str(volume_id)[:40]!r}")
     return volume_id
+
+
+def check_device_name(device: object) -> str:
+    """The name, if it is a data volume's device name in the archive's block device mapping."""
+    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device):
+        raise InvalidDeviceNameError(
+            f"device must be one of /dev/sdf to /dev/sdz, not {str(device)[:40]!r}")
+    return device

@@ -15,8 +15,8 @@ class Host:
     name: str
     public_key: str
     enabled: bool
-    volume_id: str
     enrolled_at: datetime
+    size_gib: int = 20  # its volume's size when it has no snapshot yet (a first backup)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from chalicelib.sshcert import (
     public_key_fingerprint,
     sign_user_certificate,
 )
-from chalicelib.window import State, Window
+from chalicelib.window import Shard, State, Window
 
 logger = Logger(service="offsite", child=True)
 PURPOSES = ("backup", "restore")
@@ -49,10 +49,6 @@ class NotExpectedError(Exception):
 
 class WrongHostError(Exception):
     pass
-
-
-class WrongPurposeError(Exception):
-    """A restore session asked during a backup window, or a backup session during a restore."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +85,6 @@ class CertificatePolicy:
     mount_root: str = "/srv/offsite"
     restore_root: str = "/srv/offsite-restore"  # restore volumes, mounted read-only
     port: int = 22
-    endpoint: str | None = None  # a fixed address (Elastic IP, DNS name) instead of the
-    # instance's current public address
     backdate: timedelta = timedelta(minutes=5)
     source_address: str | None = None
     retry_after: int = 30
@@ -123,63 +117,64 @@ class SessionService:
     def issue(self, signer: str, request: SessionRequest, request_id: str) -> dict[str, Any]:
         if request.host != signer:
             raise WrongHostError(f"{signer} may not ask for {request.host}'s session")
-        window, now = self._open_window(request), self.clock()
-        if request.host not in window.expected:
-            raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
+        (window, shard), now = self._open_shard(request), self.clock()
         account = self.policy.account(request.host)
         spec = CertificateSpec(
             public_key_line=request.ssh_public_key, principal=account,
-            key_id=f"host={request.host} window={window.window_id} req={request_id}",
+            key_id=f"host={request.host} window={window.window_id} archive={shard.shard_id} "
+                   f"req={request_id}",
             serial=self.serial(), nonce=self.nonce(), valid_after=now - self.policy.backdate,
             valid_before=window.deadline,
             force_command=self.policy.force_command(request.host, request.purpose),
             source_address=self.policy.source_address)
         certificate = sign_user_certificate(spec, self.ca.signing_key())
         self._audit(request.host, spec, window)
+        address = str(shard.address)
         return {
-            "window_id": window.window_id, "address": self._address(window),
+            "window_id": window.window_id, "address": address,
             "port": self.policy.port, "user": account, "certificate": certificate,
-            "known_hosts": self._known_hosts(window), "remote_path": REMOTE_PATH,
+            "known_hosts": self._known_hosts(address), "remote_path": REMOTE_PATH,
             "not_after": window.deadline.isoformat(), "deadline": window.deadline.isoformat(),
         }
 
     def current(self, host: str) -> dict[str, Any]:
+        """The backup window as this host sees it: the state is its own archive's."""
         window_id = self.store.active_window_id()
         window = self.store.get_window(window_id) if window_id else None
         if window is None:
             upcoming = self.next_window(self.clock())
             return {"state": "NONE", "next_window": upcoming.isoformat() if upcoming else None}
-        return {"window_id": window.window_id, "state": window.state.value,
-                "deadline": window.deadline.isoformat(), "expected": host in window.expected,
-                "reported": window.reports.get(host), "purpose": window.purpose}
+        shard = window.shard_of(host)
+        return {"window_id": window.window_id,
+                "state": (shard.state if shard else window.state).value,
+                "window_state": window.state.value, "deadline": window.deadline.isoformat(),
+                "expected": host in window.expected, "reported": window.reports.get(host),
+                "purpose": window.purpose}
 
-    def _open_window(self, request: SessionRequest) -> Window:
+    def _open_shard(self, request: SessionRequest) -> tuple[Window, Shard]:
+        """The host's archive in its open backup window, or in its own open restore."""
         now = self.clock()
-        window_id = self.store.active_window_id()
+        restore = request.purpose == "restore"
+        window_id = self.store.active_window_id(f"RESTORE#{request.host}" if restore
+                                                else "BACKUP")
         window = self.store.get_window(window_id) if window_id else None
-        if window is not None and window.purpose != request.purpose:
-            raise WrongPurposeError(
-                f"a {request.purpose} session was asked during {window.purpose} window "
-                f"{window.window_id}")
-        if request.purpose == "restore" and (window is None
-                                             or request.host not in window.expected):
-            raise NoOpenWindowError(None, f"no restore is open for {request.host}")
-        if window is not None and window.state is State.OPENING:
-            raise WindowOpeningError(self.policy.retry_after)
-        if window is None or window.state is not State.OPEN or window.deadline <= now \
-                or not self._address(window):
+        if window is None:
+            if restore:
+                raise NoOpenWindowError(None, f"no restore is open for {request.host}")
             raise NoOpenWindowError(self.next_window(now))
-        return window
+        shard = window.shard_of(request.host)
+        if shard is None:
+            raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
+        if shard.state is State.OPENING:
+            raise WindowOpeningError(self.policy.retry_after)
+        if shard.state is not State.OPEN or window.deadline <= now or not shard.address:
+            raise NoOpenWindowError(None if restore else self.next_window(now))
+        return window, shard
 
-    def _address(self, window: Window) -> str | None:
-        return self.policy.endpoint or window.address
-
-    def _known_hosts(self, window: Window) -> str:
-        address = self._address(window)
+    def _known_hosts(self, address: str) -> str:
         if self.policy.port != 22:
             address = f"[{address}]:{self.policy.port}"
         return f"{address} {self.ca.host_public_line()}"
-
     def _audit(self, host: str, spec: CertificateSpec, window: Window) -> None:
         logger.info("certificate issued", extra={
             "host": host, "account": spec.principal, "window_id": window.window_id,

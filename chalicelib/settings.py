@@ -6,8 +6,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from chalicelib.accounts import check_account_prefix
+from chalicelib.fleet import (
+    DEFAULT_HOSTS_PER_ARCHIVE,
+    DEFAULT_IMAGES,
+    DEFAULT_INSTANCE_TYPES,
+    FleetConfigError,
+    check_hosts_per_archive,
+    check_instance_types,
+)
 from chalicelib.window import Timing
 
 DEFAULT_OPEN_SCHEDULE = "cron(0 2 * * ? *)"
@@ -25,18 +34,23 @@ class InvalidSettingError(RuntimeError):
 @dataclass(frozen=True)
 class Settings:
     table_name: str
-    instance_id: str
     topic_arn: str
     deadline_target_arn: str
     scheduler_role_arn: str
     schedule_group: str = "default"
-    instance_types: tuple[str, ...] = ()
+    instance_types: tuple[str, ...] = DEFAULT_INSTANCE_TYPES
+    subnet_ids: tuple[str, ...] = ()  # one per Availability Zone to try; none: the default VPC
+    images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
+    launch_template: str | None = None
+    kms_key_id: str | None = None  # EBS volumes' key; none: the account's default EBS key
+    hosts_per_archive: int = DEFAULT_HOSTS_PER_ARCHIVE
+    ssh_address: str = "public"  # public | private: which instance address hosts are given
+    launch_function: str | None = None  # the launch_shard Lambda, invoked once per shard
     window_hours: float = 3.6
     retention_days: int = 20
     timing: Timing = field(default_factory=Timing)
     key_prefix: str = "/offsite"
     ssh_port: int = 22
-    ssh_endpoint: str | None = None
     mount_root: str = "/srv/offsite"
     rrsync: str = "/usr/bin/rrsync"
     retry_after: int = 30
@@ -56,20 +70,17 @@ class Settings:
                 raise MissingSettingError(f"environment variable {name} is not set")
             return value
 
-        types = tuple(t.strip() for t in env.get("INSTANCE_TYPES", "").split(",") if t.strip())
         return cls(
             table_name=need("TABLE_NAME"),
-            instance_id=need("INSTANCE_ID"),
             topic_arn=need("TOPIC_ARN"),
             deadline_target_arn=need("DEADLINE_TARGET_ARN"),
             scheduler_role_arn=need("SCHEDULER_ROLE_ARN"),
             schedule_group=env.get("SCHEDULE_GROUP", "default"),
-            instance_types=types,
+            **_fleet(env),
             window_hours=float(env.get("WINDOW_HOURS", "3.6")),
             retention_days=int(env.get("RETENTION_DAYS", "20")),
             key_prefix=env.get("KEY_PARAMETER_PREFIX", "/offsite").rstrip("/"),
             ssh_port=int(env.get("SSH_PORT", "22")),
-            ssh_endpoint=env.get("SSH_ENDPOINT") or None,
             mount_root=env.get("MOUNT_ROOT", "/srv/offsite").rstrip("/"),
             rrsync=env.get("RRSYNC") or "/usr/bin/rrsync",
             retry_after=int(env.get("SESSION_RETRY_AFTER", "30")),
@@ -83,6 +94,31 @@ class Settings:
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),
             ),
         )
+
+
+def _fleet(env: Mapping[str, str]) -> dict[str, Any]:
+    """The archive fleet's settings, checked: a wrong one fails every window, so it fails
+    here, naming the variable."""
+    def listed(name: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in env.get(name, "").split(",") if v.strip())
+
+    address = env.get("SSH_ADDRESS", "public")
+    if address not in ("public", "private"):
+        raise InvalidSettingError(f"environment variable SSH_ADDRESS: {address!r} is not "
+                                  "public or private")
+    try:
+        types = check_instance_types(listed("INSTANCE_TYPES") or DEFAULT_INSTANCE_TYPES)
+        per_archive = check_hosts_per_archive(int(env.get("HOSTS_PER_ARCHIVE",
+                                                          DEFAULT_HOSTS_PER_ARCHIVE)))
+    except (FleetConfigError, ValueError) as exc:
+        raise InvalidSettingError(f"INSTANCE_TYPES / HOSTS_PER_ARCHIVE: {exc}") from exc
+    images = dict(DEFAULT_IMAGES)
+    for arch in images:
+        images[arch] = env.get(f"IMAGE_ID_{arch.upper()}") or images[arch]
+    return {"instance_types": types, "subnet_ids": listed("SUBNET_IDS"), "images": images,
+            "launch_template": env.get("LAUNCH_TEMPLATE") or None,
+            "kms_key_id": env.get("KMS_KEY_ID") or None, "hosts_per_archive": per_archive,
+            "ssh_address": address, "launch_function": env.get("LAUNCH_FUNCTION") or None}
 
 
 def _account_prefix(env: Mapping[str, str]) -> str:

@@ -1,21 +1,29 @@
 """The window's state machine (backup and restore windows), as pure code.
 
-`decide(window, event, now)` answers what should happen, as a `Decision` carrying the state to
-move to (or none), the actions to take and a human-readable `reason`. The service applies it
-with a conditional write on `window.state`, so that a duplicated or late event, or a second
-Lambda racing the first, loses the write and takes no action: the actions belong to whoever wins
-the transition. Time comes in as `now`; nothing here reads a clock or touches AWS.
+A window has shards: each one archive instance serving at most HOSTS_PER_ARCHIVE hosts, each
+with a state of its own. `decide(window, shard_id, event, now)` answers what an event means for
+one shard, as a `Decision` carrying the state to move that shard to (or none), the actions to
+take and a human-readable `reason`. The service applies it with a conditional write on the
+shard's state, so that a duplicated or late event, or a second Lambda racing the first, loses
+the write and takes no action: the actions belong to whoever wins the transition. Time comes in
+as `now`; nothing here reads a clock or touches AWS.
 
-    (none) -open-> OPENING -running-> OPEN -all reported | deadline | admin-> CLOSING
-    CLOSING -stopped-> SNAPSHOTTING -all snapshots settled-> CLOSED
-    OPENING -start failed | never came up-> FAILED
+Per shard:
 
-A restore window (`purpose` "restore") serves one host a read-only volume made from one of its
-snapshots. It shares the opening and closing steps, but is never snapshotted: once the instance
-has stopped it goes straight to CLOSED and its restore volume is deleted, exactly once, by
-whoever wins that transition (or the FAILED one).
+    (none) -planned-> OPENING -running-> OPEN -its hosts reported | deadline | admin-> CLOSING
+    CLOSING -stopped-> SNAPSHOTTING (one snapshot per volume; the instance is terminated, the
+                                     volumes outlive it: DeleteOnTermination is false)
+    SNAPSHOTTING -all its snapshots settled-> CLOSED (volumes whose snapshot completed deleted)
+    OPENING -no capacity in any (type, subnet) | never came up | deadline-> FAILED
 
-    CLOSING -stopped-> CLOSED (delete the restore volume)
+A restore shard (the one shard of a restore window) serves one host a read-only volume made from
+one of its snapshots; it is never snapshotted:
+
+    CLOSING -stopped-> CLOSED (instance terminated, the restore volume deleted)
+
+The window follows its shards (`conclude`): it is CLOSED when every shard is CLOSED or FAILED
+(FAILED when all FAILED), and only the Lambda that wins that window-level write applies
+retention, sends the summary and records the metrics.
 """
 
 from __future__ import annotations
@@ -39,14 +47,19 @@ class State(str, Enum):
         return self not in (State.CLOSED, State.FAILED)
 
 
+_PROGRESS = (State.OPENING, State.OPEN, State.CLOSING, State.SNAPSHOTTING)
+
+
 class Action(str, Enum):
     STOP_INSTANCE = "stop_instance"
-    DELETE_DEADLINE = "delete_deadline"
+    TERMINATE_INSTANCE = "terminate_instance"
+    TAG_VOLUMES = "tag_volumes"
     SNAPSHOT_VOLUMES = "snapshot_volumes"
+    DELETE_VOLUMES = "delete_volumes"
+    DELETE_DEADLINE = "delete_deadline"
     APPLY_RETENTION = "apply_retention"
     NOTIFY = "notify"
     RECORD_METRICS = "record_metrics"
-    DELETE_RESTORE_VOLUME = "delete_restore_volume"
 
 
 BACKUP = "backup"
@@ -65,23 +78,37 @@ class SnapshotStatus(str, Enum):
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One archive instance of a window and the hosts it serves."""
+
+    shard_id: str
+    hosts: frozenset[str]
+    state: State
+    updated_at: datetime
+    instance_id: str | None = None  # known once RunInstances answered
+    instance_type: str | None = None
+    address: str | None = None
+    volumes: Mapping[str, str] = field(default_factory=dict)  # host -> volume id, once running
+    reason: str = ""
+    entered: Mapping[str, datetime] = field(default_factory=dict)  # state -> when
+
+
+@dataclass(frozen=True)
 class Window:
     window_id: str
     state: State
     opened_at: datetime
     deadline: datetime
     expected: frozenset[str]
-    instance_id: str
     trigger: str
     updated_at: datetime
-    address: str | None = None
     reason: str = ""
+    shards: Mapping[str, Shard] = field(default_factory=dict)  # shard id -> shard
     reports: Mapping[str, str] = field(default_factory=dict)  # host -> succeeded | failed
     snapshots: Mapping[str, SnapshotStatus] = field(default_factory=dict)  # host -> status
     entered: Mapping[str, datetime] = field(default_factory=dict)  # state -> when
     purpose: str = BACKUP  # backup | restore
     snapshot_id: str | None = None  # restore: the recovery point served
-    restore_volume_id: str | None = None  # restore: the volume made from it
 
     @property
     def is_restore(self) -> bool:
@@ -92,13 +119,15 @@ class Window:
         """Expected hosts that have not reported success."""
         return frozenset(h for h in self.expected if self.reports.get(h) != "succeeded")
 
-    @property
-    def unsnapshotted(self) -> frozenset[str]:
-        """Expected hosts whose snapshot nobody has taken in hand yet."""
-        return self.expected - frozenset(self.snapshots)
+    def shard_of(self, host: str) -> Shard | None:
+        return next((s for s in self.shards.values() if host in s.hosts), None)
+
+    def unsnapshotted(self, shard: Shard) -> frozenset[str]:
+        """The shard's hosts whose snapshot nobody has taken in hand yet."""
+        return shard.hosts - frozenset(self.snapshots)
 
 
-# Events: what happened, as the handlers and the reconciler observed it.
+# Events: what happened to one shard, as the handlers and the reconciler observed it.
 @dataclass(frozen=True)
 class InstanceRunning:
     address: str | None
@@ -136,7 +165,8 @@ class SnapshotSettled:
 
 @dataclass(frozen=True)
 class Tick:
-    """The reconciler's look at the world: the instance's state as EC2 reports it now."""
+    """The reconciler's look at the world: the shard's instance as EC2 reports it now
+    ("none" when no instance was launched yet, "terminated" when EC2 no longer lists it)."""
 
     instance_state: str
 
@@ -176,182 +206,196 @@ def nothing(reason: str) -> Decision:
     return Decision(None, reason)
 
 
-_CLOSE_ACTIONS = (Action.STOP_INSTANCE, Action.DELETE_DEADLINE)
+_GIVE_UP = (Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES, Action.NOTIFY)
 
 
-def decide(window: Window, event: Event, now: datetime, timing: Timing | None = None) -> Decision:
-    """What `event` means for `window` at `now`."""
-    if not window.state.active:
-        return nothing(f"window is {window.state.value}; {type(event).__name__} ignored")
+def decide(window: Window, shard_id: str, event: Event, now: datetime,
+           timing: Timing | None = None) -> Decision:
+    """What `event` means for shard `shard_id` of `window` at `now`."""
+    shard = window.shards[shard_id]
+    if not shard.state.active:
+        return nothing(f"shard {shard_id} is {shard.state.value}; {type(event).__name__} ignored")
     timing = timing or Timing()
     if isinstance(event, InstanceRunning):
-        return _on_running(window, event)
+        return _on_running(shard, event)
     if isinstance(event, InstanceStopped):
-        return _on_stopped(window)
+        return _on_stopped(window, shard)
     if isinstance(event, StartFailed):
-        return _on_start_failed(window, event.cause)
+        return _on_start_failed(shard, event.cause)
     if isinstance(event, HostReported):
-        return _on_report(window)
+        return _on_report(window, shard)
     if isinstance(event, DeadlineReached):
-        return _close_at_deadline(window, now)
+        return _close_at_deadline(window, shard, now)
     if isinstance(event, AdminClose):
-        return _close_by_admin(window, event.by)
+        return _close_by_admin(window, shard, event.by)
     if isinstance(event, SnapshotSettled):
-        return _on_snapshot_settled(window)
-    return _on_tick(window, event, now, timing)
+        return _on_snapshot_settled(window, shard)
+    return _on_tick(window, shard, event, now, timing)
 
 
-def _on_running(window: Window, event: InstanceRunning) -> Decision:
-    if window.state is not State.OPENING:
-        return nothing(f"instance running while {window.state.value}; nothing to do")
-    return Decision(State.OPEN, f"instance {window.instance_id} running at {event.address}")
+def _on_running(shard: Shard, event: InstanceRunning) -> Decision:
+    if shard.state is not State.OPENING:
+        return nothing(f"instance running while {shard.state.value}; nothing to do")
+    return Decision(State.OPEN, f"instance {shard.instance_id} of {shard.shard_id} running at "
+                                f"{event.address}", (Action.TAG_VOLUMES,))
 
 
-def _on_stopped(window: Window) -> Decision:
+def _on_stopped(window: Window, shard: Shard) -> Decision:
+    if shard.state not in (State.OPEN, State.CLOSING):
+        return nothing(f"instance stopped while {shard.state.value}; nothing to do")
+    early = shard.state is State.OPEN
+    cause = (f" while {shard.shard_id} was open (hosts missing: "
+             f"{_names(shard.hosts & window.missing)})" if early else "")
     if window.is_restore:
-        return _restore_stopped(window)
-    if window.state is State.CLOSING:
-        return Decision(
-            State.SNAPSHOTTING,
-            f"instance {window.instance_id} stopped; snapshotting {len(window.expected)} volumes",
-            (Action.SNAPSHOT_VOLUMES,),
-        )
-    if window.state is State.OPEN:
-        return Decision(
-            State.SNAPSHOTTING,
-            f"instance {window.instance_id} stopped while the window was open "
-            f"(hosts missing: {_names(window.missing)})",
-            (Action.DELETE_DEADLINE, Action.SNAPSHOT_VOLUMES, Action.NOTIFY),
-        )
-    return nothing(f"instance stopped while {window.state.value}; nothing to do")
-
-
-def _restore_stopped(window: Window) -> Decision:
-    if window.state is State.CLOSING:
-        return Decision(
-            State.CLOSED,
-            f"instance {window.instance_id} stopped; restore of {window.snapshot_id} ended",
-            (Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
-        )
-    if window.state is State.OPEN:
-        return Decision(
-            State.CLOSED,
-            f"instance {window.instance_id} stopped while the restore was open",
-            (Action.DELETE_DEADLINE, Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
-        )
-    return nothing(f"instance stopped while {window.state.value}; nothing to do")
-
-
-def _on_start_failed(window: Window, cause: str) -> Decision:
-    if window.state is not State.OPENING:
-        return nothing(f"start failure reported while {window.state.value}; ignored")
-    if window.is_restore:
-        return Decision(
-            State.FAILED,
-            f"instance {window.instance_id} could not start for the restore: {cause}",
-            (Action.DELETE_DEADLINE, Action.DELETE_RESTORE_VOLUME, Action.NOTIFY),
-        )
+        return Decision(State.CLOSED, f"instance {shard.instance_id} stopped{cause}; restore of "
+                                      f"{window.snapshot_id} ended",
+                        (Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES)
+                        + ((Action.NOTIFY,) if early else ()))
     return Decision(
-        State.FAILED,
-        f"instance {window.instance_id} could not start: {cause}",
-        (Action.DELETE_DEADLINE, Action.NOTIFY, Action.RECORD_METRICS),
-    )
+        State.SNAPSHOTTING,
+        f"instance {shard.instance_id} stopped{cause}; snapshotting {len(shard.hosts)} volumes",
+        (Action.SNAPSHOT_VOLUMES, Action.TERMINATE_INSTANCE) + ((Action.NOTIFY,) if early else ()))
 
 
-def _on_report(window: Window) -> Decision:
-    if window.state is not State.OPEN:
-        return nothing(f"report while {window.state.value}; recorded, nothing to do")
-    reported = window.expected & frozenset(window.reports)
-    if reported != window.expected:
-        return nothing(f"{len(reported)} of {len(window.expected)} expected hosts reported")
+def _on_start_failed(shard: Shard, cause: str) -> Decision:
+    if shard.state is not State.OPENING:
+        return nothing(f"start failure reported while {shard.state.value}; ignored")
+    return Decision(State.FAILED, f"archive {shard.shard_id} could not start: {cause}", _GIVE_UP)
+
+
+def _on_report(window: Window, shard: Shard) -> Decision:
+    if shard.state is not State.OPEN:
+        return nothing(f"report while {shard.shard_id} is {shard.state.value}; recorded")
+    reported = shard.hosts & frozenset(window.reports)
+    if reported != shard.hosts:
+        return nothing(f"{len(reported)} of {len(shard.hosts)} hosts of {shard.shard_id} "
+                       "reported")
     failed = sorted(h for h in reported if window.reports[h] != "succeeded")
     detail = f" ({len(failed)} failed: {_names(failed)})" if failed else ""
-    return Decision(
-        State.CLOSING,
-        f"all {len(window.expected)} expected hosts reported{detail}",
-        _CLOSE_ACTIONS,
-    )
+    return Decision(State.CLOSING,
+                    f"all {len(shard.hosts)} hosts of {shard.shard_id} reported{detail}",
+                    (Action.STOP_INSTANCE,))
 
 
-def _close_at_deadline(window: Window, now: datetime) -> Decision:
-    if window.state not in (State.OPENING, State.OPEN):
-        return nothing(f"deadline while {window.state.value}; already closing")
+def _close_at_deadline(window: Window, shard: Shard, now: datetime) -> Decision:
+    if shard.state not in (State.OPENING, State.OPEN):
+        return nothing(f"deadline while {shard.state.value}; already closing")
     if now < window.deadline:
         return nothing(f"deadline {window.deadline.isoformat()} not reached yet")
-    missing = window.missing
+    if shard.state is State.OPENING:
+        return Decision(State.FAILED, f"deadline reached before {shard.shard_id} came up",
+                        _GIVE_UP)
+    missing = shard.hosts & window.missing
     if not missing:
-        return Decision(State.CLOSING, "deadline reached; every expected host succeeded",
-                        _CLOSE_ACTIONS)
+        return Decision(State.CLOSING, f"deadline reached; every host of {shard.shard_id} "
+                                       "succeeded", (Action.STOP_INSTANCE,))
     return Decision(
         State.CLOSING,
-        f"deadline reached with {len(missing)} of {len(window.expected)} hosts missing: "
-        f"{_names(missing)}",
-        (*_CLOSE_ACTIONS, Action.NOTIFY),
-    )
+        f"deadline reached with {len(missing)} of {len(shard.hosts)} hosts of {shard.shard_id} "
+        f"missing: {_names(missing)}",
+        (Action.STOP_INSTANCE, Action.NOTIFY))
 
 
-def _close_by_admin(window: Window, by: str) -> Decision:
-    if window.state not in (State.OPENING, State.OPEN):
-        return nothing(f"close asked while {window.state.value}; already closing")
-    return Decision(
-        State.CLOSING,
-        f"closed by {by} (hosts missing: {_names(window.missing)})",
-        _CLOSE_ACTIONS,
-    )
+def _close_by_admin(window: Window, shard: Shard, by: str) -> Decision:
+    if shard.state is State.OPENING:
+        return Decision(State.FAILED, f"closed by {by} before {shard.shard_id} came up",
+                        (Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES))
+    if shard.state is not State.OPEN:
+        return nothing(f"close asked while {shard.state.value}; already closing")
+    return Decision(State.CLOSING, f"closed by {by} (hosts missing: "
+                                   f"{_names(shard.hosts & window.missing)})",
+                    (Action.STOP_INSTANCE,))
 
 
-def _on_snapshot_settled(window: Window) -> Decision:
-    if window.state is not State.SNAPSHOTTING:
-        return nothing(f"snapshot settled while {window.state.value}; nothing to do")
-    if window.unsnapshotted or not all(s.settled for s in window.snapshots.values()):
-        done = sum(1 for s in window.snapshots.values() if s.settled)
-        return nothing(f"{done} of {len(window.expected)} snapshots settled")
-    failed = sorted(h for h, s in window.snapshots.items() if s is SnapshotStatus.FAILED)
+def _on_snapshot_settled(window: Window, shard: Shard) -> Decision:
+    if shard.state is not State.SNAPSHOTTING:
+        return nothing(f"snapshot settled while {shard.state.value}; nothing to do")
+    statuses = [window.snapshots[h] for h in shard.hosts if h in window.snapshots]
+    if window.unsnapshotted(shard) or not all(s.settled for s in statuses):
+        done = sum(1 for s in statuses if s.settled)
+        return nothing(f"{done} of {len(shard.hosts)} snapshots of {shard.shard_id} settled")
+    failed = sorted(h for h in shard.hosts if window.snapshots[h] is SnapshotStatus.FAILED)
     if failed:
-        return Decision(
-            State.CLOSED,
-            f"snapshots failed for {_names(failed)}; retention skipped, nothing deleted",
-            (Action.NOTIFY, Action.RECORD_METRICS),
-        )
-    return Decision(
-        State.CLOSED,
-        f"{len(window.snapshots)} snapshots completed; "
-        f"{len(window.expected) - len(window.missing)} of {len(window.expected)} hosts complete",
-        (Action.APPLY_RETENTION, Action.NOTIFY, Action.RECORD_METRICS),
-    )
+        return Decision(State.CLOSED, f"snapshots of {shard.shard_id} failed for "
+                                      f"{_names(failed)}; their volumes are kept",
+                        (Action.DELETE_VOLUMES, Action.NOTIFY))
+    return Decision(State.CLOSED, f"{len(shard.hosts)} snapshots of {shard.shard_id} completed",
+                    (Action.DELETE_VOLUMES,))
 
 
-def _on_tick(window: Window, tick: Tick, now: datetime, timing: Timing) -> Decision:
+def _on_tick(window: Window, shard: Shard, tick: Tick, now: datetime,
+             timing: Timing) -> Decision:
     """Finish a transition whose event was lost, from what EC2 says now."""
-    instance = tick.instance_state
-    if window.state is State.OPENING:
+    instance, waited = tick.instance_state, now - shard.updated_at
+    if shard.state is State.OPENING:
         if now >= window.deadline:
-            return _close_at_deadline(window, now)
+            return _close_at_deadline(window, shard, now)
         if instance == "running":
-            return _on_running(window, InstanceRunning(None))
-        if now - window.updated_at >= timing.boot_timeout:
-            return _on_start_failed(
-                window, f"still {instance} after {timing.boot_timeout} (reconciler)")
-        return nothing(f"instance {instance}; still opening")
-    if window.state is State.OPEN:
+            return _on_running(shard, InstanceRunning(None))
+        if instance in ("stopped", "stopping", "shutting-down", "terminated"):
+            return _on_start_failed(shard, f"the instance is {instance} (reconciler)")
+        if waited >= timing.boot_timeout:
+            what = "no instance launched" if instance == "none" else f"still {instance}"
+            return _on_start_failed(shard, f"{what} after {timing.boot_timeout} (reconciler)")
+        return nothing(f"instance {instance}; {shard.shard_id} still opening")
+    if shard.state is State.OPEN:
         if now >= window.deadline:
-            return _close_at_deadline(window, now)
-        if instance == "stopped":
-            return _on_stopped(window)
-        return nothing("window open, deadline ahead")
-    if window.state is State.CLOSING:
-        if instance == "stopped":
-            return _on_stopped(window)
-        if instance == "running" and now - window.updated_at >= timing.stop_grace:
-            # The first stop may have failed before the deadline schedule was deleted.
-            return Decision(None, f"instance still running {timing.stop_grace} after the stop; "
-                                  "stopping again (reconciler)", _CLOSE_ACTIONS)
+            return _close_at_deadline(window, shard, now)
+        if instance in ("stopped", "terminated"):
+            return _on_stopped(window, shard)
+        return nothing(f"{shard.shard_id} open, deadline ahead")
+    if shard.state is State.CLOSING:
+        if instance in ("stopped", "terminated"):
+            return _on_stopped(window, shard)
+        if instance == "running" and waited >= timing.stop_grace:
+            return Decision(None, f"instance of {shard.shard_id} still running {timing.stop_grace}"
+                                  " after the stop; stopping again (reconciler)",
+                            (Action.STOP_INSTANCE,))
         return nothing(f"instance {instance}; waiting for it to stop")
     # SNAPSHOTTING
-    if window.unsnapshotted:
-        return Decision(None, f"snapshots never taken for {_names(window.unsnapshotted)} "
-                              "(reconciler)", (Action.SNAPSHOT_VOLUMES,))
-    return _on_snapshot_settled(window)
+    if window.unsnapshotted(shard):
+        return Decision(None, f"snapshots never taken for {_names(window.unsnapshotted(shard))} "
+                              "(reconciler)", (Action.SNAPSHOT_VOLUMES, Action.TERMINATE_INSTANCE))
+    decision = _on_snapshot_settled(window, shard)
+    if not decision.changes_state and instance not in ("terminated", "none"):
+        return Decision(None, f"{decision.reason}; instance still {instance}, terminating "
+                              "(reconciler)", (Action.TERMINATE_INSTANCE,))
+    return decision
+
+
+def conclude(window: Window) -> Decision:
+    """The window's own state, from its shards': CLOSED once every shard is CLOSED or FAILED
+    (FAILED if every shard failed), else the least advanced state of a shard still going."""
+    if not window.state.active:
+        return nothing(f"window is {window.state.value}")
+    shards = list(window.shards.values())
+    going = [s.state for s in shards if s.state.active]
+    if going:
+        target = min(going, key=_PROGRESS.index)
+        if target is window.state:
+            return nothing(f"{len(going)} of {len(shards)} shards still going")
+        return Decision(target, f"{len(going)} of {len(shards)} shards still going; the first "
+                                f"is {target.value}")
+    failed = sorted(s.shard_id for s in shards if s.state is State.FAILED)
+    if shards and len(failed) == len(shards):
+        reasons = "; ".join(s.reason for s in shards)
+        return Decision(State.FAILED, f"every archive failed: {reasons}",
+                        (Action.DELETE_DEADLINE, Action.NOTIFY, Action.RECORD_METRICS))
+    if window.is_restore:
+        return Decision(State.CLOSED, f"restore of {window.snapshot_id} ended",
+                        (Action.DELETE_DEADLINE, Action.NOTIFY))
+    snapshot_failed = sorted(h for h, s in window.snapshots.items()
+                             if s is SnapshotStatus.FAILED)
+    succeeded = len(window.expected) - len(window.missing)
+    tail = f"; {len(failed)} archives failed: {', '.join(failed)}" if failed else ""
+    if snapshot_failed:
+        return Decision(State.CLOSED, f"snapshots failed for {_names(snapshot_failed)}; "
+                                      f"retention skipped, nothing deleted{tail}",
+                        (Action.DELETE_DEADLINE, Action.NOTIFY, Action.RECORD_METRICS))
+    return Decision(State.CLOSED, f"{succeeded} of {len(window.expected)} hosts complete in "
+                                  f"{len(shards)} archives{tail}",
+                    (Action.DELETE_DEADLINE, Action.APPLY_RETENTION, Action.NOTIFY,
+                     Action.RECORD_METRICS))
 
 
 def _names(hosts: frozenset[str] | list[str]) -> str:

@@ -6,7 +6,7 @@ import os
 import socket
 import threading
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -54,26 +54,43 @@ class ReservedPort:
         self._socket.close()
 
 
+# The archives' network: loopback addresses, so that each shard's sshd can listen on its own
+# private address with no change to this machine's network (Linux routes all of 127.0.0.0/8 to
+# the loopback interface). Two subnets in two Availability Zones, as a deploy makes them.
+VPC_CIDR = "127.77.0.0/16"
+SUBNETS = (("127.77.1.0/24", f"{REGION}a"), ("127.77.2.0/24", f"{REGION}b"))
+ARCHITECTURES = ("x86_64", "arm64")
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What `provision` made: the ids the app's settings name."""
 
     endpoint: str
-    instance_id: str
     topic_arn: str
     keys: KeyMaterial
+    launch_template_id: str = ""
+    subnet_ids: tuple[str, ...] = ()
+    security_group_id: str = ""
+    image_ids: dict[str, str] = field(default_factory=dict)  # architecture -> AMI id
 
     def app_environment(self) -> dict[str, str]:
         return {
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-            "TABLE_NAME": TABLE, "SCHEDULE_GROUP": SCHEDULE_GROUP, "INSTANCE_ID": self.instance_id,
-            "INSTANCE_TYPES": "t3.small,t3a.small", "TOPIC_ARN": self.topic_arn,
+            "TABLE_NAME": TABLE, "SCHEDULE_GROUP": SCHEDULE_GROUP,
+            "INSTANCE_TYPES": "t4g.small,t3.small", "TOPIC_ARN": self.topic_arn,
             "KEY_PARAMETER_PREFIX": KEY_PREFIX,
             "DEADLINE_TARGET_ARN":
                 f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:offsite-local-window_deadline",
             "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/offsite-local-scheduler",
             "POWERTOOLS_SERVICE_NAME": "offsite", "POWERTOOLS_METRICS_NAMESPACE": "Offsite",
+            "LAUNCH_TEMPLATE": self.launch_template_id,
+            "SUBNET_IDS": ",".join(self.subnet_ids),
+            "IMAGE_ID_X86_64": self.image_ids.get("x86_64", ""),
+            "IMAGE_ID_ARM64": self.image_ids.get("arm64", ""),
+            # the local archives listen on their private (loopback) addresses
+            "SSH_ADDRESS": "private",
         }
 
 
@@ -138,7 +155,8 @@ def aws_client(name: str, endpoint: str) -> Any:
 
 
 def provision(endpoint: str, initialised: bool = False) -> Deployment:
-    """The table, the topic, the scheduler group, the keys in SSM and the stopped instance.
+    """The table, the topic, the scheduler group, the keys in SSM and the fleet's templates
+    (no instance: the control plane launches its fleet per window).
     `initialised`: `offsite-admin init --stage local` made the table and the keys already;
     the keys are read back from SSM, not made."""
 
@@ -155,14 +173,37 @@ def provision(endpoint: str, initialised: bool = False) -> Deployment:
             ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
     topic = client("sns").create_topic(Name="offsite-local")["TopicArn"]
     client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
-    ec2 = client("ec2")
-    instance = ec2.run_instances(
-        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.small",
-        TagSpecifications=[{"ResourceType": "instance",
-                            "Tags": [{"Key": "offsite:role", "Value": "archive"}]}],
-    )["Instances"][0]
-    ec2.stop_instances(InstanceIds=[instance["InstanceId"]])
-    return Deployment(endpoint, instance["InstanceId"], topic, keys)
+    network = provision_network(client("ec2"))
+    return Deployment(endpoint, topic, keys, **network)
+
+
+def provision_network(ec2: Any) -> dict[str, Any]:
+    """The archive fleet's templates: a VPC and a subnet per Availability Zone in 127.0.0.0/8,
+    a security group, a launch template, an AMI per architecture (moto keeps no
+    architecture on a registered image; the ids are told apart by name and setting)."""
+    vpc_id = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
+    subnet_ids = tuple(
+        ec2.create_subnet(VpcId=vpc_id, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"][
+            "SubnetId"] for cidr, zone in SUBNETS)
+    group_id = ec2.create_security_group(
+        GroupName="offsite-local-archive", VpcId=vpc_id,
+        Description="Offsite archives: ssh from the hosts")["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName="offsite-local-archive", LaunchTemplateData={
+            "SecurityGroupIds": [group_id],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        })["LaunchTemplate"]["LaunchTemplateId"]
+    image_ids = {architecture: ec2.register_image(
+        Name=f"offsite-local-archive-{architecture}", Architecture=architecture,
+        RootDeviceName="/dev/xvda", VirtualizationType="hvm", EnaSupport=True,
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
+                              "Ebs": {"VolumeSize": 8, "VolumeType": "gp3"}}])["ImageId"]
+        for architecture in ARCHITECTURES}
+    return {"launch_template_id": template_id, "subnet_ids": subnet_ids,
+            "security_group_id": group_id, "image_ids": image_ids}
 
 
 def read_key_material(ssm: Any, names: KeyParameters) -> KeyMaterial:

@@ -1,8 +1,11 @@
 """`make demo`: whole backup windows on the embedded local stack, with four sample hosts.
 
-The scheduled window opens, the four hosts run the real `offsite-host run` at once, the
-instance (a real sshd) stops when the last one reports, each volume is snapshotted, retention
-runs, and a report says what happened and what a month of it would cost. Then the sample data
+The scheduled window opens and launches its archive fleet: the four hosts are two shards of
+two, each shard an archive instance of its own (a real sshd on its own loopback address) whose
+volumes are made from each host's newest snapshot. The four hosts run the real `offsite-host
+run` at once; each archive stops when its own two hosts have reported, its volumes are
+snapshotted, it is terminated and its volumes deleted; retention runs; and a report says what
+happened and what a month of it would cost. Then the sample data
 changes and the next window runs incrementally. At the end, host `o` is restored as it was
 after window 1 (before the changes that deleted some of its files) with the real
 `offsite-host restore`, and compared with a copy of its data taken right after window 1.
@@ -14,15 +17,17 @@ import argparse
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from chalicelib.cost import WindowUsage, load_prices, month_at, month_kept_up, render
+from chalicelib.admin.usage import observe
+from chalicelib.cost import load_prices
+from chalicelib.cost_report import compare, seed_scenario
 from local.hosts import SAMPLES, SampleHost, change_sample_data, make_sample_data
 from local.stack import TERMINAL, LocalStack, StackSettings
 from local.trees import differences, inventory
@@ -32,6 +37,7 @@ PRODUCTION_WINDOW_HOURS = 3.6
 VOLUME_GIB = 20
 EC2_MINIMUM_S = 60  # EC2 bills per second, with a minimum of 60 s per start
 RESTORED_HOST = "o"  # its later windows delete files: the restore brings them back
+HOSTS_PER_ARCHIVE = 2  # the four sample hosts are two shards of two
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +72,8 @@ def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
-    settings = StackSettings(window_hours=args.window_minutes / 60)
+    settings = StackSettings(window_hours=args.window_minutes / 60,
+                             hosts_per_archive=HOSTS_PER_ARCHIVE)
     with LocalStack(root / "stack", settings, log=lambda line: print(line, file=log)) as stack:
         say(f"Offsite demo: local stack up (API {stack.api_url}); work files in {root}")
         hosts = [SampleHost(name, root / "hosts" / name, stack.api_url) for name in SAMPLES]
@@ -88,6 +95,7 @@ def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int
                 shutil.copytree(restored.data, after_first, symlinks=True)
         worst = max(worst, _restore_first_window(stack, restored, args.windows, after_first,
                                                  root, say))
+        _seed_cost(say)
         errors = stack.bus.errors if stack.bus else []
         if errors:
             say(f"\nthe event bus met {len(errors)} error(s); see {root / 'stack.log'}")
@@ -99,8 +107,8 @@ def _window(stack: LocalStack, hosts: list[SampleHost], round_no: int,
             say: Any) -> int:
     opened = stack.fire_open_schedule()
     window_id = opened["window_id"]
-    say(f"\nWindow {round_no}: {window_id} opened by the schedule; "
-        f"{len(hosts)} hosts start their cron run")
+    say(f"\nWindow {round_no}: {window_id} opened by the schedule: {len(hosts)} hosts in "
+        f"{len(opened['shards'])} archives of {HOSTS_PER_ARCHIVE}; the hosts start their cron run")
     started = time.monotonic()
     runs = {host.name: host.start("run") for host in hosts}
     codes: dict[str, int] = {}
@@ -120,29 +128,41 @@ def _window(stack: LocalStack, hosts: list[SampleHost], round_no: int,
 def _report(stack: LocalStack, window: dict[str, Any], codes: dict[str, int], say: Any) -> None:
     snapshots = _snapshots_of(stack, window["window_id"])
     reports = {r["host"]: r for r in window["host_reports"]}
-    say(f"  {'host':5} {'outcome':10} {'exit':>4} {'sent':>10} {'took':>7}  snapshot")
-    for host in window["expected"]:
-        report = reports.get(host, {})
-        snap = snapshots.get(host, {})
-        say(f"  {host:5} {report.get('status', 'missing'):10} {codes.get(host, '-'):>4} "
-            f"{_size(report.get('bytes_sent', 0)):>10} {report.get('duration_s', 0):6.1f}s  "
-            f"{snap.get('id', 'none')} complete={snap.get('complete', '-')}")
-    opened = datetime.fromisoformat(window["opened_at"])
-    stopped = datetime.fromisoformat(window["entered"].get("SNAPSHOTTING", window["opened_at"]))
-    length = datetime.fromisoformat(window["deadline"]) - opened
-    ran = (stopped - opened).total_seconds()
-    say(f"  {_instance_time(ran, length.total_seconds())} (boot is emulated in "
-        f"{stack.settings.boot_seconds:.0f} s here, a real one adds about a minute)")
-    usage = WindowUsage(
-        instance_type="t3.small", hosts=len(window["expected"]), billed_seconds=ran,
-        window_seconds=PRODUCTION_WINDOW_HOURS * 3600,
-        volume_gib=VOLUME_GIB * len(window["expected"]),
-        stored_bytes=_du(stack.instance.volumes) if stack.instance else 0,
-        sent_bytes=sum(int(r.get("bytes_sent", 0)) for r in reports.values()))
+    say(f"  {'archive':8} {'host':5} {'outcome':10} {'exit':>4} {'sent':>10} {'took':>7}  "
+        "snapshot")
+    for shard in window["shards"]:
+        for host in shard["hosts"]:
+            report = reports.get(host, {})
+            snap = snapshots.get(host, {})
+            say(f"  {shard['shard_id']:8} {host:5} {report.get('status', 'missing'):10} "
+                f"{codes.get(host, '-'):>4} {_size(report.get('bytes_sent', 0)):>10} "
+                f"{report.get('duration_s', 0):6.1f}s  {snap.get('id', 'none')} "
+                f"complete={snap.get('complete', '-')}")
+    length = (datetime.fromisoformat(window["deadline"])
+              - datetime.fromisoformat(window["opened_at"])).total_seconds()
+    for shard in window["shards"]:
+        entered = shard["entered"]
+        ran = (datetime.fromisoformat(entered.get("SNAPSHOTTING", entered["OPENING"]))
+               - datetime.fromisoformat(entered["OPENING"])).total_seconds()
+        say(f"  archive {shard['shard_id']} ({shard['instance_id']}, {shard['state']}): "
+            f"{_instance_time(ran, length)}")
+    say(f"  (boot is emulated in {stack.settings.boot_seconds:.0f} s here, a real one adds "
+        "about a minute; between windows no instance and no volume is left, only snapshots)")
     prices = load_prices()
-    say(f"  a month of such windows, beside the instance kept up for the whole "
-        f"{PRODUCTION_WINDOW_HOURS} h window:")
-    for line in render(month_at(usage, prices), month_kept_up(usage, prices), prices).splitlines():
+    observed = observe([window], volume_gib=VOLUME_GIB, retention_days=20,
+                       instance_type="t4g.small")
+    usage = replace(observed.usage, window_s=PRODUCTION_WINDOW_HOURS * 3600)
+    say(f"  a month of such windows: the fleet, beside today's persistent design and the "
+        f"archives kept up for the whole {PRODUCTION_WINDOW_HOURS} h window:")
+    table = compare(usage, prices).split("\n\n")[0]  # the line-by-line part: the seed's
+    for line in table.splitlines():
+        say(f"    {line}")
+
+
+def _seed_cost(say: Any) -> None:
+    say("\nThe seed scenario (4 hosts, 5 GiB each, 0.5 GiB changed a night, 20 days kept), "
+        "priced line by line:")
+    for line in compare(seed_scenario().usage(), load_prices()).splitlines():
         say(f"    {line}")
 
 
@@ -205,12 +225,6 @@ def _snapshots_of(stack: LocalStack, window_id: str) -> dict[str, dict[str, str]
         result[tags["offsite:host"]] = {"id": snap["SnapshotId"],
                                         "complete": tags["offsite:complete"]}
     return result
-
-
-def _du(path: Path) -> int:
-    listed = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True,
-                            check=False, timeout=60)
-    return int(listed.stdout.split()[0]) if listed.returncode == 0 else 0
 
 
 def _size(count: int) -> str:

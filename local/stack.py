@@ -1,6 +1,7 @@
 """The embedded local stack: AWS on moto, app.py's API over HTTP and its handlers behind a
-local event bus, the archive instance as a real sshd. `with LocalStack(...) as stack:` starts
-everything from nothing and leaves nothing running when the block ends, failure or not.
+local event bus, each archive instance of a window's fleet as a real sshd of its own.
+`with LocalStack(...) as stack:` starts everything from nothing and leaves nothing running
+when the block ends, failure or not.
 
 Time is compressed by configuration only (the window's length, the instance's boot time, the
 reconciler's rate, Retry-After), never by code paths of its own.
@@ -36,8 +37,8 @@ from chalice.local import (
 import app as app_module
 from local import events
 from local.aws import Deployment, MotoServer, ReservedPort, aws_client, provision
-from local.bus import EventBus
-from local.instance import LocalInstance
+from local.bus import FleetBus
+from local.fleet import Fleet
 
 TERMINAL = ("CLOSED", "FAILED")
 INSTANCE_ROOT = Path("/var/lib/offsite-local")
@@ -51,6 +52,7 @@ class StackSettings:
     retry_after: int = 2
     retention_days: int = 20
     restore_hours: float = 0.05
+    hosts_per_archive: int = 20
 
 
 class StackError(RuntimeError):
@@ -76,8 +78,8 @@ class LocalStack:
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self._saved_env = dict(os.environ)
         self.deployment: Deployment | None = None
-        self.instance: LocalInstance | None = None
-        self.bus: EventBus | None = None
+        self.fleet: Fleet | None = None
+        self.bus: FleetBus | None = None
 
     def __enter__(self) -> LocalStack:
         try:
@@ -108,37 +110,38 @@ class LocalStack:
         self.deployment = provision(moto.endpoint, initialised=self.initialise is not None)
         os.environ.update(self.deployment.app_environment())
         os.environ.update({
-            "SSH_ENDPOINT": "127.0.0.1", "SSH_PORT": str(self.ssh_port),
+            "SSH_PORT": str(self.ssh_port),
             "RRSYNC": shutil.which("rrsync") or "",
             "WINDOW_HOURS": str(self.settings.window_hours),
             "RETENTION_DAYS": str(self.settings.retention_days),
             "SESSION_RETRY_AFTER": str(self.settings.retry_after),
+            "HOSTS_PER_ARCHIVE": str(self.settings.hosts_per_archive),
+            "RESTORE_HOURS": str(self.settings.restore_hours),
             "BOOT_TIMEOUT_MINUTES": "5", "STOP_GRACE_MINUTES": "1"})
         _clear_app_caches()
         self._exit.callback(_clear_app_caches)
-        # The instance's files live where its accounts can reach them whatever self.root's
+        # The instances' files live where their accounts can reach them whatever self.root's
         # parents allow (sshd reads principals files, and rrsync runs, as the host's account).
         INSTANCE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-        instance_root = Path(tempfile.mkdtemp(prefix="instance-", dir=INSTANCE_ROOT))
+        instance_root = Path(tempfile.mkdtemp(prefix="fleet-", dir=INSTANCE_ROOT))
+        instance_root.chmod(0o755)  # mkdtemp makes it 0700: sshd reads in it as the account
         self._exit.callback(shutil.rmtree, instance_root, ignore_errors=True)
-        self._exit.callback(_keep, instance_root / "sshd.log", self.root / "sshd.log")
-        self.instance = LocalInstance(instance_root, self.ssh_port,
-                                      self.deployment.keys.ca_public_line,
-                                      self.deployment.keys.host_private_pem)
-        self._exit.callback(self.instance.release)
+        self.fleet = Fleet.create(instance_root, aws_client("ec2", moto.endpoint), self.ssh_port,
+                                  self.deployment.keys, self.settings.boot_seconds, self.log,
+                                  log_dir=self.root)
+        self._exit.callback(self.fleet.close)  # after the bus has stopped: registered first
         # Its own accounts (<stack id>-<host>): another stack's hosts may bear the same names.
-        os.environ["ACCOUNT_PREFIX"] = self.instance.account_prefix
-        os.environ["MOUNT_ROOT"] = str(self.instance.volumes)
-        os.environ["RESTORE_ROOT"] = str(self.instance.restores)
-        os.environ["RESTORE_HOURS"] = str(self.settings.restore_hours)
-        self._exit.callback(self.instance.stop)
+        os.environ["ACCOUNT_PREFIX"] = self.fleet.accounts.prefix
+        os.environ["MOUNT_ROOT"] = str(self.fleet.settings.mount_root)
+        os.environ["RESTORE_ROOT"] = str(self.fleet.settings.restore_root)
         self._start_api()
-        self.bus = EventBus(self._clients(), self.deployment.instance_id, self.instance,
-                            self.settings.boot_seconds, self.settings.reconcile_seconds, self.log)
+        self.bus = FleetBus(self._clients(), self.fleet, self.settings.reconcile_seconds,
+                            self.log)
         self.bus.start()
         self._exit.callback(self.bus.stop)
-        self.log(f"local stack {self.instance.stack_id}: AWS on {moto.endpoint}, API on "
-                 f"{self.api_url}, archive sshd on 127.0.0.1:{self.ssh_port}")
+        self.log(f"local stack {self.fleet.accounts.stack_id}: AWS on {moto.endpoint}, API on "
+                 f"{self.api_url}, archives' sshd on port {self.ssh_port} of their own "
+                 "loopback addresses")
 
     def _start_api(self) -> None:
         config = Config.create(chalice_stage="local", app_name="offsite", lambda_timeout=900,
@@ -190,8 +193,6 @@ class LocalStack:
             return error.code, json.loads(error.read() or b"null")
 
     def enrol(self, host: str, public_key: str) -> dict[str, Any]:
-        assert self.instance is not None
-        self.instance.add_host(host)
         status, body = self.admin("PUT", f"/v1/hosts/{host}", {"public_key": public_key})
         if status not in (200, 201):
             raise StackError(f"enrolling {host}: {status} {body}")
@@ -230,12 +231,6 @@ class LocalStack:
                 return window
             time.sleep(0.2)
         raise StackError(f"window {window_id} still {window['state']} after {timeout:.0f} s")
-
-
-def _keep(source: Path, target: Path) -> None:
-    """Copies the instance's sshd log out before its files go: what to read after a failure."""
-    if source.exists():
-        shutil.copyfile(source, target)
 
 
 def _clear_app_caches() -> None:

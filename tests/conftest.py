@@ -31,7 +31,8 @@ def aws() -> Iterator[None]:
 # else shares the other core (Makefile: `pytest -n 2 --dist loadgroup`).
 _ON_THE_MACHINE = ("tests/e2e/", "tests/functional/test_bench_wire.py",
                    "tests/functional/test_bench_restore.py",
-                   "tests/integration/test_instance_boot.py")
+                   "tests/integration/test_instance_boot.py",
+                   "tests/integration/test_local_fleet.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

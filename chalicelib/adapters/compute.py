@@ -1,68 +1,119 @@
-"""The archive instance and its volumes' snapshots, on EC2, and an in-memory fake."""
+"""The archive instances, their volumes and the volumes' snapshots, on EC2, and a fake.
+
+An archive instance lives for one window's shard: RunInstances makes it and, through the block
+device mapping, one volume per host from that host's newest snapshot; after the window its
+volumes are snapshotted, then it is terminated and its volumes deleted.
+"""
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from chalicelib.fleet import Placement
 from chalicelib.retention import RecoveryPoint
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 TAG_WINDOW = "offsite:window"
+TAG_SHARD = "offsite:shard"
+TAG_PURPOSE = "offsite:purpose"  # backup | restore, on archive instances and their volumes
 TAG_HOST = "offsite:host"
 # "true" only once EBS completed the snapshot of a host that reported success; "pending" until
 # it settles, "false" otherwise (retention.RecoveryPoint.complete is the definition).
 TAG_COMPLETE = "offsite:complete"
 TAG_REPORTED = "offsite:reported"  # the host's report in that window: succeeded | failed | none
-TAG_RESTORE = "offsite:restore-window"  # on a restore volume: the window it serves
-# On the instance, while a restore volume is attached: "<host> <volume id>". boot.sh reads it
-# from the instance metadata (instance tags in IMDS), so no tag key may hold ':' or '/'.
-INSTANCE_TAG_RESTORE = "offsite-restore"
 
-# Errors after which another instance type may still start (capacity) or a later try may
-# (throttling, which boto3's own retries did not get past).
-_TRY_NEXT_TYPE = {"InsufficientInstanceCapacity", "InstanceLimitExceeded",
-                  "Unsupported", "RequestLimitExceeded", "Throttling"}
-
-
-# The device names AWS recommends for EBS data volumes on Linux, in the order we attach them.
-DEVICE_NAMES = tuple(f"/dev/sd{c}" for c in "fghijklmnopqrstuvwxyz")
+# RunInstances errors after which another (type, subnet) pair may still launch: no capacity of
+# that type in that zone, the type not offered there, a quota, or throttling that boto3's own
+# retries did not get past ("Error codes for the Amazon EC2 API").
+_TRY_NEXT = {"InsufficientInstanceCapacity", "InsufficientCapacity", "InstanceLimitExceeded",
+             "VcpuLimitExceeded", "Unsupported", "InsufficientFreeAddressesInSubnet",
+             "RequestLimitExceeded", "Throttling"}
+_GONE = ("InvalidVolume.NotFound", "InvalidInstanceID.NotFound", "InvalidSnapshot.NotFound")
 
 
 class StartFailedError(Exception):
     pass
 
 
-class NoFreeDeviceError(Exception):
+class SnapshotGoneError(LookupError):
     pass
+
+
+class VolumeNotFoundError(LookupError):
+    """InvalidVolume.NotFound: no such volume in this region and account."""
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    host: str
+    device: str
+    size_gib: int
+    snapshot_id: str | None = None  # None: a blank volume (the host's first backup)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    window_id: str
+    shard_id: str
+    purpose: str  # backup | restore
+    user_data: str
+    volumes: tuple[VolumeSpec, ...]
+    placements: tuple[Placement, ...]
+    launch_template: str | None = None  # id (lt-...) or name
+    kms_key_id: str | None = None  # None: the account's default EBS key
+
+
+@dataclass(frozen=True)
+class Launched:
+    instance_id: str
+    instance_type: str
+    subnet_id: str | None
 
 
 @dataclass(frozen=True)
 class InstanceView:
-    state: str  # pending | running | stopping | stopped | ...
+    instance_id: str
+    state: str  # pending | running | stopping | stopped | shutting-down | terminated
     address: str | None
+    devices: Mapping[str, str] = field(default_factory=dict)  # device name -> volume id
+
+
+@dataclass(frozen=True)
+class LeftOver:
+    """One of our instances or volumes, as the sweep sees it."""
+
+    resource_id: str
+    window_id: str
+    shard_id: str
+    state: str
+    created: datetime
 
 
 class Compute(Protocol):
-    def start(self, instance_id: str, instance_types: Sequence[str]) -> str:
-        """Start the instance, trying each type in turn; the type it started as.
-        Raises StartFailedError with every type's cause when none started."""
+    def launch(self, spec: LaunchSpec) -> Launched:
+        """One archive instance, trying each placement in turn; raises StartFailedError with
+        every placement's cause when none launched."""
 
-    def stop(self, instance_id: str) -> None: ...
+    def stop(self, instance_ids: Sequence[str]) -> None: ...
 
-    def configure_boot(self, instance_id: str, user_data: str) -> None:
-        """Sets what the stopped instance runs at its next boot; raises StartFailedError when
-        the instance is not stopped."""
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        """Instances already gone are fine."""
 
-    def describe(self, instance_id: str) -> InstanceView: ...
+    def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceView]:
+        """The instances EC2 still lists; an id it does not know is left out."""
+
+    def tag_volumes(self, hosts: Mapping[str, str]) -> None:
+        """Names each volume's host in its `offsite:host` tag: volume id -> host."""
 
     def snapshot_volume(self, volume_id: str, tags: Mapping[str, str]) -> str: ...
 
@@ -78,80 +129,143 @@ class Compute(Protocol):
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         """pending | completed | error, per id that EC2 still knows."""
 
-    def recovery_points(self) -> list[RecoveryPoint]: ...
+    def recovery_points(self, hosts: Iterable[str] | None = None) -> list[RecoveryPoint]:
+        """Our snapshots (of these hosts only, when given)."""
 
     def delete_snapshot(self, snapshot_id: str) -> None: ...
 
-    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
-        """A new encrypted volume for `host`, attached to the instance; its id."""
+    def delete_volume(self, volume_id: str) -> bool:
+        """True when it is gone (or was); False while it is still attached (in use)."""
 
-    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
-                              instance_id: str) -> str:
-        """A volume made from `snapshot_id`, attached to the (stopped) instance and named in
-        its `offsite-restore` tag; its id. Raises SnapshotGoneError if EBS no longer has it."""
+    def leftover_instances(self) -> list[LeftOver]:
+        """Our archive instances that are not terminated."""
 
-    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
-        """Detach and delete it, and clear the instance's tag; a volume already gone is fine."""
-
-    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
-        """Every restore volume that still exists: volume id -> (window id, created)."""
+    def leftover_volumes(self) -> list[LeftOver]:
+        """Our window volumes that still exist."""
 
 
-class SnapshotGoneError(LookupError):
-    pass
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def client_token(spec: LaunchSpec, attempt: int) -> str:
+    """RunInstances' idempotency token for this shard's `attempt`-th placement: a retried or
+    duplicated launch gets the instance the first call made, not a second one ("Ensure
+    idempotency in Amazon EC2 API requests": up to 64 ASCII characters)."""
+    token = f"{spec.window_id}.{spec.shard_id}.{attempt}"
+    return token if len(token) <= 64 else hashlib.sha256(token.encode()).hexdigest()[:64]
+
+
+def _tags(pairs: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in pairs.items()]
 
 
 class Ec2Compute:
-    def __init__(self, client: EC2Client) -> None:
+    def __init__(self, client: EC2Client, address: str = "public") -> None:
         self._ec2 = client
+        self._address_key = "PrivateIpAddress" if address == "private" else "PublicIpAddress"
 
-    def start(self, instance_id: str, instance_types: Sequence[str]) -> str:
+    def launch(self, spec: LaunchSpec) -> Launched:
         causes: list[str] = []
-        current = self._instance(instance_id)["InstanceType"]
-        for instance_type in instance_types or [current]:
+        for attempt, placement in enumerate(spec.placements):
             try:
-                if instance_type != current:
-                    self._ec2.modify_instance_attribute(
-                        InstanceId=instance_id, InstanceType={"Value": instance_type})
-                    current = instance_type
-                self._ec2.start_instances(InstanceIds=[instance_id])
-                return instance_type
+                instance = self._ec2.run_instances(**self._request(spec, placement, attempt))[
+                    "Instances"][0]
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code not in _TRY_NEXT_TYPE:
+                where = placement.subnet_id or "default subnet"
+                causes.append(f"{placement.instance_type} in {where}: {_code(exc)}")
+                if _code(exc) not in _TRY_NEXT:  # a snapshot gone, a bad template: say so now
+                    message = exc.response.get("Error", {}).get("Message", "")
+                    raise StartFailedError(f"{'; '.join(causes)} ({message})") from exc
+                continue
+            return Launched(instance["InstanceId"], placement.instance_type, placement.subnet_id)
+        raise StartFailedError("; ".join(causes) or "no placement to try")
+
+    def _request(self, spec: LaunchSpec, placement: Placement, attempt: int) -> dict[str, Any]:
+        labels = {TAG_WINDOW: spec.window_id, TAG_SHARD: spec.shard_id, TAG_PURPOSE: spec.purpose}
+        request: dict[str, Any] = {
+            "MinCount": 1, "MaxCount": 1, "ClientToken": client_token(spec, attempt),
+            "ImageId": placement.image_id, "InstanceType": placement.instance_type,
+            # RunInstances takes the user-data as text: botocore base64-encodes it (unlike
+            # ModifyInstanceAttribute, where the caller must).
+            "UserData": spec.user_data,
+            "BlockDeviceMappings": [self._mapping(v, spec.kms_key_id) for v in spec.volumes],
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": _tags(
+                    {**labels, "Name": f"offsite {spec.window_id} {spec.shard_id}"})},
+                {"ResourceType": "volume", "Tags": _tags(labels)}],
+        }
+        if spec.launch_template:
+            key = "LaunchTemplateId" if spec.launch_template.startswith("lt-") \
+                else "LaunchTemplateName"
+            request["LaunchTemplate"] = {key: spec.launch_template, "Version": "$Default"}
+        if placement.subnet_id:
+            request["SubnetId"] = placement.subnet_id
+        return request
+
+    @staticmethod
+    def _mapping(volume: VolumeSpec, kms_key_id: str | None) -> dict[str, Any]:
+        # Volumes outlive the instance (DeleteOnTermination false): they are deleted only once
+        # their snapshot has completed. A volume made from an encrypted snapshot is encrypted.
+        ebs: dict[str, Any] = {"VolumeSize": volume.size_gib, "VolumeType": "gp3",
+                               "DeleteOnTermination": False, "Encrypted": True}
+        if volume.snapshot_id:
+            ebs["SnapshotId"] = volume.snapshot_id
+        if kms_key_id:
+            ebs["KmsKeyId"] = kms_key_id
+        return {"DeviceName": volume.device, "Ebs": ebs}
+
+    def stop(self, instance_ids: Sequence[str]) -> None:
+        if instance_ids:
+            self._ec2.stop_instances(InstanceIds=list(instance_ids))
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        for instance_id in instance_ids:  # one by one: one id already gone fails the call
+            try:
+                self._ec2.terminate_instances(InstanceIds=[instance_id])
+            except ClientError as exc:
+                if _code(exc) != "InvalidInstanceID.NotFound":
                     raise
-                causes.append(f"{instance_type}: {code}")
-        raise StartFailedError("; ".join(causes))
 
-    def stop(self, instance_id: str) -> None:
-        self._ec2.stop_instances(InstanceIds=[instance_id])
+    def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceView]:
+        if not instance_ids:
+            return {}
+        # A filter, not InstanceIds: an id EC2 no longer lists is left out instead of failing
+        # the whole call with InvalidInstanceID.NotFound.
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": list(instance_ids)}])
+        views = {}
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    views[instance["InstanceId"]] = InstanceView(
+                        instance["InstanceId"], instance["State"]["Name"],
+                        str(instance.get(self._address_key) or "") or None,
+                        {m["DeviceName"]: m["Ebs"]["VolumeId"]
+                         for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m})
+        return views
 
-    def configure_boot(self, instance_id: str, user_data: str) -> None:
-        # Unlike RunInstances, ModifyInstanceAttribute takes the user-data base64-encoded by
-        # the caller (botocore then encodes the blob once more for the wire); only while
-        # the instance is stopped.
-        try:
-            self._ec2.modify_instance_attribute(
-                InstanceId=instance_id,
-                UserData={"Value": base64.b64encode(user_data.encode())})
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code != "IncorrectInstanceState":
-                raise
-            raise StartFailedError(f"the instance's boot config cannot be set: {code} "
-                                   f"({exc.response.get('Error', {}).get('Message', '')})"
-                                   ) from exc
-
-    def describe(self, instance_id: str) -> InstanceView:
-        instance = self._instance(instance_id)
-        return InstanceView(instance["State"]["Name"], instance.get("PublicIpAddress"))
+    def tag_volumes(self, hosts: Mapping[str, str]) -> None:
+        for volume_id, host in hosts.items():
+            self._ec2.create_tags(Resources=[volume_id], Tags=[{"Key": TAG_HOST, "Value": host}])
 
     def snapshot_volume(self, volume_id: str, tags: Mapping[str, str]) -> str:
+        try:
+            return self._create_snapshot(volume_id, tags)
+        except ClientError as exc:
+            # "The specified volume does not exist" ("Error codes for the Amazon EC2 API"):
+            # a mistyped id, or a volume of another region or account.
+            if _code(exc) != "InvalidVolume.NotFound":
+                raise
+            raise VolumeNotFoundError(f"no volume {volume_id} in this region and account") \
+                from exc
+
+    def _create_snapshot(self, volume_id: str, tags: Mapping[str, str]) -> str:
         answer = self._ec2.create_snapshot(
             VolumeId=volume_id,
             Description=f"offsite {tags.get(TAG_HOST)} {tags.get(TAG_WINDOW)}",
-            TagSpecifications=[{"ResourceType": "snapshot", "Tags": [
-                {"Key": k, "Value": v} for k, v in tags.items()]}])
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": _tags(tags)}],  # type: ignore[misc,list-item]
+        )
         return answer["SnapshotId"]
 
     def find_snapshot(self, window_id: str, host: str) -> str | None:
@@ -166,10 +280,9 @@ class Ec2Compute:
             {"Key": TAG_COMPLETE, "Value": "true" if complete else "false"}])
 
     def snapshots_in_use(self) -> frozenset[str]:
-        # A volume made from a snapshot names it in SnapshotId for as long as the volume lives;
-        # it is protected from its `creating` state until it is deleted.
+        # A volume made from a snapshot names it in SnapshotId for as long as the volume lives.
         pages = self._ec2.get_paginator("describe_volumes").paginate(
-            Filters=[{"Name": "tag-key", "Values": [TAG_HOST]}])
+            Filters=[{"Name": "tag-key", "Values": [TAG_WINDOW]}])
         return frozenset(volume["SnapshotId"] for page in pages for volume in page["Volumes"]
                          if volume.get("SnapshotId"))
 
@@ -179,16 +292,21 @@ class Ec2Compute:
             try:
                 found = self._ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
+                if _code(exc) != "InvalidSnapshot.NotFound":
                     raise
                 continue
             states.update({s["SnapshotId"]: s["State"] for s in found})
         return states
 
-    def recovery_points(self) -> list[RecoveryPoint]:
+    def recovery_points(self, hosts: Iterable[str] | None = None) -> list[RecoveryPoint]:
+        wanted = sorted(hosts) if hosts is not None else None
+        if wanted == []:
+            return []
+        host_filter: Any = ({"Name": f"tag:{TAG_HOST}", "Values": wanted} if wanted
+                            else {"Name": "tag-key", "Values": [TAG_HOST]})
         points = []
         pages = self._ec2.get_paginator("describe_snapshots").paginate(
-            OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_HOST]}])
+            OwnerIds=["self"], Filters=[host_filter])
         for page in pages:
             for snap in page["Snapshots"]:
                 tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
@@ -203,130 +321,135 @@ class Ec2Compute:
         try:
             self._ec2.delete_snapshot(SnapshotId=snapshot_id)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
+            if _code(exc) != "InvalidSnapshot.NotFound":
                 raise
 
-    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
-        instance = self._instance(instance_id)
-        device = _free_device(instance, host)
-        volume_id = self._ec2.create_volume(
-            AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=size_gib,
-            VolumeType="gp3", Encrypted=True, TagSpecifications=[{
-                "ResourceType": "volume", "Tags": [{"Key": TAG_HOST, "Value": host}]}],
-        )["VolumeId"]
-        self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
-        self._ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
-        return volume_id
-
-    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
-                              instance_id: str) -> str:
-        instance = self._instance(instance_id)
-        device = _free_device(instance, host)
+    def delete_volume(self, volume_id: str) -> bool:
+        # "The volume must be in the available state (not attached to an instance)"
+        # (DeleteVolume, EC2 API Reference): right after TerminateInstances it may still be
+        # in use; the reconciler's sweep tries again.
         try:
-            volume_id = self._ec2.create_volume(
-                AvailabilityZone=instance["Placement"]["AvailabilityZone"],
-                SnapshotId=snapshot_id, VolumeType="gp3", TagSpecifications=[{
-                    "ResourceType": "volume", "Tags": [
-                        {"Key": TAG_HOST, "Value": host},
-                        {"Key": TAG_RESTORE, "Value": window_id}]}],
-            )["VolumeId"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "InvalidSnapshot.NotFound":
-                raise
-            raise SnapshotGoneError(f"snapshot {snapshot_id} no longer exists") from exc
-        try:
-            self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
-            self._ec2.attach_volume(Device=device, InstanceId=instance_id, VolumeId=volume_id)
-            self._ec2.create_tags(Resources=[instance_id], Tags=[
-                {"Key": INSTANCE_TAG_RESTORE, "Value": f"{host} {volume_id}"}])
-        except Exception:
-            self.delete_restore_volume(volume_id, instance_id)
-            raise
-        return volume_id
-
-    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
-        self._ec2.delete_tags(Resources=[instance_id], Tags=[{"Key": INSTANCE_TAG_RESTORE}])
-        try:
-            volume = self._ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
-            if volume.get("Attachments"):
-                self._ec2.detach_volume(VolumeId=volume_id, InstanceId=instance_id)
-                self._ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id])
             self._ec2.delete_volume(VolumeId=volume_id)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "InvalidVolume.NotFound":
+            if _code(exc) == "VolumeInUse":
+                return False
+            if _code(exc) != "InvalidVolume.NotFound":
                 raise
+        return True
 
-    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
+    def leftover_instances(self) -> list[LeftOver]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "tag-key", "Values": [TAG_WINDOW]},
+            {"Name": "instance-state-name",
+             "Values": ["pending", "running", "stopping", "stopped"]}])
+        return [LeftOver(i["InstanceId"], _tag(i, TAG_WINDOW), _tag(i, TAG_SHARD),
+                         i["State"]["Name"],
+                         i["LaunchTime"])
+                for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def leftover_volumes(self) -> list[LeftOver]:
         pages = self._ec2.get_paginator("describe_volumes").paginate(
-            Filters=[{"Name": "tag-key", "Values": [TAG_RESTORE]}])
-        found: dict[str, tuple[str, datetime]] = {}
-        for page in pages:
-            for volume in page["Volumes"]:
-                tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
-                found[volume["VolumeId"]] = (tags[TAG_RESTORE], volume["CreateTime"])
-        return found
-
-    def _instance(self, instance_id: str) -> dict:  # type: ignore[type-arg]
-        answer = self._ec2.describe_instances(InstanceIds=[instance_id])
-        return dict(answer["Reservations"][0]["Instances"][0])
+            Filters=[{"Name": "tag-key", "Values": [TAG_WINDOW]}])
+        return [LeftOver(v["VolumeId"], _tag(v, TAG_WINDOW), _tag(v, TAG_SHARD), v["State"],
+                         v["CreateTime"])
+                for page in pages for v in page["Volumes"]]
 
 
-def _free_device(instance: dict, host: str) -> str:  # type: ignore[type-arg]
-    used = {m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])}
-    used.add(instance.get("RootDeviceName", ""))
-    device = next((d for d in DEVICE_NAMES if d not in used), None)
-    if device is None:
-        raise NoFreeDeviceError(
-            f"instance {instance['InstanceId']} has no free device for {host}")
-    return device
+def _tag(resource: Mapping[str, Any], key: str) -> str:
+    return next((t["Value"] for t in resource.get("Tags", []) if t["Key"] == key), "")
 
 
 class FakeCompute:
-    """EC2 as the services see it: starts and stops take effect at once, snapshots are pending
-    until `complete_snapshot`. Counts every call, so tests can say "exactly one stop"."""
+    """EC2 as the services see it: launches, stops and terminations take effect at once,
+    snapshots are pending until `complete_snapshot`. Counts every call, so tests can say
+    "exactly one stop" or "calls per host"."""
 
-    def __init__(self, unavailable_types: Sequence[str] = ()) -> None:
-        self.state = "stopped"
-        self.address = "203.0.113.10"
-        self.unavailable_types = set(unavailable_types)
-        self.started_as: list[str] = []
-        self.user_data: str | None = None
-        self.stops = 0
-        self.snapshots: dict[str, dict[str, object]] = {}
-        self.volumes: dict[str, str] = {}
-        self.restores: dict[str, dict[str, str]] = {}  # volume id -> snapshot, host, window
-        self.restore_deletions: list[str] = []
+    def __init__(self, unavailable: Iterable[str] = ()) -> None:
+        # "t3.small" (every subnet) or "t3.small@subnet-b": no capacity there
+        self.unavailable = set(unavailable)
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
         self._ids = itertools.count(1)
-        self.now = datetime(2026, 11, 29, 2, 0)
+        self._tokens: dict[str, str] = {}
+        self.now = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
         self.lost_snapshot_answers = 0  # CreateSnapshot calls that make one, then raise
 
-    def start(self, instance_id: str, instance_types: Sequence[str]) -> str:
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids):017x}"
+
+    def launch(self, spec: LaunchSpec) -> Launched:
         causes = []
-        for instance_type in instance_types or ["t3.small"]:
-            if instance_type in self.unavailable_types:
-                causes.append(f"{instance_type}: InsufficientInstanceCapacity")
+        for attempt, placement in enumerate(spec.placements):
+            self.calls["launch"] += 1
+            where = placement.subnet_id or "default subnet"
+            if {placement.instance_type, f"{placement.instance_type}@{where}"} & self.unavailable:
+                causes.append(f"{placement.instance_type} in {where}: "
+                              "InsufficientInstanceCapacity")
                 continue
-            self.state = "running"
-            self.started_as.append(instance_type)
-            return instance_type
+            token = client_token(spec, attempt)
+            if token not in self._tokens:
+                self._tokens[token] = self._make(spec, placement)
+            return Launched(self._tokens[token], placement.instance_type, placement.subnet_id)
         raise StartFailedError("; ".join(causes))
 
-    def stop(self, instance_id: str) -> None:
-        self.stops += 1
-        self.state = "stopped"
+    def _make(self, spec: LaunchSpec, placement: Placement) -> str:
+        instance_id = self._id("i")
+        devices = {}
+        for volume in spec.volumes:
+            volume_id = self._id("vol")
+            self.volumes[volume_id] = {"snapshot_id": volume.snapshot_id, "host": None,
+                                       "size_gib": volume.size_gib, "instance": instance_id,
+                                       "window_id": spec.window_id, "created": self.now,
+                                       "shard_id": spec.shard_id,
+                                       "kms_key_id": spec.kms_key_id}
+            devices[volume.device] = volume_id
+        self.instances[instance_id] = {
+            "state": "pending", "type": placement.instance_type, "subnet": placement.subnet_id,
+            "address": f"203.0.113.{len(self.instances) % 250 + 1}", "devices": devices,
+            "spec": spec, "launched": self.now}
+        return instance_id
 
-    def configure_boot(self, instance_id: str, user_data: str) -> None:
-        if self.state != "stopped":
-            raise StartFailedError(f"the instance's boot config cannot be set: {self.state}")
-        self.user_data = user_data
+    def stop(self, instance_ids: Sequence[str]) -> None:
+        self.calls["stop"] += 1
+        for instance_id in instance_ids:
+            if self.instances[instance_id]["state"] != "terminated":
+                self.instances[instance_id]["state"] = "stopped"
 
-    def describe(self, instance_id: str) -> InstanceView:
-        return InstanceView(self.state, self.address if self.state == "running" else None)
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        for instance_id in instance_ids:
+            self.calls["terminate"] += 1
+            instance = self.instances.get(instance_id)
+            if instance is None:
+                continue
+            instance["state"] = "terminated"
+            for volume_id in instance["devices"].values():
+                if volume_id in self.volumes:
+                    self.volumes[volume_id]["instance"] = None
+
+    def describe(self, instance_ids: Sequence[str]) -> dict[str, InstanceView]:
+        self.calls["describe"] += 1
+        return {i: InstanceView(i, str(self.instances[i]["state"]),
+                                str(self.instances[i]["address"])
+                                if self.instances[i]["state"] == "running" else None,
+                                dict(self.instances[i]["devices"]))
+                for i in instance_ids if i in self.instances}
+
+    def tag_volumes(self, hosts: Mapping[str, str]) -> None:
+        self.calls["tag_volumes"] += 1
+        for volume_id, host in hosts.items():
+            self.volumes[volume_id]["host"] = host
 
     def snapshot_volume(self, volume_id: str, tags: Mapping[str, str]) -> str:
-        snapshot_id = f"snap-{next(self._ids):017x}"
+        self.calls["snapshot"] += 1
+        if volume_id not in self.volumes:
+            raise VolumeNotFoundError(f"no volume {volume_id} in this region and account")
+        snapshot_id = self._id("snap")
+        size = self.volumes[volume_id]["size_gib"] if volume_id in self.volumes else 8
         self.snapshots[snapshot_id] = {"volume_id": volume_id, "tags": dict(tags),
-                                       "state": "pending", "started": self.now}
+                                       "state": "pending", "started": self.now,
+                                       "size_gib": size}
         if self.lost_snapshot_answers:
             self.lost_snapshot_answers -= 1
             raise ConnectionError("CreateSnapshot: the answer was lost (read timeout)")
@@ -336,56 +459,57 @@ class FakeCompute:
         self.snapshots[snapshot_id]["state"] = state
 
     def find_snapshot(self, window_id: str, host: str) -> str | None:
-        for snapshot_id, snap in self.snapshots.items():
-            tags = snap["tags"]
-            assert isinstance(tags, dict)
-            if tags.get(TAG_WINDOW) == window_id and tags.get(TAG_HOST) == host:
-                return snapshot_id
-        return None
+        self.calls["find_snapshot"] += 1
+        return next((i for i, s in self.snapshots.items()
+                     if s["tags"].get(TAG_WINDOW) == window_id
+                     and s["tags"].get(TAG_HOST) == host), None)
 
     def mark_complete(self, snapshot_id: str, complete: bool) -> None:
         if snapshot_id in self.snapshots:
-            tags = self.snapshots[snapshot_id]["tags"]
-            assert isinstance(tags, dict)
-            tags[TAG_COMPLETE] = "true" if complete else "false"
+            self.snapshots[snapshot_id]["tags"][TAG_COMPLETE] = "true" if complete else "false"
 
     def snapshots_in_use(self) -> frozenset[str]:
-        return frozenset(r["snapshot_id"] for r in self.restores.values())
+        return frozenset(v["snapshot_id"] for v in self.volumes.values() if v["snapshot_id"])
 
     def snapshot_states(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
         return {i: str(self.snapshots[i]["state"]) for i in snapshot_ids if i in self.snapshots}
 
-    def recovery_points(self) -> list[RecoveryPoint]:
-        points = []
-        for snapshot_id, snap in self.snapshots.items():
-            tags, started = snap["tags"], snap["started"]
-            assert isinstance(tags, dict) and isinstance(started, datetime)
-            points.append(RecoveryPoint(snapshot_id, tags[TAG_HOST], tags[TAG_WINDOW],
-                                        started, tags.get(TAG_REPORTED) == "succeeded", 20,
-                                        str(snap["state"])))
-        return points
+    def recovery_points(self, hosts: Iterable[str] | None = None) -> list[RecoveryPoint]:
+        self.calls["recovery_points"] += 1
+        wanted = None if hosts is None else set(hosts)
+        return [RecoveryPoint(i, s["tags"][TAG_HOST], s["tags"].get(TAG_WINDOW, ""),
+                              s["started"], s["tags"].get(TAG_REPORTED) == "succeeded",
+                              int(s["size_gib"]), str(s["state"]))
+                for i, s in self.snapshots.items()
+                if wanted is None or s["tags"][TAG_HOST] in wanted]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.snapshots.pop(snapshot_id, None)
 
-    def create_host_volume(self, host: str, instance_id: str, size_gib: int) -> str:
-        volume_id = f"vol-{next(self._ids):017x}"
-        self.volumes[volume_id] = host
-        return volume_id
+    def delete_volume(self, volume_id: str) -> bool:
+        self.calls["delete_volume"] += 1
+        volume = self.volumes.get(volume_id)
+        if volume is not None and volume["instance"] is not None:
+            return False
+        self.volumes.pop(volume_id, None)
+        return True
 
-    def create_restore_volume(self, snapshot_id: str, host: str, window_id: str,
-                              instance_id: str) -> str:
-        if snapshot_id not in self.snapshots:
-            raise SnapshotGoneError(f"snapshot {snapshot_id} no longer exists")
-        volume_id = f"vol-{next(self._ids):017x}"
-        self.restores[volume_id] = {"snapshot_id": snapshot_id, "host": host,
-                                    "window_id": window_id}
-        return volume_id
+    def leftover_instances(self) -> list[LeftOver]:
+        return [LeftOver(i, x["spec"].window_id, x["spec"].shard_id, x["state"], x["launched"])
+                for i, x in self.instances.items() if x["state"] != "terminated"]
 
-    def delete_restore_volume(self, volume_id: str, instance_id: str) -> None:
-        self.restore_deletions.append(volume_id)
-        self.restores.pop(volume_id, None)
+    def leftover_volumes(self) -> list[LeftOver]:
+        return [LeftOver(i, v["window_id"], v["shard_id"],
+                         "in-use" if v["instance"] else "available", v["created"])
+                for i, v in self.volumes.items()]
 
-    def restore_volumes(self) -> dict[str, tuple[str, datetime]]:
-        created = self.now.replace(tzinfo=self.now.tzinfo or timezone.utc)
-        return {v: (r["window_id"], created) for v, r in self.restores.items()}
+    # for tests: EC2's side of things
+    def boot(self) -> list[str]:
+        """Every pending instance comes up; their ids."""
+        booted = [i for i, x in self.instances.items() if x["state"] == "pending"]
+        for instance_id in booted:
+            self.instances[instance_id]["state"] = "running"
+        return booted
+
+    def running(self) -> list[str]:
+        return [i for i, x in self.instances.items() if x["state"] != "terminated"]

@@ -1,13 +1,15 @@
-"""The store on one DynamoDB table (partition key `pk`, sort key `sk`, TTL on `expires_at`).
+"""The stores on one DynamoDB table (partition key `pk`, sort key `sk`, TTL on `expires_at`).
 
     pk                 sk              what
-    ACTIVE             ACTIVE          the guard: id of the one active window
+    ACTIVE             BACKUP          the guard: id of the one active backup window
+    ACTIVE             RESTORE#<host>  the guard of the host's one active restore
     WINDOWS            <window id>     index of windows (ids sort by open time)
-    WINDOW#<id>        META            state, deadline, expected hosts, instance, address, reason,
-                                       purpose (backup | restore) and, for a restore, the
-                                       snapshot served and the volume made from it
+    WINDOW#<id>        META            state, deadline, expected hosts, reason, purpose (backup |
+                                       restore) and, for a restore, the snapshot served
+    WINDOW#<id>        SHARD#<shard>   a shard: its hosts, state, instance, address, volumes
     WINDOW#<id>        REPORT#<host>   a host's report
     WINDOW#<id>        SNAP#<host>     a host's snapshot: claimed -> pending -> completed|failed
+    INSTANCE#<id>      INSTANCE        instance id -> window and shard, for EC2 events
     SNAPSHOT#<snap id> SNAPSHOT        snapshot id -> window and host, for EBS events
     HOST               <name>          an enrolled host
     NONCE#<key>#<nonce> NONCE          a request nonce already seen (expires by TTL)
@@ -22,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from chalicelib.adapters.store import WindowActiveError
+from chalicelib.adapters.store import WindowActiveError, guard_of
 from chalicelib.records import Host, Report, SnapshotRecord
-from chalicelib.window import SnapshotStatus, State, Window
+from chalicelib.window import Shard, SnapshotStatus, State, Window
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-_ACTIVE = {"pk": "ACTIVE", "sk": "ACTIVE"}
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
 
@@ -50,28 +51,87 @@ def _window_key(window_id: str, sk: str = "META") -> dict[str, str]:
     return {"pk": f"WINDOW#{window_id}", "sk": sk}
 
 
-class DynamoStore:
+class _Table:
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._db = client
         self._table = table_name
 
+    def _put_if(self, item: Mapping[str, Any], condition: str,
+                names: Mapping[str, str] | None = None,
+                values: Mapping[str, Any] | None = None) -> bool:
+        extra: dict[str, Any] = {}
+        if names:
+            extra["ExpressionAttributeNames"] = dict(names)
+        if values:
+            extra["ExpressionAttributeValues"] = _dump(values)
+        try:
+            self._db.put_item(TableName=self._table, Item=_dump(item),
+                              ConditionExpression=condition, **extra)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _get(self, key: Mapping[str, str]) -> dict[str, Any] | None:
+        got = self._db.get_item(TableName=self._table, Key=_dump(key), ConsistentRead=True)
+        return _load(got["Item"]) if "Item" in got else None
+
+    def _query(self, pk: str, sk_prefix: str | None = None) -> list[dict[str, Any]]:
+        condition = "pk = :pk"
+        values: dict[str, Any] = {":pk": pk}
+        if sk_prefix:
+            condition += " AND begins_with(sk, :prefix)"
+            values[":prefix"] = sk_prefix
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self._db.query(TableName=self._table, KeyConditionExpression=condition,
+                                  ExpressionAttributeValues=_dump(values),
+                                  ConsistentRead=True, **kwargs)
+            items.extend(_load(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+# TransactWriteItems takes at most 100 actions ("TransactWriteItems", DynamoDB API Reference):
+# a window's guard, META and index, and its shards when they fit; more shards are written first.
+_TRANSACTION_LIMIT = 100
+
+
+class DynamoWindowStore(_Table):
     # windows ---------------------------------------------------------------------------
     def create_window(self, window: Window) -> None:
         # The guard and the window are written together: two opens racing both try to create
-        # ACTIVE; the loser's whole transaction is cancelled and it learns who is active.
-        meta = {**_window_key(window.window_id), **_window_attrs(window)}
+        # the guard; the loser's whole transaction is cancelled and it learns who is active.
+        guard = {"pk": "ACTIVE", "sk": guard_of(window)}
+        shards = [{"Put": {"TableName": self._table, "Item": _dump(_shard_item(window.window_id,
+                                                                                shard))}}
+                  for shard in window.shards.values()]
+        inline = len(shards) + 3 <= _TRANSACTION_LIMIT
+        if not inline:  # inert until META exists; removed again if the guard is refused
+            for chunk in range(0, len(shards), 25):
+                self._db.transact_write_items(TransactItems=shards[chunk:chunk + 25])  # type: ignore[arg-type]
+        items: list[Any] = [
+            {"Put": {"TableName": self._table,
+                     "Item": _dump({**guard, "window_id": window.window_id}),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": self._table,
+                     "Item": _dump({**_window_key(window.window_id), **_window_attrs(window)}),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Put": {"TableName": self._table,
+                     "Item": _dump({"pk": "WINDOWS", "sk": window.window_id})}},
+            *(shards if inline else []),
+        ]
         try:
-            self._db.transact_write_items(TransactItems=[
-                {"Put": {"TableName": self._table,
-                         "Item": _dump({**_ACTIVE, "window_id": window.window_id}),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Put": {"TableName": self._table, "Item": _dump(meta),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Put": {"TableName": self._table,
-                         "Item": _dump({"pk": "WINDOWS", "sk": window.window_id})}},
-            ])
+            self._db.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            active = self.active_window_id()
+            active = self.active_window_id(guard["sk"])
+            if not inline:
+                for shard_id in window.shards:
+                    self._db.delete_item(TableName=self._table, Key=_dump(
+                        _window_key(window.window_id, f"SHARD#{shard_id}")))
             if _code(exc) == "TransactionCanceledException" and active is not None:
                 raise WindowActiveError(active) from exc
             raise
@@ -85,12 +145,15 @@ class DynamoStore:
                    if i["sk"].startswith("REPORT#")}
         snaps = {i["sk"][len("SNAP#"):]: SnapshotStatus(i["status"]) for i in items
                  if i["sk"].startswith("SNAP#")}
-        return _window_from(meta, reports, snaps)
+        shards = [_shard_from(i) for i in items if i["sk"].startswith("SHARD#")]
+        return _window_from(meta, shards, reports, snaps)
 
-    def active_window_id(self) -> str | None:
-        got = self._db.get_item(TableName=self._table, Key=_dump(_ACTIVE), ConsistentRead=True)
-        item = got.get("Item")
-        return str(_load(item)["window_id"]) if item else None
+    def active_window_id(self, guard: str = "BACKUP") -> str | None:
+        item = self._get({"pk": "ACTIVE", "sk": guard})
+        return str(item["window_id"]) if item else None
+
+    def active_window_ids(self) -> list[str]:
+        return sorted(str(i["window_id"]) for i in self._query("ACTIVE"))
 
     def list_windows(self, limit: int) -> list[Window]:
         page = self._db.query(
@@ -101,28 +164,22 @@ class DynamoStore:
         return [w for w in (self.get_window(i) for i in ids) if w is not None]
 
     def transition(self, window_id: str, source: State, target: State, reason: str,
-                   now: datetime, address: str | None = None) -> bool:
-        # Timeline of two Lambdas handling the same event:
-        #   A reads OPEN -> B reads OPEN -> A writes CLOSING if state=OPEN (ok)
-        #   -> B writes CLOSING if state=OPEN (fails: B takes no action).
-        update = (f"SET #state = :target, reason = :reason, updated_at = :now, "
-                  f"entered_{target.value} = :now")
-        values: dict[str, Any] = {":source": source.value, ":target": target.value,
-                                  ":reason": reason, ":now": now.isoformat()}
-        if address:
-            update += ", address = :address"
-            values[":address"] = address
-        change: dict[str, Any] = {"TableName": self._table, "Key": _dump(_window_key(window_id)),
-                  "UpdateExpression": update, "ConditionExpression": "#state = :source",
-                  "ExpressionAttributeNames": {"#state": "state"},
-                  "ExpressionAttributeValues": _dump(values)}
+                   now: datetime) -> bool:
+        # Timeline of two Lambdas concluding the same window (each finished a last shard):
+        #   A reads OPEN -> B reads OPEN -> A writes CLOSED if state=OPEN (ok, guard released)
+        #   -> B writes CLOSED if state=OPEN (fails: B takes no action).
+        change = self._state_change(_window_key(window_id), source, target, reason, now)
         try:
             if target.active:
                 self._db.update_item(**change)
             else:
-                release: dict[str, Any] = {"TableName": self._table, "Key": _dump(_ACTIVE),
-                           "ConditionExpression": "window_id = :id",
-                           "ExpressionAttributeValues": _dump({":id": window_id})}
+                meta = self._get(_window_key(window_id)) or {}
+                guard = "RESTORE#" + min(meta.get("expected", [""])) \
+                    if meta.get("purpose") == "restore" else "BACKUP"
+                release: dict[str, Any] = {
+                    "TableName": self._table, "Key": _dump({"pk": "ACTIVE", "sk": guard}),
+                    "ConditionExpression": "attribute_not_exists(pk) OR window_id = :id",
+                    "ExpressionAttributeValues": _dump({":id": window_id})}
                 items: Any = [{"Update": change}, {"Delete": release}]
                 self._db.transact_write_items(TransactItems=items)
         except ClientError as exc:
@@ -130,6 +187,68 @@ class DynamoStore:
                 return False
             raise
         return True
+
+    def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
+                         reason: str, now: datetime, address: str | None = None,
+                         volumes: Mapping[str, str] | None = None) -> bool:
+        # Timeline of a duplicated "stopped" event: A reads CLOSING -> B reads CLOSING ->
+        # A writes SNAPSHOTTING if state=CLOSING (ok: A snapshots) -> B's write fails (no
+        # second round of snapshots).
+        extra = {"address": address, "volumes": dict(volumes) if volumes else None}
+        change = self._state_change(_window_key(window_id, f"SHARD#{shard_id}"), source, target,
+                                    reason, now, extra)
+        try:
+            self._db.update_item(**change)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _state_change(self, key: Mapping[str, str], source: State, target: State, reason: str,
+                      now: datetime, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        update = (f"SET #state = :target, reason = :reason, updated_at = :now, "
+                  f"entered_{target.value} = :now")
+        values: dict[str, Any] = {":source": source.value, ":target": target.value,
+                                  ":reason": reason, ":now": now.isoformat()}
+        for name, value in (extra or {}).items():
+            if value:
+                update += f", {name} = :{name}"
+                values[f":{name}"] = value
+        return {"TableName": self._table, "Key": _dump(key), "UpdateExpression": update,
+                "ConditionExpression": "#state = :source",
+                "ExpressionAttributeNames": {"#state": "state"},
+                "ExpressionAttributeValues": _dump(values)}
+
+    def record_launch(self, window_id: str, shard_id: str, instance_id: str,
+                      instance_type: str) -> bool:
+        # A duplicated launch invocation gets the same instance back from RunInstances (same
+        # ClientToken), so writing the same id twice is fine; another id is refused.
+        try:
+            self._db.transact_write_items(TransactItems=[
+                {"Update": {
+                    "TableName": self._table,
+                    "Key": _dump(_window_key(window_id, f"SHARD#{shard_id}")),
+                    "UpdateExpression": "SET instance_id = :iid, instance_type = :type",
+                    "ConditionExpression": "#state = :opening AND (attribute_not_exists("
+                                           "instance_id) OR instance_id = :iid)",
+                    "ExpressionAttributeNames": {"#state": "state"},
+                    "ExpressionAttributeValues": _dump({
+                        ":iid": instance_id, ":type": instance_type,
+                        ":opening": State.OPENING.value})}},
+                {"Put": {"TableName": self._table, "Item": _dump({
+                    "pk": f"INSTANCE#{instance_id}", "sk": "INSTANCE",
+                    "window_id": window_id, "shard_id": shard_id})}},
+            ])
+        except ClientError as exc:
+            if _code(exc) == "TransactionCanceledException":
+                return False
+            raise
+        return True
+
+    def find_instance(self, instance_id: str) -> tuple[str, str] | None:
+        item = self._get({"pk": f"INSTANCE#{instance_id}", "sk": "INSTANCE"})
+        return (str(item["window_id"]), str(item["shard_id"])) if item else None
 
     # reports ---------------------------------------------------------------------------
     def put_report(self, report: Report) -> bool:
@@ -185,11 +304,9 @@ class DynamoStore:
 
     def settle_snapshot(self, snapshot_id: str,
                         status: SnapshotStatus) -> SnapshotRecord | None:
-        got = self._db.get_item(TableName=self._table, ConsistentRead=True,
-                                Key=_dump({"pk": f"SNAPSHOT#{snapshot_id}", "sk": "SNAPSHOT"}))
-        if "Item" not in got:
+        owner = self._get({"pk": f"SNAPSHOT#{snapshot_id}", "sk": "SNAPSHOT"})
+        if owner is None:
             return None
-        owner = _load(got["Item"])
         try:
             updated = self._db.update_item(
                 TableName=self._table,
@@ -209,22 +326,23 @@ class DynamoStore:
     def snapshot_records(self, window_id: str) -> list[SnapshotRecord]:
         return [_snapshot_from(i) for i in self._query(f"WINDOW#{window_id}", "SNAP#")]
 
-    # hosts -----------------------------------------------------------------------------
+
+class DynamoHostStore(_Table):
     def put_host(self, host: Host) -> None:
         self._db.put_item(TableName=self._table, Item=_dump({
             "pk": "HOST", "sk": host.name, "public_key": host.public_key,
-            "enabled": host.enabled, "volume_id": host.volume_id,
+            "enabled": host.enabled, "size_gib": host.size_gib,
             "enrolled_at": host.enrolled_at.isoformat()}))
 
     def get_host(self, name: str) -> Host | None:
-        got = self._db.get_item(TableName=self._table, ConsistentRead=True,
-                                Key=_dump({"pk": "HOST", "sk": name}))
-        return _host_from(_load(got["Item"])) if "Item" in got else None
+        item = self._get({"pk": "HOST", "sk": name})
+        return _host_from(item) if item else None
 
     def list_hosts(self) -> list[Host]:
         return [_host_from(i) for i in self._query("HOST")]
 
-    # nonces ----------------------------------------------------------------------------
+
+class DynamoNonceStore(_Table):
     def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
         # Timeline of a replay: request 1 puts NONCE#c#n (expires t+600) -> request 2, same
         # nonce, puts again: the item exists and has not expired, the put fails: refused.
@@ -233,40 +351,10 @@ class DynamoStore:
             {"pk": f"NONCE#{keyid}#{nonce}", "sk": "NONCE", "expires_at": expires_at},
             "attribute_not_exists(pk) OR expires_at <= :now", values={":now": now})
 
-    # helpers ---------------------------------------------------------------------------
-    def _put_if(self, item: Mapping[str, Any], condition: str,
-                names: Mapping[str, str] | None = None,
-                values: Mapping[str, Any] | None = None) -> bool:
-        extra: dict[str, Any] = {}
-        if names:
-            extra["ExpressionAttributeNames"] = dict(names)
-        if values:
-            extra["ExpressionAttributeValues"] = _dump(values)
-        try:
-            self._db.put_item(TableName=self._table, Item=_dump(item),
-                              ConditionExpression=condition, **extra)
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
 
-    def _query(self, pk: str, sk_prefix: str | None = None) -> list[dict[str, Any]]:
-        condition = "pk = :pk"
-        values: dict[str, Any] = {":pk": pk}
-        if sk_prefix:
-            condition += " AND begins_with(sk, :prefix)"
-            values[":prefix"] = sk_prefix
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {}
-        while True:
-            page = self._db.query(TableName=self._table, KeyConditionExpression=condition,
-                                  ExpressionAttributeValues=_dump(values),
-                                  ConsistentRead=True, **kwargs)
-            items.extend(_load(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+class DynamoStore(DynamoWindowStore, DynamoHostStore, DynamoNonceStore):
+    """The three stores on one table, as one object (the composition root hands each service
+    the interface it needs)."""
 
 
 def create_table(client: DynamoDBClient, table_name: str) -> None:
@@ -287,28 +375,48 @@ def _window_attrs(window: Window) -> dict[str, Any]:
     return {
         "state": window.state.value, "opened_at": window.opened_at.isoformat(),
         "deadline": window.deadline.isoformat(), "expected": sorted(window.expected),
-        "instance_id": window.instance_id, "trigger": window.trigger,
-        "updated_at": window.updated_at.isoformat(), "address": window.address,
+        "trigger": window.trigger, "updated_at": window.updated_at.isoformat(),
         "reason": window.reason, "purpose": window.purpose, "snapshot_id": window.snapshot_id,
-        "restore_volume_id": window.restore_volume_id,
         **{f"entered_{state}": at.isoformat() for state, at in window.entered.items()},
     }
 
 
-def _window_from(meta: Mapping[str, Any], reports: Mapping[str, str],
+def _shard_item(window_id: str, shard: Shard) -> dict[str, Any]:
+    return {
+        **_window_key(window_id, f"SHARD#{shard.shard_id}"), "hosts": sorted(shard.hosts),
+        "state": shard.state.value, "updated_at": shard.updated_at.isoformat(),
+        "instance_id": shard.instance_id, "instance_type": shard.instance_type,
+        "address": shard.address, "volumes": dict(shard.volumes) or None,
+        "reason": shard.reason,
+        **{f"entered_{state}": at.isoformat() for state, at in shard.entered.items()},
+    }
+
+
+def _entered(item: Mapping[str, Any]) -> dict[str, datetime]:
+    return {k[len("entered_"):]: datetime.fromisoformat(v) for k, v in item.items()
+            if k.startswith("entered_")}
+
+
+def _shard_from(item: Mapping[str, Any]) -> Shard:
+    return Shard(
+        shard_id=item["sk"][len("SHARD#"):], hosts=frozenset(item.get("hosts", [])),
+        state=State(item["state"]), updated_at=datetime.fromisoformat(item["updated_at"]),
+        instance_id=item.get("instance_id"), instance_type=item.get("instance_type"),
+        address=item.get("address"), volumes=dict(item.get("volumes") or {}),
+        reason=item.get("reason", ""), entered=_entered(item))
+
+
+def _window_from(meta: Mapping[str, Any], shards: list[Shard], reports: Mapping[str, str],
                  snaps: Mapping[str, SnapshotStatus]) -> Window:
     return Window(
         window_id=meta["pk"][len("WINDOW#"):], state=State(meta["state"]),
         opened_at=datetime.fromisoformat(meta["opened_at"]),
         deadline=datetime.fromisoformat(meta["deadline"]),
-        expected=frozenset(meta.get("expected", [])), instance_id=meta["instance_id"],
-        trigger=meta["trigger"], updated_at=datetime.fromisoformat(meta["updated_at"]),
-        address=meta.get("address"), reason=meta.get("reason", ""),
-        reports=dict(reports), snapshots=dict(snaps),
+        expected=frozenset(meta.get("expected", [])), trigger=meta["trigger"],
+        updated_at=datetime.fromisoformat(meta["updated_at"]), reason=meta.get("reason", ""),
+        shards={s.shard_id: s for s in shards}, reports=dict(reports), snapshots=dict(snaps),
         purpose=meta.get("purpose", "backup"), snapshot_id=meta.get("snapshot_id"),
-        restore_volume_id=meta.get("restore_volume_id"),
-        entered={k[len("entered_"):]: datetime.fromisoformat(v) for k, v in meta.items()
-                 if k.startswith("entered_")})
+        entered=_entered(meta))
 
 
 def _snapshot_from(item: Mapping[str, Any]) -> SnapshotRecord:
@@ -321,5 +429,5 @@ def _snapshot_from(item: Mapping[str, Any]) -> SnapshotRecord:
 
 def _host_from(item: Mapping[str, Any]) -> Host:
     return Host(name=item["sk"], public_key=item["public_key"], enabled=bool(item["enabled"]),
-                volume_id=item["volume_id"],
-                enrolled_at=datetime.fromisoformat(item["enrolled_at"]))
+                enrolled_at=datetime.fromisoformat(item["enrolled_at"]),
+                size_gib=int(item.get("size_gib", 20)))

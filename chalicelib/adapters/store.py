@@ -1,11 +1,14 @@
-"""The store's interface, its errors, and the in-memory implementation used by tests.
+"""The stores' interfaces, one per aggregate (windows with their shards, reports and snapshot
+records; hosts; nonces), their errors, and the in-memory implementations used by tests.
 
-`DynamoStore` (dynamo_store.py) is the real one; one shared test suite runs against both.
+`dynamo_store.py` holds the real ones, on one DynamoDB table; one shared test suite
+(tests/integration/test_store_contract.py) runs against both.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -20,22 +23,45 @@ class WindowActiveError(Exception):
         self.window_id = window_id
 
 
+def guard_of(window: Window) -> str:
+    """The active-window guard a window holds: one backup window at a time, and one restore
+    per host beside it."""
+    return f"RESTORE#{min(window.expected)}" if window.is_restore else "BACKUP"
+
+
 class WindowStore(Protocol):
     def create_window(self, window: Window) -> None:
-        """Record a new OPENING window; raises WindowActiveError if one is active."""
+        """Record a new OPENING window and its shards; raises WindowActiveError if its guard
+        (guard_of) is held by another active window."""
 
     def get_window(self, window_id: str) -> Window | None:
-        """The window with its reports and snapshot states, read consistently."""
+        """The window with its shards, reports and snapshot states, read consistently."""
 
-    def active_window_id(self) -> str | None: ...
+    def active_window_id(self, guard: str = "BACKUP") -> str | None: ...
+
+    def active_window_ids(self) -> list[str]:
+        """Every active window: the backup window and the restores."""
 
     def list_windows(self, limit: int) -> list[Window]:
         """Newest first."""
 
     def transition(self, window_id: str, source: State, target: State, reason: str,
-                   now: datetime, address: str | None = None) -> bool:
-        """Move from `source` to `target`; False if the window was no longer in `source`.
-        A terminal `target` also releases the active-window guard."""
+                   now: datetime) -> bool:
+        """Move the window from `source` to `target`; False if it was no longer in `source`.
+        A terminal `target` also releases the window's guard."""
+
+    def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
+                         reason: str, now: datetime, address: str | None = None,
+                         volumes: Mapping[str, str] | None = None) -> bool:
+        """Move one shard from `source` to `target`; False if it was no longer in `source`."""
+
+    def record_launch(self, window_id: str, shard_id: str, instance_id: str,
+                      instance_type: str) -> bool:
+        """The shard's instance, once RunInstances answered; False when the shard is no longer
+        OPENING or names another instance. Indexes the instance for find_instance."""
+
+    def find_instance(self, instance_id: str) -> tuple[str, str] | None:
+        """(window id, shard id) of one of our archive instances; None for any other."""
 
     def put_report(self, report: Report) -> bool:
         """False when the host already reported success in that window."""
@@ -55,33 +81,37 @@ class WindowStore(Protocol):
 
     def snapshot_records(self, window_id: str) -> list[SnapshotRecord]: ...
 
+
+class HostStore(Protocol):
     def put_host(self, host: Host) -> None: ...
 
     def get_host(self, name: str) -> Host | None: ...
 
     def list_hosts(self) -> list[Host]: ...
 
+
+class NonceStore(Protocol):
     def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
         """False if this key used this nonce before and it has not expired (a replay)."""
 
 
-class InMemoryStore:
-    """The same contract as DynamoStore, in process, for tests and the bench."""
+class InMemoryWindowStore:
+    """WindowStore's contract, in process, for tests and the bench."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._windows: dict[str, Window] = {}
-        self._active: str | None = None
+        self._guards: dict[str, str] = {}  # guard -> window id
+        self._instances: dict[str, tuple[str, str]] = {}
         self._reports: dict[tuple[str, str], Report] = {}
         self._snapshots: dict[tuple[str, str], SnapshotRecord] = {}
-        self._hosts: dict[str, Host] = {}
-        self._nonces: dict[tuple[str, str], int] = {}
 
     def create_window(self, window: Window) -> None:
         with self._lock:
-            if self._active is not None:
-                raise WindowActiveError(self._active)
-            self._active = window.window_id
+            guard = guard_of(window)
+            if guard in self._guards:
+                raise WindowActiveError(self._guards[guard])
+            self._guards[guard] = window.window_id
             self._windows[window.window_id] = replace(window, reports={}, snapshots={})
 
     def get_window(self, window_id: str) -> Window | None:
@@ -93,26 +123,63 @@ class InMemoryStore:
             snaps = {h: s.status for (w, h), s in self._snapshots.items() if w == window_id}
             return replace(window, reports=reports, snapshots=snaps)
 
-    def active_window_id(self) -> str | None:
-        return self._active
+    def active_window_id(self, guard: str = "BACKUP") -> str | None:
+        return self._guards.get(guard)
+
+    def active_window_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._guards.values())
 
     def list_windows(self, limit: int) -> list[Window]:
         ids = sorted(self._windows, reverse=True)[:limit]
         return [w for w in (self.get_window(i) for i in ids) if w is not None]
 
     def transition(self, window_id: str, source: State, target: State, reason: str,
-                   now: datetime, address: str | None = None) -> bool:
+                   now: datetime) -> bool:
         with self._lock:
             window = self._windows.get(window_id)
             if window is None or window.state is not source:
                 return False
-            changed = replace(window, state=target, reason=reason, updated_at=now,
-                              address=address or window.address,
-                              entered={**window.entered, target.value: now})
-            self._windows[window_id] = changed
-            if not target.active and self._active == window_id:
-                self._active = None
+            self._windows[window_id] = replace(window, state=target, reason=reason,
+                                               updated_at=now,
+                                               entered={**window.entered, target.value: now})
+            guard = guard_of(window)
+            if not target.active and self._guards.get(guard) == window_id:
+                del self._guards[guard]
             return True
+
+    def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
+                         reason: str, now: datetime, address: str | None = None,
+                         volumes: Mapping[str, str] | None = None) -> bool:
+        with self._lock:
+            window = self._windows.get(window_id)
+            shard = window.shards.get(shard_id) if window else None
+            if window is None or shard is None or shard.state is not source:
+                return False
+            changed = replace(shard, state=target, reason=reason, updated_at=now,
+                              address=address or shard.address,
+                              volumes=dict(volumes) if volumes else shard.volumes,
+                              entered={**shard.entered, target.value: now})
+            self._windows[window_id] = replace(window, shards={**window.shards,
+                                                                 shard_id: changed})
+            return True
+
+    def record_launch(self, window_id: str, shard_id: str, instance_id: str,
+                      instance_type: str) -> bool:
+        with self._lock:
+            window = self._windows.get(window_id)
+            shard = window.shards.get(shard_id) if window else None
+            if window is None or shard is None or shard.state is not State.OPENING \
+                    or shard.instance_id not in (None, instance_id):
+                return False
+            self._windows[window_id] = replace(window, shards={
+                **window.shards, shard_id: replace(shard, instance_id=instance_id,
+                                                   instance_type=instance_type)})
+            self._instances[instance_id] = (window_id, shard_id)
+            return True
+
+    def find_instance(self, instance_id: str) -> tuple[str, str] | None:
+        return self._instances.get(instance_id)
 
     def put_report(self, report: Report) -> bool:
         with self._lock:
@@ -166,9 +233,13 @@ class InMemoryStore:
             return sorted((r for (w, _), r in self._snapshots.items() if w == window_id),
                           key=lambda r: r.host)
 
+
+class InMemoryHostStore:
+    def __init__(self) -> None:
+        self._hosts: dict[str, Host] = {}
+
     def put_host(self, host: Host) -> None:
-        with self._lock:
-            self._hosts[host.name] = host
+        self._hosts[host.name] = host
 
     def get_host(self, name: str) -> Host | None:
         return self._hosts.get(name)
@@ -176,9 +247,24 @@ class InMemoryStore:
     def list_hosts(self) -> list[Host]:
         return sorted(self._hosts.values(), key=lambda h: h.name)
 
+
+class InMemoryNonceStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nonces: dict[tuple[str, str], int] = {}
+
     def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
         with self._lock:
             if self._nonces.get((keyid, nonce), 0) > now:
                 return False
             self._nonces[(keyid, nonce)] = expires_at
             return True
+
+
+class InMemoryStore(InMemoryWindowStore, InMemoryHostStore, InMemoryNonceStore):
+    """All three in one object, as tests and benches that need them together use it."""
+
+    def __init__(self) -> None:
+        InMemoryWindowStore.__init__(self)
+        InMemoryHostStore.__init__(self)
+        self._nonces = {}

@@ -59,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--yes", action="store_true", help="do not ask before doing it")
     init.add_argument("--no-deploy", action="store_true", help="keys (and table) only")
     init.add_argument("--artifact-bucket", help="S3 bucket for the bundle and the template")
-    init.add_argument("--image-id", help="the archive instance's AMI (first deploy)")
-    init.add_argument("--vpc-id", help="the VPC (first deploy)")
-    init.add_argument("--subnet-id", help="a public subnet (first deploy)")
     init.add_argument("--ssh-cidr", action="append", default=[],
                       help="a CIDR hosts connect from (repeat; first deploy)")
+    init.add_argument("--vpc-id", help="the archives' VPC (default: the default VPC)")
+    init.add_argument("--subnet-id", action="append", dest="subnet_ids", default=[],
+                      help="a subnet of --vpc-id to launch archives in, one per Availability "
+                      "Zone, tried in order (repeat)")
+    init.add_argument("--ssh-address", choices=("public", "private"),
+                      help="the archive address hosts are given (default public)")
+    init.add_argument("--instance-type", action="append", dest="instance_types", default=[],
+                      help="an archive instance type, tried in the order given (repeat; "
+                      "default t4g.small, t3a.small, t3.small)")
+    init.add_argument("--hosts-per-archive", type=int, help="hosts per archive (default 20)")
+    init.add_argument("--kms-key-arn", help="a customer managed KMS key for the volumes "
+                      "(default: the account's EBS key)")
     init.add_argument("--alert-email", help="subscribed to the window notifications")
-    init.add_argument("--instance-type", help="the archive instance's usual type")
 
     host = command(sub, "host", "enrol, revoke and list hosts").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -74,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     key = add.add_mutually_exclusive_group(required=True)
     key.add_argument("--public-key", help="the host's 'ssh-ed25519 AAAA...' line")
     key.add_argument("--public-key-file", help="a file holding that line")
-    add.add_argument("--size-gib", type=int, help="its volume's size (default 20)")
-    add.add_argument("--volume-id", help="use this existing volume (vol-...)")
+    add.add_argument("--size-gib", type=int,
+                     help="the size of the volume each window makes for it (default 20; at "
+                          "least its newest snapshot's)")
+    add.add_argument("--volume-id", metavar="VOL_ID",
+                     help="at its first enrolment only: adopt the data of this existing volume "
+                          "(vol-...): it is snapshotted once, and that snapshot is the host's "
+                          "first recovery point and its first window's volume (stop writing "
+                          "to it first); the volume itself is left as it is")
     command(host, "revoke", "revoke a host (its next request is refused)").add_argument("name")
     command(host, "list", "enrolled hosts")
 
@@ -94,17 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     snapshots = command(sub, "snapshots", "a host's recovery points")
     snapshots.add_argument("--host", required=True)
 
-    cost = command(sub, "cost", "a month's cost at recent usage, beside an instance kept up "
-                   "for the whole window")
+    cost = command(sub, "cost", "a month's cost at recent usage (the per-window fleet), beside "
+                   "the persistent design and the fleet kept up for the whole window")
     cost.add_argument("--windows", type=int, default=7, help="recent windows to average")
-    cost.add_argument("--instance-type", default="t3.small")
+    cost.add_argument("--instance-type",
+                      help="price every shard as this type (default: the type each recorded)")
     cost.add_argument("--window-hours", type=float,
                       help="the kept-up comparison's window (default: the windows' own)")
-    cost.add_argument("--volume-gib", type=float,
-                      help="GiB per host volume (default: read from EC2, else 20)")
+    cost.add_argument("--volume-gib", type=float, default=20.0,
+                      help="GiB of each host's data volume (default 20)")
     cost.add_argument("--stored-gib", type=float,
                       help="what the volumes hold (default: estimated from the reports)")
     cost.add_argument("--retention-days", type=int, default=20)
+    cost.add_argument("--snapshot-settle-minutes", type=float, default=10.0,
+                      help="stop to snapshots complete, for windows that did not record it "
+                           "(default 10)")
     cost.add_argument("--prices", help="a price file (default $OFFSITE_PRICES or the shipped)")
     return parser
 

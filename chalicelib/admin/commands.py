@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import NoCredentialsError
 
 from chalicelib.admin import views
 from chalicelib.admin.api import AdminApi, region_of
@@ -30,9 +30,9 @@ from chalicelib.admin.initialise import (
     table_exists,
 )
 from chalicelib.admin.usage import NoUsageError, observe
-from chalicelib.cost import GIB, load_prices, month_at, month_kept_up, render
+from chalicelib.cost import GIB, UnknownPriceError, load_prices
+from chalicelib.cost_report import compare, designs
 
-DEFAULT_VOLUME_GIB = 20.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -44,7 +44,7 @@ class UsageError(Exception):
     pass
 
 
-EXPECTED = (AdminError, InitError, DeployError, NoUsageError)
+EXPECTED = (AdminError, InitError, DeployError, NoUsageError, UnknownPriceError)
 
 
 @dataclasses.dataclass
@@ -114,11 +114,12 @@ def _deployer(ctx: Context, target: Target) -> Deployer:
     if not args.artifact_bucket:
         raise UsageError("the deploy needs --artifact-bucket (an S3 bucket of yours for the "
                          "bundle and the template), or --no-deploy")
-    inputs = StackInputs(image_id=args.image_id, vpc_id=args.vpc_id, subnet_id=args.subnet_id,
+    inputs = StackInputs(vpc_id=args.vpc_id, subnet_ids=tuple(args.subnet_ids),
                          ssh_cidrs=tuple(args.ssh_cidr), alert_email=args.alert_email,
-                         instance_type=args.instance_type)
-    return Deployer(ctx.client("cloudformation"), ctx.client("s3"), ctx.client("ec2"),
-                    target.stage,
+                         instance_types=tuple(args.instance_types),
+                         ssh_address=args.ssh_address, kms_key_arn=args.kms_key_arn,
+                         hosts_per_archive=args.hosts_per_archive)
+    return Deployer(ctx.client("cloudformation"), ctx.client("s3"), target.stage,
                     target.stack_name, args.artifact_bucket, inputs,
                     lambda line: print(line, file=sys.stderr))
 
@@ -163,8 +164,8 @@ def cmd_host_add(ctx: Context) -> int:
 
 def cmd_host_revoke(ctx: Context) -> int:
     host = ctx.api().call("DELETE", f"/v1/hosts/{_segment(ctx.args.name)}")
-    return ctx.show(host, f"revoked {host['name']}: its next request is refused; its volume "
-                          "and snapshots stay")
+    return ctx.show(host, f"revoked {host['name']}: its next request is refused; its "
+                          "snapshots stay")
 
 
 def cmd_host_list(ctx: Context) -> int:
@@ -180,13 +181,17 @@ def cmd_window_open(ctx: Context) -> int:
     if ctx.args.hosts:
         body["hosts"] = ctx.args.hosts
     window = ctx.api().call("POST", "/v1/windows", body)
+    archives = len(window.get("shards") or [])
     return ctx.show(window, f"opened {window['window_id']} ({window['state']}), expecting "
-                            f"{', '.join(window['expected'])}; deadline {window['deadline']}")
+                            f"{', '.join(window['expected'])} in {archives} archive"
+                            f"{'' if archives == 1 else 's'}; deadline {window['deadline']}")
 
 
 def cmd_window_close(ctx: Context) -> int:
     answer = ctx.api().call("POST", f"/v1/windows/{_segment(ctx.args.window_id)}/close")
-    return ctx.show(answer, f"{answer['window_id']}: {answer['state']} ({answer['reason']})")
+    # one reason per shard that closed (app.py close_window)
+    reasons = "; ".join(answer.get("reasons") or []) or "nothing to close"
+    return ctx.show(answer, f"{answer['window_id']}: {answer['state']} ({reasons})")
 
 
 def cmd_window_status(ctx: Context) -> int:
@@ -217,37 +222,20 @@ def cmd_snapshots(ctx: Context) -> int:
 def cmd_cost(ctx: Context) -> int:
     args, api = ctx.args, ctx.api()
     listed = api.call("GET", "/v1/windows").get("windows", [])
-    closed = [w for w in listed if w.get("state") == "CLOSED"][:args.windows]
+    closed = [w for w in listed if w.get("state") == "CLOSED"
+              and w.get("purpose", "backup") == "backup"][:args.windows]
     windows = [api.call("GET", f"/v1/windows/{_segment(w['window_id'])}") for w in closed]
-    hosts = api.call("GET", "/v1/hosts").get("hosts", [])
     observed = observe(
-        windows, instance_type=args.instance_type, volume_gib=_volume_gib(ctx, hosts),
-        retention_days=args.retention_days,
+        windows, volume_gib=args.volume_gib, retention_days=args.retention_days,
+        instance_type=args.instance_type, snapshot_settle_s=args.snapshot_settle_minutes * 60,
         stored_bytes=None if args.stored_gib is None else round(args.stored_gib * GIB))
     if args.window_hours is not None:
         observed = dataclasses.replace(observed, usage=dataclasses.replace(
-            observed.usage, window_seconds=args.window_hours * 3600))
+            observed.usage, window_s=args.window_hours * 3600))
     prices = load_prices(Path(args.prices) if args.prices else None)
-    mine, kept_up = month_at(observed.usage, prices), month_kept_up(observed.usage, prices)
-    return ctx.show(views.cost_data(observed, mine, kept_up, prices),
-                    views.cost_text(observed, render(mine, kept_up, prices)))
-
-
-def _volume_gib(ctx: Context, hosts: list[dict[str, Any]]) -> float:
-    """The enabled hosts' volumes: as EC2 has them, else --volume-gib (or 20) each."""
-    enabled = [h for h in hosts if h.get("enabled")]
-    if ctx.args.volume_gib is not None:
-        return float(ctx.args.volume_gib) * len(enabled)
-    ids = [str(h["volume_id"]) for h in enabled if h.get("volume_id")]
-    if not ids:
-        return 0.0
-    try:
-        found = ctx.client("ec2").describe_volumes(VolumeIds=ids)["Volumes"]
-    except (ClientError, BotoCoreError, NoCredentialsError) as exc:
-        print(f"offsite-admin: volume sizes not read from EC2 ({exc}); assuming "
-              f"{DEFAULT_VOLUME_GIB:g} GiB each (or give --volume-gib)", file=sys.stderr)
-        return DEFAULT_VOLUME_GIB * len(enabled)
-    return float(sum(v["Size"] for v in found))
+    costs = designs(observed.usage, prices)
+    return ctx.show(views.cost_data(observed, costs, prices),
+                    views.cost_text(observed, compare(observed.usage, prices)))
 
 
 def _segment(value: str) -> str:

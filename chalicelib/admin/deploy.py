@@ -11,16 +11,17 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGE_SCRIPT = PROJECT_DIR / "deploy" / "package.py"
+MERGE_TEMPLATE = PROJECT_DIR / "deploy" / "resources.json"
 STAGES = ("dev", "prod")
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
-REQUIRED_ON_CREATE = ("ImageId", "VpcId", "SubnetId", "SshCidrs")
+REQUIRED_ON_CREATE = ("SshCidrs",)
 Log = Callable[[str], None]
 
 
@@ -30,42 +31,64 @@ class DeployError(Exception):
 
 @dataclass(frozen=True)
 class StackInputs:
-    """The template's parameters given on the command line (None: the default or, on an
-    update, the previous value)."""
+    """The template's parameters given on the command line (None or empty: the template's
+    default on a first deploy, the stack's current value on an update)."""
 
-    image_id: str | None = None
     vpc_id: str | None = None
-    subnet_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
     ssh_cidrs: tuple[str, ...] = ()
     alert_email: str | None = None
-    instance_type: str | None = None
+    instance_types: tuple[str, ...] = ()
+    ssh_address: str | None = None
+    kms_key_arn: str | None = None
+    hosts_per_archive: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def given(self) -> dict[str, str]:
-        values = {"ImageId": self.image_id, "VpcId": self.vpc_id, "SubnetId": self.subnet_id,
+        values = {"VpcId": self.vpc_id, "SubnetIds": ",".join(self.subnet_ids) or None,
                   "SshCidrs": ",".join(self.ssh_cidrs) or None,
-                  "AlertEmail": self.alert_email, "InstanceType": self.instance_type,
-                  **self.extra}
+                  "AlertEmail": self.alert_email,
+                  "InstanceTypes": ",".join(self.instance_types) or None,
+                  "SshAddress": self.ssh_address, "EbsKmsKeyArn": self.kms_key_arn,
+                  "HostsPerArchive": None if self.hosts_per_archive is None
+                  else str(self.hosts_per_archive), **self.extra}
         return {k: v for k, v in values.items() if v is not None}
 
 
-def stack_parameters(inputs: StackInputs, stack_exists: bool) -> list[dict[str, Any]]:
+def template_parameters(path: Path = MERGE_TEMPLATE) -> frozenset[str]:
+    """The parameters the packaged template declares (chalice adds none of its own)."""
+    return frozenset(json.loads(path.read_text()).get("Parameters", {}))
+
+
+def stack_parameters(inputs: StackInputs, previous: Collection[str] | None,
+                     declared: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The change set's parameters. `previous`: the parameter names of the stack being
+    updated (None: a first deploy). A parameter left out of an update would take the template's
+    default, not its current value, so every one the stack has and the template still declares
+    is kept with UsePreviousValue (CreateChangeSet, "Parameter": UsePreviousValue, CloudFormation
+    API Reference); Stage is the packaged template's own (deploy/package.py pins it)."""
     given = inputs.given()
-    missing = [name for name in REQUIRED_ON_CREATE if name not in given]
-    if missing and not stack_exists:
-        flags = ", ".join("--" + _flag(name) for name in missing)
-        raise DeployError(f"the first deploy needs {flags}")
+    if previous is None:
+        missing = [name for name in REQUIRED_ON_CREATE if name not in given]
+        if missing:
+            flags = ", ".join("--" + _flag(name) for name in missing)
+            raise DeployError(f"the first deploy needs {flags}")
+        if ("VpcId" in given) != ("SubnetIds" in given):
+            # The security group is made in VpcId and every archive goes into one of the
+            # subnets with it: both name one VPC, or neither (the default VPC's subnets).
+            raise DeployError("give --vpc-id and its --subnet-id together, or neither (the "
+                              "default VPC)")
     parameters: list[dict[str, Any]] = [{"ParameterKey": k, "ParameterValue": v}
                                         for k, v in sorted(given.items())]
-    if stack_exists:
+    if previous is not None:
+        known = template_parameters() if declared is None else frozenset(declared)
         parameters += [{"ParameterKey": k, "UsePreviousValue": True}
-                       for k in REQUIRED_ON_CREATE if k not in given]
+                       for k in sorted((set(previous) & known) - set(given) - {"Stage"})]
     return parameters
 
 
 def _flag(parameter: str) -> str:
-    return {"ImageId": "image-id", "VpcId": "vpc-id", "SubnetId": "subnet-id",
-            "SshCidrs": "ssh-cidr"}[parameter]
+    return {"VpcId": "vpc-id", "SubnetIds": "subnet-id", "SshCidrs": "ssh-cidr"}[parameter]
 
 
 def with_code_at(template: Mapping[str, Any], bucket: str, key: str) -> dict[str, Any]:
@@ -85,7 +108,6 @@ def package_command(stage: str, outdir: Path) -> list[str]:
 class Deployer:
     cloudformation: Any
     s3: Any
-    ec2: Any
     stage: str
     stack_name: str
     bucket: str
@@ -94,8 +116,12 @@ class Deployer:
     run: Callable[[Sequence[str]], int] = field(
         default=lambda argv: subprocess.run(list(argv), check=False).returncode)
 
-    def stack_exists(self) -> bool:
-        return describe_stack(self.cloudformation, self.stack_name) is not None
+    def previous_parameters(self) -> list[str] | None:
+        """The parameter names of the stack, or None when there is no stack yet."""
+        stack = describe_stack(self.cloudformation, self.stack_name)
+        if stack is None:
+            return None
+        return [str(p["ParameterKey"]) for p in stack.get("Parameters", [])]
 
     def check(self) -> str:
         """What the plan says about the deploy; raises DeployError if it cannot work."""
@@ -104,14 +130,15 @@ class Deployer:
                               f"({', '.join(STAGES)}); use --no-deploy or a known stage")
         if not PACKAGE_SCRIPT.is_file():
             raise DeployError(f"{PACKAGE_SCRIPT} is missing: deploy from a checkout of Offsite")
-        exists = self.stack_exists()
-        stack_parameters(self.inputs, exists)
-        verb = "update" if exists else "create"
+        previous = self.previous_parameters()
+        stack_parameters(self.inputs, previous)
+        verb = "update" if previous is not None else "create"
         return f"{verb}: chalice package --stage {self.stage}, via s3://{self.bucket}"
 
     def __call__(self) -> None:
-        exists = self.stack_exists()
-        parameters = stack_parameters(self.inputs, exists)
+        previous = self.previous_parameters()
+        exists = previous is not None
+        parameters = stack_parameters(self.inputs, previous)
         with tempfile.TemporaryDirectory(prefix="offsite-package-") as scratch:
             outdir = Path(scratch) / self.stage
             self.log(f"packaging stage {self.stage} (chalice package)")
@@ -144,13 +171,9 @@ class Deployer:
         self.log(f"executing; waiting for {self.stack_name} (a first deploy takes minutes)")
         cfn.get_waiter(waiter).wait(StackName=self.stack_name,
                                     WaiterConfig={"Delay": 10, "MaxAttempts": 180})
+        # Nothing runs between windows: the stack makes the launch template, security group and
+        # roles, and each window launches its archives from them (chalicelib/windows.py).
         outputs = stack_outputs(cfn, self.stack_name)
-        instance_id = outputs.get("ArchiveInstanceId")
-        if not exists and instance_id:
-            # EC2 starts an instance when it is created; it should run only during windows,
-            # and each window's open gives it its boot config (which needs it stopped).
-            self.ec2.stop_instances(InstanceIds=[instance_id])
-            self.log(f"stopped the archive instance {instance_id}: it runs only in windows")
         self.log(f"deployed {self.stack_name}; API {outputs.get('EndpointURL', '?')}")
 
 

@@ -59,7 +59,7 @@ class Step:
 def key_pairs(keys: KeyParameters) -> list[tuple[str, str, str]]:
     """(private parameter, public parameter, what the pair is)."""
     return [(keys.ca_private, keys.ca_public, "user CA that signs host certificates"),
-            (keys.host_private, keys.host_public, "archive instance's SSH host key")]
+            (keys.host_private, keys.host_public, "archive instances' SSH host key")]
 
 
 def plan_init(target: Target, existing: set[str], table_exists: bool,

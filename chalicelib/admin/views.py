@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from statistics import fmean
 from typing import Any
 
 from chalicelib.admin.tables import fields, size, table
 from chalicelib.admin.usage import Observed
-from chalicelib.cost import MonthlyCost, Prices
+from chalicelib.cost import GIB, MonthlyCost, Prices
 
 ACTIVE_STATES = ("OPENING", "OPEN", "CLOSING", "SNAPSHOTTING")
 
@@ -15,7 +16,7 @@ ACTIVE_STATES = ("OPENING", "OPEN", "CLOSING", "SNAPSHOTTING")
 def host_line(host: Mapping[str, Any], new: bool | None = None) -> str:
     verb = {True: "enrolled", False: "re-enrolled", None: "host"}[new]
     state = "enabled" if host.get("enabled") else "revoked"
-    return (f"{verb} {host['name']} ({state}): volume {host.get('volume_id')}, "
+    return (f"{verb} {host['name']} ({state}): size {host.get('size_gib')} GiB, "
             f"key {host.get('key_fingerprint')}")
 
 
@@ -24,7 +25,7 @@ def hosts_table(hosts: Sequence[Mapping[str, Any]]) -> str:
         return "no hosts enrolled"
     rows = [{**h, "state": "enabled" if h.get("enabled") else "revoked",
              "enrolled": str(h.get("enrolled_at", ""))[:19]} for h in hosts]
-    return table(rows, [("name", "HOST"), ("state", "STATE"), ("volume_id", "VOLUME"),
+    return table(rows, [("name", "HOST"), ("state", "STATE"), ("size_gib", "GIB"),
                         ("enrolled", "ENROLLED (UTC)"), ("key_fingerprint", "KEY")])
 
 
@@ -34,8 +35,10 @@ def window_summary(window: Mapping[str, Any]) -> str:
         ("purpose", window.get("purpose", "backup")),
         ("reason", window.get("reason")), ("trigger", window.get("trigger")),
         ("opened", window.get("opened_at")), ("deadline", window.get("deadline")),
-        ("expected", window.get("expected")), ("missing", window.get("missing")),
-        ("address", window.get("address"))])]
+        ("expected", window.get("expected")), ("missing", window.get("missing"))])]
+    shards = window.get("shards")
+    if shards:
+        lines += ["", shards_table(shards)]
     reports = window.get("host_reports")
     if reports:
         rows = [{**r, "sent": size(int(r.get("bytes_sent", 0))),
@@ -50,21 +53,32 @@ def window_summary(window: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def shards_table(shards: Sequence[Mapping[str, Any]]) -> str:
+    """A window's archives: one instance each, serving its hosts."""
+    return table(shards, [("shard_id", "ARCHIVE"), ("state", "STATE"),
+                          ("instance_id", "INSTANCE"), ("address", "ADDRESS"),
+                          ("hosts", "HOSTS")])
+
+
 def windows_table(windows: Sequence[Mapping[str, Any]]) -> str:
     if not windows:
         return "no windows yet"
     rows = [{**w, "opened": str(w.get("opened_at", ""))[:19],
              "hosts": f"{len(w.get('expected') or []) - len(w.get('missing') or [])}"
-                      f"/{len(w.get('expected') or [])}"} for w in windows]
+                      f"/{len(w.get('expected') or [])}",
+             "archives": len(w.get("shards") or [])} for w in windows]
     return table(rows, [("window_id", "WINDOW"), ("state", "STATE"),
                         ("opened", "OPENED (UTC)"), ("purpose", "PURPOSE"),
-                        ("trigger", "TRIGGER"),
-                        ("hosts", "REPORTED"), ("reason", "REASON")])
+                        ("trigger", "TRIGGER"), ("hosts", "REPORTED"),
+                        ("archives", "ARCHIVES"), ("reason", "REASON")])
 
 
 def current_of(windows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The active window, if any (the history is newest first; at most one is active)."""
-    return next((w for w in windows if w.get("state") in ACTIVE_STATES), None)
+    """The active backup window, else an active restore, if any (the history is newest
+    first; at most one backup window is active, restores run beside it)."""
+    active = [w for w in windows if w.get("state") in ACTIVE_STATES]
+    return next((w for w in active if w.get("purpose", "backup") == "backup"),
+                active[0] if active else None)
 
 
 def snapshots_table(answer: Mapping[str, Any]) -> str:
@@ -76,33 +90,46 @@ def snapshots_table(answer: Mapping[str, Any]) -> str:
                              ("size_gib", "GIB"), ("started_at", "STARTED")])
 
 
-def cost_data(observed: Observed, mine: MonthlyCost, kept_up: MonthlyCost,
+def cost_data(observed: Observed, costs: Sequence[MonthlyCost],
               prices: Prices) -> dict[str, Any]:
+    """`costs` are the designs, the observed one (the fleet) first."""
     usage = observed.usage
+    designs = {c.design: {"total_usd": round(c.total, 4), "lines": [
+        {"item": line.item, "quantity": round(line.quantity, 6), "unit": line.unit,
+         "unit_usd": line.unit_usd, "usd": round(line.usd, 4)} for line in c.lines]}
+        for c in costs}
+    by_name = {c.design: c for c in costs}
     return {
         "windows": list(observed.window_ids),
-        "usage": {**vars(usage), "stored_estimated": observed.stored_estimated},
-        "lines": [{"item": a.item, "observed_usd": round(a.usd, 4),
-                   "kept_up_usd": round(b.usd, 4), "quantity": round(a.quantity, 4),
-                   "unit": a.unit} for a, b in zip(mine.lines, kept_up.lines, strict=True)],
-        "total_usd": round(mine.total, 4), "kept_up_total_usd": round(kept_up.total, 4),
+        "usage": {"hosts": usage.hosts, "volume_gib": usage.volume_gib * usage.hosts,
+                  "shards_per_window": len(usage.shards) / usage.windows_seen,
+                  "billed_seconds": fmean(s.stopped_s for s in usage.shards),
+                  "window_seconds": usage.window_s, "stored_gib": usage.stored_gib,
+                  "changed_gib": usage.changed_gib, "retention_days": usage.retention_days,
+                  "stored_estimated": observed.stored_estimated},
+        "designs": designs,
+        "total_usd": round(costs[0].total, 4),
+        "kept_up_total_usd": round(by_name["kept up"].total, 4),
+        "persistent_total_usd": round(by_name["persistent"].total, 4),
         "prices": {"region": prices.region, "read_on": prices.read_on},
     }
 
 
 def cost_text(observed: Observed, rendered: str) -> str:
     usage = observed.usage
-    stored = size(usage.stored_bytes) + (" (estimated: each host's largest transfer)"
-                                         if observed.stored_estimated else "")
+    stored = size(round(usage.stored_gib * GIB)) + (
+        " (estimated: each host's largest transfer)" if observed.stored_estimated else "")
+    types = sorted({s.instance_type for s in usage.shards})
     head = fields([
         ("from windows", f"{len(observed.window_ids)} closed: "
                          + ", ".join(observed.window_ids[:3])
                          + (", ..." if len(observed.window_ids) > 3 else "")),
-        ("hosts", usage.hosts),
-        ("instance", f"{usage.instance_type}, billed {usage.billed_seconds:.0f} s a window "
-                     f"(at least 60 s a start) of a {usage.window_seconds:.0f} s window"),
-        ("volumes", f"{usage.volume_gib:g} GiB"), ("stored", stored),
-        ("sent per window", size(usage.sent_bytes)),
+        ("hosts", f"{usage.hosts:g} in {len(usage.shards) / usage.windows_seen:g} shard(s) "
+                  "a window"),
+        ("instances", f"{', '.join(types)}, billed {fmean(s.stopped_s for s in usage.shards):.0f}"
+                      f" s a shard (at least 60 s a start) of a {usage.window_s:.0f} s window"),
+        ("volumes", f"{usage.volume_gib:g} GiB a host"), ("stored", stored),
+        ("sent per window", size(round(usage.changed_gib * GIB))),
         ("retention", f"{usage.retention_days} days")])
-    return (f"{head}\n\nA month (30 windows) at this usage, beside the instance kept up for "
-            f"the whole window:\n{rendered}")
+    return (f"{head}\n\nA month (30 windows) at this usage (fleet), beside the persistent "
+            f"design and the fleet kept up for the whole window:\n{rendered}")

@@ -9,16 +9,16 @@
 #   region <aws-region>
 #   host_key_parameter <SSM parameter holding the sshd host private key>
 #   ca <CA public key line>                 (one or more; several while the CA rotates)
-#   host <name> <vol-id> [<uid>]            (one per host)
+#   host <name> <device> [<uid>]            (a host's backup volume, by the device name of the
+#                                            block device mapping: /dev/sd[f-z])
+#   restore <name> <device> [<uid>]         (a host's restore volume; a restore archive lists
+#                                            only these; the uid is on the host line if any)
 #   account_prefix <prefix>                 (optional; the account of host <name> is
 #                                            <prefix><name>: chalicelib/accounts.py)
-#   restore <name> <vol-id>                 (a restore volume for host <name>; also read, one
-#                                            "<name> <vol-id>" per line, from the restore
-#                                            command's output: see OFFSITE_RESTORE_COMMAND)
 #
 # For each host: a Unix account named <prefix><name> (the certificate's principal), password
 # field "*", shell /bin/sh (sshd runs the certificate's forced rrsync through it), in group
-# $OFFSITE_GROUP; its EBS volume, found by volume id, formatted only when blank, mounted at
+# $OFFSITE_GROUP; its EBS volume, formatted only when blank, mounted at
 # $OFFSITE_MOUNT_ROOT/<name>, owned by the account alone (0700). Then sshd: the CA key, one
 # principals file per account, the host key from SSM, a drop-in. Running it again changes
 # nothing, and it never formats a device that holds anything.
@@ -26,6 +26,26 @@
 # A restore volume (made by the control plane from one of the host's snapshots) is mounted
 # read-only (ro,noload) at $OFFSITE_RESTORE_ROOT/<name>: it holds what the host's volume held at
 # snapshot time, whose root the host's account alone may read; it is never formatted or chowned.
+# A host with a restore volume only (a restore archive) gets its account too, home at the
+# restore, with the uid given or else the uid that owns the restore's root (the uid the host's
+# account had where the snapshot was made), so that the copy is the account's to read.
+#
+# Finding a volume. The control plane knows each volume's device name, not its id (the block
+# device mapping of RunInstances makes the volumes). On Nitro instances EBS volumes are NVMe
+# devices (/dev/nvme<x>n1) numbered in the order they answer, not in mapping order; the device
+# name of the mapping is in the vendor-specific data of the NVMe controller identification,
+# and Amazon Linux's udev rule (amazon-ec2-utils 70-ec2-nvme-devices.rules, which runs
+# `ebsnvme-id -u`) links /dev/sdf to the NVMe device. See the EBS user guide, "Map Amazon EBS
+# volumes to NVMe device names", and "Amazon EBS volumes and NVMe" (`nvme id-ctrl -v` shows the
+# name at byte 3072 of the identification, the start of the vendor-specific area, bytes
+# 3072-4095; "its format can vary depending on whether the EBS volume was attached during or
+# after the instance launch": "sdf" or "/dev/sdf", and ebsnvme-id strips "/dev/"). So, for each
+# device: the link $OFFSITE_DEV_DIR/sdX (or xvdX) if there is one; else the NVMe device under
+# $OFFSITE_DEV_DIR whose vendor data names sdX or xvdX, read with ebsnvme-id -b, or else with
+# nvme id-ctrl --raw-binary (checked to be an EBS controller); else wait, up to
+# $OFFSITE_DEVICE_WAIT seconds in all. Two device names that lead to one block device are both
+# refused. A volume not found leaves its mount point an empty root-owned directory: nothing
+# lands on the root disk.
 #
 # One host's failure does not stop the others; the exit status is 1 if anything failed.
 #
@@ -36,10 +56,9 @@
 #   OFFSITE_SSHD_DROPIN_DIR  /etc/ssh/sshd_config.d
 #   OFFSITE_MOUNT_ROOT       /srv/offsite
 #   OFFSITE_RESTORE_ROOT     /srv/offsite-restore
-#   OFFSITE_RESTORE_COMMAND  sh command printing "<name> <vol-id>" restore records; default:
-#                            the instance tag offsite-restore, from the instance metadata
-#                            (IMDSv2; nothing when the tag or metadata tags are absent)
-#   OFFSITE_BY_ID_DIR        /dev/disk/by-id
+#   OFFSITE_DEV_DIR          /dev                  where the sdX links and nvme*n1 devices are
+#   OFFSITE_TOOLS            (none)                a directory searched first for tools
+#                                                  (ebsnvme-id, nvme): tests put stubs there
 #   OFFSITE_GROUP            offsite
 #   OFFSITE_RRSYNC           /usr/bin/rrsync       the path certificates' force-command runs
 #   OFFSITE_DEVICE_WAIT      60                    seconds, in all, to wait for volumes
@@ -50,7 +69,7 @@
 set -euo pipefail
 shopt -s nullglob
 umask 022
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+PATH=${OFFSITE_TOOLS:+$OFFSITE_TOOLS:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 ETC=${OFFSITE_ETC:-/etc/offsite}
 CONFIG=${OFFSITE_CONFIG:-$ETC/instance.conf}
@@ -58,13 +77,7 @@ SSHD_CONFIG=${OFFSITE_SSHD_CONFIG:-/etc/ssh/sshd_config}
 DROPIN_DIR=${OFFSITE_SSHD_DROPIN_DIR:-/etc/ssh/sshd_config.d}
 MOUNT_ROOT=${OFFSITE_MOUNT_ROOT:-/srv/offsite}
 RESTORE_ROOT=${OFFSITE_RESTORE_ROOT:-/srv/offsite-restore}
-IMDS=http://169.254.169.254/latest
-# shellcheck disable=SC2016  # expanded by the sh that runs the command
-FETCH_RESTORE='t=$(curl -sf -m 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" '
-FETCH_RESTORE+="$IMDS/api/token"') && curl -sf -m 5 -H "X-aws-ec2-metadata-token: $t" '
-FETCH_RESTORE+="$IMDS/meta-data/tags/instance/offsite-restore; true"
-RESTORE_COMMAND=${OFFSITE_RESTORE_COMMAND-$FETCH_RESTORE}
-BY_ID_DIR=${OFFSITE_BY_ID_DIR:-/dev/disk/by-id}
+DEV_DIR=${OFFSITE_DEV_DIR:-/dev}
 GROUP=${OFFSITE_GROUP:-offsite}
 RRSYNC=${OFFSITE_RRSYNC:-/usr/bin/rrsync}
 DEVICE_WAIT=${OFFSITE_DEVICE_WAIT:-60}
@@ -77,24 +90,26 @@ HOST_KEY=$ETC/ssh_host_key
 CA_KEYS=$ETC/ca.pub
 PRINCIPALS_DIR=$ETC/principals
 DROPIN=$DROPIN_DIR/00-offsite.conf # sshd keeps the first value: read before 50-redhat.conf & co
-EBS_LINK_PREFIX=nvme-Amazon_Elastic_Block_Store_
+EBS_MODEL='Amazon Elastic Block Store' # the NVMe controller's model number on EBS
 NAME_RE='^[a-z0-9][a-z0-9-]{0,31}$'
 ACCOUNT_PREFIX_RE='^([a-z][a-z0-9-]{0,15})?$'
-VOLUME_RE='^vol-([0-9a-f]{8}|[0-9a-f]{17})$' # chalicelib/names.py VOLUME_ID
+DEVICE_RE='^/dev/sd[f-z]$' # chalicelib/names.py DEVICE_NAME
 
 REGION=
 HOST_KEY_PARAMETER=
 ACCOUNT_PREFIX=
 CA_LINES=()
-HOST_NAMES=()
-declare -A HOST_VOLUME=() HOST_UID=() RESTORE_VOLUME=()
+HOST_NAMES=() RESTORE_NAMES=()
+# HOST_DEVICE, RESTORE_DEVICE: host -> device name; VOLUME_OF: device name -> "<kind> <host>";
+# FOUND: device name -> the path found for it (see find_devices)
+declare -A HOST_DEVICE=() RESTORE_DEVICE=() HOST_UID=() VOLUME_OF=() FOUND=()
 FAILED=()
 
 log() { printf 'offsite-boot: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 read_config() {
-  local kind rest name volume uid extra
+  local kind rest name
   [[ -r $CONFIG ]] || die "cannot read $CONFIG"
   while read -r kind rest || [[ -n $kind ]]; do
     case $kind in
@@ -106,50 +121,146 @@ read_config() {
         [[ $rest =~ $ACCOUNT_PREFIX_RE ]] || die "bad account prefix: $rest"
         ACCOUNT_PREFIX=$rest
         ;;
-      host)
-        read -r name volume uid extra <<<"$rest"
-        [[ $name =~ $NAME_RE && ! $name =~ ^[0-9]+$ ]] || die "bad host name: $name"
-        [[ $volume =~ $VOLUME_RE ]] || die "bad volume id for $name: $volume"
-        [[ -z $uid || ($uid =~ ^[1-9][0-9]{3,4}$ && $uid -le 65533) ]] ||
-          die "bad uid for $name: $uid"
-        [[ -z $extra ]] || die "trailing fields on host $name"
-        [[ -z ${HOST_VOLUME[$name]-} ]] || die "host $name listed twice"
-        HOST_NAMES+=("$name")
-        HOST_VOLUME[$name]=$volume
-        HOST_UID[$name]=$uid
-        ;;
-      restore) add_restore "$rest" ;;
+      host | restore) add_volume "$kind" "$rest" ;;
       *) die "unknown record in $CONFIG: $kind" ;;
     esac
   done <"$CONFIG"
   [[ $REGION =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "bad or missing region"
   [[ $HOST_KEY_PARAMETER =~ ^[A-Za-z0-9_./-]+$ ]] || die "bad or missing host_key_parameter"
   ((${#CA_LINES[@]} > 0)) || die "no ca line"
-  for name in "${HOST_NAMES[@]}"; do
+  for name in "${HOST_NAMES[@]}" "${RESTORE_NAMES[@]}"; do
     ((${#ACCOUNT_PREFIX} + ${#name} <= 32)) || die "account $ACCOUNT_PREFIX$name is too long"
   done
   local path
-  for path in "$ETC" "$SSHD_CONFIG" "$DROPIN_DIR" "$MOUNT_ROOT" "$RESTORE_ROOT" "$RRSYNC"; do
+  for path in "$ETC" "$SSHD_CONFIG" "$DROPIN_DIR" "$MOUNT_ROOT" "$RESTORE_ROOT" "$RRSYNC" \
+    "$DEV_DIR"; do
     [[ $path =~ ^/[A-Za-z0-9_./-]+$ ]] || die "unusable path (absolute, no spaces): $path"
   done
 }
 
-add_restore() {
-  local name volume extra
-  read -r name volume extra <<<"$1"
-  [[ -n $name ]] || return 0
-  [[ $name =~ $NAME_RE && ! $name =~ ^[0-9]+$ ]] || die "bad restore host name: $name"
-  [[ $volume =~ $VOLUME_RE ]] || die "bad restore volume id for $name: $volume"
-  [[ -z $extra ]] || die "trailing fields on restore $name"
-  RESTORE_VOLUME[$name]=$volume
+# A `host` or `restore` record ($1) with its fields ($2).
+add_volume() {
+  local kind=$1 name device uid extra
+  read -r name device uid extra <<<"$2"
+  [[ $name =~ $NAME_RE && ! $name =~ ^[0-9]+$ ]] || die "bad $kind name: $name"
+  [[ $device =~ $DEVICE_RE ]] || die "bad device for $kind $name: $device"
+  [[ -z $uid || ($uid =~ ^[1-9][0-9]{3,4}$ && $uid -le 65533) ]] ||
+    die "bad uid for $name: $uid"
+  [[ -z $extra ]] || die "trailing fields on $kind $name"
+  [[ -z ${VOLUME_OF[$device]-} ]] || die "device $device listed twice"
+  VOLUME_OF[$device]="$kind $name"
+  if [[ $kind == host ]]; then
+    [[ -z ${HOST_DEVICE[$name]-} ]] || die "host $name listed twice"
+    HOST_NAMES+=("$name")
+    HOST_DEVICE[$name]=$device
+  else
+    [[ -z ${RESTORE_DEVICE[$name]-} ]] || die "restore $name listed twice"
+    RESTORE_NAMES+=("$name")
+    RESTORE_DEVICE[$name]=$device
+  fi
+  if [[ -n $uid ]]; then
+    [[ -z ${HOST_UID[$name]-} ]] || die "two uids for $name"
+    HOST_UID[$name]=$uid
+  fi
 }
 
-read_restore_records() {
-  local line
-  [[ -n $RESTORE_COMMAND ]] || return 0
-  while read -r line || [[ -n $line ]]; do
-    add_restore "$line"
-  done < <(sh -c "$RESTORE_COMMAND" offsite-restore)
+# Fill FOUND: the path each configured device name leads to (see "Finding a volume" above).
+# Runs before the steps, once for all devices: one NVMe scan a second, whatever their number.
+find_devices() {
+  while :; do
+    find_pass
+    ((MISSING == 0)) && break
+    (($(date +%s) < DEVICE_DEADLINE)) || break
+    sleep 1
+  done
+  refuse_shared_devices
+}
+
+# One look for the devices not found yet; sets MISSING to how many are still missing. (The
+# scan's lines come through a here-string, not a pipe: a pipe's loop would fill a copy of FOUND.)
+find_pass() {
+  local device link name path
+  MISSING=0
+  for device in "${!VOLUME_OF[@]}"; do
+    [[ -n ${FOUND[$device]-} ]] && continue
+    for link in "$DEV_DIR/${device#/dev/}" "$DEV_DIR/xvd${device#/dev/sd}"; do
+      if [[ -e $link ]]; then
+        FOUND[$device]=$link
+        break
+      fi
+    done
+    [[ -n ${FOUND[$device]-} ]] || MISSING=$((MISSING + 1))
+  done
+  if ((MISSING > 0)); then
+    while read -r name path; do
+      [[ -n $name && -n ${VOLUME_OF[$name]-} && -z ${FOUND[$name]-} ]] || continue
+      FOUND[$name]=$path
+      log "$name is $path (its NVMe controller names it)"
+      MISSING=$((MISSING - 1))
+    done <<<"$(scan_nvme)"
+  fi
+}
+
+# "<device name> <path>" for each EBS NVMe device under $DEV_DIR whose vendor data names one.
+scan_nvme() {
+  local path name
+  for path in "$DEV_DIR"/nvme*n1; do
+    [[ -b $path ]] || continue
+    name=$(mapping_name "$path") || continue
+    printf '%s %s\n' "$name" "$path"
+  done
+}
+
+# The device name of the block device mapping that NVMe device $1 stands for, as /dev/sdX:
+# its vendor data holds "sdf", "/dev/sdf" or "xvdf", space- or NUL-padded.
+mapping_name() {
+  local raw
+  if command -v ebsnvme-id >/dev/null; then
+    raw=$(ebsnvme-id -b "$1" 2>/dev/null) || return 1
+  elif command -v nvme >/dev/null; then
+    raw=$(nvme_vendor_name "$1") || return 1
+  else
+    return 1
+  fi
+  raw=${raw//[[:space:]]/}
+  raw=${raw#/dev/}
+  [[ $raw =~ ^(sd|xvd)([f-z])$ ]] || return 1
+  printf '/dev/sd%s\n' "${BASH_REMATCH[2]}"
+}
+
+# nvme-cli's identify controller, raw (nvme-id-ctrl(1): "-b, --raw-binary  Print the raw buffer
+# to stdout", 4096 bytes, in nvme-cli 0.5 to 2.x): model number at bytes 24-63, the vendor's
+# block device name at 3072-3103 (amazon-ec2-utils ebsnvme-id's nvme_identify_controller).
+nvme_vendor_name() {
+  local identify model
+  identify=$(mktemp "$SCRATCH/id-ctrl.XXXXXX")
+  nvme id-ctrl --raw-binary "$1" >"$identify" 2>/dev/null || { rm -f "$identify"; return 1; }
+  model=$(head -c 64 "$identify" | tail -c 40 | tr -d '\0') # head reads no more: no SIGPIPE
+  if [[ ${model%"${model##*[! ]}"} != "$EBS_MODEL" ]]; then
+    rm -f "$identify"
+    return 1
+  fi
+  head -c 3104 "$identify" | tail -c 32 | tr -d '\0'
+  rm -f "$identify"
+}
+
+# Two device names leading to one block device: something is wrong; neither is used.
+refuse_shared_devices() {
+  local device real
+  local -A first=() shared=()
+  for device in "${!FOUND[@]}"; do
+    real=$(readlink -f "${FOUND[$device]}")
+    if [[ -n ${first[$real]-} ]]; then
+      log "error: $device and ${first[$real]} both lead to $real: using neither"
+      shared[$device]=1
+      shared[${first[$real]}]=1
+    else
+      first[$real]=$device
+    fi
+  done
+  for device in "${!shared[@]}"; do
+    unset "FOUND[$device]"
+  done
 }
 
 # Run "$@" in a subshell with errexit on; record a failure instead of stopping the other steps.
@@ -251,10 +362,44 @@ install_ca_keys() {
 
 setup_host() {
   local name=$1 account=$ACCOUNT_PREFIX$1
-  ensure_account "$account" "${HOST_UID[$name]}" "$MOUNT_ROOT/$name"
+  ensure_account "$account" "${HOST_UID[$name]-}" "$MOUNT_ROOT/$name"
+  ensure_principals "$account"
+  mount_volume "$name" "${HOST_DEVICE[$name]}"
+}
+
+# A restore-only host's account takes the uid of the restore's root unless the config gives one.
+setup_restore() {
+  local name=$1 account=$ACCOUNT_PREFIX$1 mnt=$RESTORE_ROOT/$1 uid
+  mount_restore "$name" "${RESTORE_DEVICE[$name]}"
+  if [[ -z ${HOST_DEVICE[$name]-} ]]; then
+    uid=${HOST_UID[$name]-}
+    [[ -n $uid ]] || uid=$(restore_owner "$name" "$mnt")
+    ensure_account "$account" "$uid" "$mnt"
+    ensure_principals "$account"
+  fi
+  [[ $(stat -c %u "$mnt") == "$(id -u "$account")" ]] ||
+    log "$name: the restore's root belongs to uid $(stat -c %u "$mnt"), not the account"
+}
+
+ensure_principals() {
   ensure_dir "$PRINCIPALS_DIR" 0755
-  printf '%s\n' "$account" | put_file "$PRINCIPALS_DIR/$account" 0644
-  mount_volume "$name" "${HOST_VOLUME[$name]}"
+  printf '%s\n' "$1" | put_file "$PRINCIPALS_DIR/$1" 0644
+}
+
+# The uid that owns the restore's root, if the host's account may take it: an Offsite uid
+# (1000-65533) that no other account has. Prints nothing for a system uid (useradd chooses).
+restore_owner() {
+  local name=$1 mnt=$2 uid owner
+  uid=$(stat -c %u "$mnt")
+  if ((uid < 1000 || uid > 65533)); then
+    log "$name: the restore's root belongs to uid $uid: not an account's to take"
+    return 0
+  fi
+  if owner=$(getent passwd "$uid"); then
+    [[ ${owner%%:*} == "$ACCOUNT_PREFIX$name" ]] ||
+      { log "$name: uid $uid, owner of the restore's root, is ${owner%%:*}'s"; return 1; }
+  fi
+  printf '%s\n' "$uid"
 }
 
 # The account is named as the host, after the prefix. An existing account outside $GROUP is a
@@ -278,27 +423,43 @@ ensure_account() {
   [[ $password == '*' ]] || usermod -p '*' "$name"
 }
 
-mount_volume() {
-  local name=$1 volume=$2 mnt=$MOUNT_ROOT/$1 link device source
-  link=$BY_ID_DIR/$EBS_LINK_PREFIX${volume/-/}
-  wait_for "$link" || { log "$name: $volume is not attached ($link missing)"; return 1; }
-  device=$(readlink -f "$link")
-  [[ -b $device ]] || { log "$name: $link does not lead to a block device"; return 1; }
-  ensure_dir "$MOUNT_ROOT" 0755
+# The block device that device name $2 (of host $1) leads to, or why there is none.
+attached() {
+  local name=$1 device=$2 path
+  [[ -n ${FOUND[$device]-} ]] ||
+    { log "$name: $device is not attached (no $DEV_DIR/${device#/dev/}, no NVMe device names it)"
+      return 1; }
+  path=$(readlink -f "${FOUND[$device]}")
+  [[ -b $path ]] || { log "$name: ${FOUND[$device]} does not lead to a block device"; return 1; }
+  printf '%s\n' "$path"
+}
+
+# The device must be this mount point's, or nobody's yet (then $1's directory is made).
+free_or_mounted_here() {
+  local name=$1 device=$2 path=$3 mnt=$4 source
   if mountpoint -q "$mnt"; then
     source=$(findmnt -rno SOURCE --mountpoint "$mnt")
-    [[ $(readlink -f "$source") == "$device" ]] ||
-      { log "$name: $mnt holds $source, not $volume ($device)"; return 1; }
-  else
-    if source=$(findmnt -rno TARGET --source "$device"); then
-      log "$name: $volume ($device) is already mounted at $source"
-      return 1
-    fi
+    [[ $(readlink -f "$source") == "$path" ]] ||
+      { log "$name: $mnt holds $source, not $device ($path)"; return 1; }
+    return 0
+  fi
+  if source=$(findmnt -rno TARGET --source "$path"); then
+    log "$name: $device ($path) is already mounted at $source"
+    return 1
+  fi
+}
+
+mount_volume() {
+  local name=$1 device=$2 mnt=$MOUNT_ROOT/$1 path
+  path=$(attached "$name" "$device")
+  ensure_dir "$MOUNT_ROOT" 0755
+  free_or_mounted_here "$name" "$device" "$path" "$mnt"
+  if ! mountpoint -q "$mnt"; then
     # Unmounted, the directory is root's: if the volume is missing, nothing lands on the root disk.
     ensure_dir "$mnt" 0755
-    ensure_filesystem "$name" "$volume" "$device"
-    mount -o nodev,nosuid,noexec,noatime "$device" "$mnt"
-    log "$name: $volume mounted at $mnt"
+    ensure_filesystem "$name" "$device" "$path"
+    mount -o nodev,nosuid,noexec,noatime "$path" "$mnt"
+    log "$name: $device mounted at $mnt"
   fi
   own_volume "$ACCOUNT_PREFIX$name" "$mnt"
 }
@@ -306,49 +467,32 @@ mount_volume() {
 # Read-only, never formatted, never chowned: the copy is what the snapshot holds. noload: no
 # journal replay on a read-only mount.
 mount_restore() {
-  local name=$1 volume=${RESTORE_VOLUME[$1]} mnt=$RESTORE_ROOT/$1 link device source
-  [[ -n ${HOST_VOLUME[$name]-} ]] || { log "restore for unknown host $name"; return 1; }
-  link=$BY_ID_DIR/$EBS_LINK_PREFIX${volume/-/}
-  wait_for "$link" || { log "$name: restore $volume is not attached ($link missing)"; return 1; }
-  device=$(readlink -f "$link")
-  [[ -b $device ]] || { log "$name: $link does not lead to a block device"; return 1; }
+  local name=$1 device=$2 mnt=$RESTORE_ROOT/$1 path
+  path=$(attached "$name" "$device")
   ensure_dir "$RESTORE_ROOT" 0755
-  if mountpoint -q "$mnt"; then
-    source=$(findmnt -rno SOURCE --mountpoint "$mnt")
-    [[ $(readlink -f "$source") == "$device" ]] ||
-      { log "$name: $mnt holds $source, not $volume ($device)"; return 1; }
-    return 0
-  fi
+  free_or_mounted_here "$name" "$device" "$path" "$mnt"
+  mountpoint -q "$mnt" && return 0
   ensure_dir "$mnt" 0755
-  mount -o ro,noload,nodev,nosuid,noexec,noatime "$device" "$mnt"
-  log "$name: restore $volume mounted read-only at $mnt"
-  [[ $(stat -c %u "$mnt") == "$(id -u "$ACCOUNT_PREFIX$name")" ]] ||
-    log "$name: the restore's root belongs to uid $(stat -c %u "$mnt"), not the account"
-}
-
-wait_for() {
-  while [[ ! -e $1 ]]; do
-    (($(date +%s) < DEVICE_DEADLINE)) || return 1
-    sleep 1
-  done
+  mount -o ro,noload,nodev,nosuid,noexec,noatime "$path" "$mnt"
+  log "$name: restore $device mounted read-only at $mnt"
 }
 
 # Format only a blank device: blkid's low-level probe finds no filesystem, RAID member or
 # partition table, and the first MiB reads as zeros (blkid also answers "nothing" when it could
 # not read the device, so the zero check keeps an unreadable or unrecognised volume unformatted).
 ensure_filesystem() {
-  local name=$1 volume=$2 device=$3 probe rc=0
-  probe=$(blkid -p -o export "$device") || rc=$?
+  local name=$1 device=$2 path=$3 probe rc=0
+  probe=$(blkid -p -o export "$path") || rc=$?
   if ((rc == 0)); then
     grep -q '^TYPE=' <<<"$probe" ||
-      { log "$name: $volume holds no filesystem but: ${probe//$'\n'/ }"; return 1; }
+      { log "$name: $device holds no filesystem but: ${probe//$'\n'/ }"; return 1; }
     return 0
   fi
-  ((rc == 2)) || { log "$name: blkid -p failed on $device ($rc)"; return 1; }
-  cmp -s -n 1048576 "$device" /dev/zero ||
-    { log "$name: $volume is not blank but has no known filesystem: not formatting"; return 1; }
-  mkfs.ext4 -q -m 0 -L "${name:0:16}" "$device"
-  log "$name: formatted $volume (ext4)"
+  ((rc == 2)) || { log "$name: blkid -p failed on $path ($rc)"; return 1; }
+  cmp -s -n 1048576 "$path" /dev/zero ||
+    { log "$name: $device is not blank but has no known filesystem: not formatting"; return 1; }
+  mkfs.ext4 -q -m 0 -L "${name:0:16}" "$path"
+  log "$name: formatted $device (ext4)"
 }
 
 # The volume's root belongs to the account alone. Files of another uid came from an earlier
@@ -367,11 +511,12 @@ own_volume() {
 
 # Principals files of hosts no longer configured go: their certificates stop working.
 prune_principals() {
-  local path account
+  local path account name
   for path in "$PRINCIPALS_DIR"/*; do
     account=${path##*/}
-    [[ $account == "$ACCOUNT_PREFIX"* && -n ${HOST_VOLUME[${account#"$ACCOUNT_PREFIX"}]-} ]] &&
-      continue
+    name=${account#"$ACCOUNT_PREFIX"}
+    [[ $account == "$ACCOUNT_PREFIX"* &&
+      -n ${HOST_DEVICE[$name]-}${RESTORE_DEVICE[$name]-} ]] && continue
     rm -f "$path"
     log "removed $path"
   done
@@ -466,13 +611,13 @@ reload_sshd() {
 main() {
   local before name
   read_config
-  read_restore_records
   ensure_dir "$ETC" 0755
   exec 9>>"$ETC/.lock"
   flock -w 600 9 || die "another offsite-boot holds $ETC/.lock"
   SCRATCH=$(mktemp -d)
   trap 'rm -rf "$SCRATCH"' EXIT
   DEVICE_DEADLINE=$(($(date +%s) + DEVICE_WAIT))
+  find_devices
   before=$(sshd_state)
   step ensure_group
   step ensure_rrsync
@@ -481,8 +626,8 @@ main() {
   for name in "${HOST_NAMES[@]}"; do
     step setup_host "$name"
   done
-  for name in "${!RESTORE_VOLUME[@]}"; do
-    step mount_restore "$name"
+  for name in "${RESTORE_NAMES[@]}"; do
+    step setup_restore "$name"
   done
   step prune_principals
   step configure_sshd
@@ -492,7 +637,7 @@ main() {
   if ((${#FAILED[@]} > 0)); then
     die "${#FAILED[@]} step(s) failed: $(printf '[%s] ' "${FAILED[@]}")"
   fi
-  log "done: ${#HOST_NAMES[@]} host(s)"
+  log "done: ${#HOST_NAMES[@]} host(s), ${#RESTORE_NAMES[@]} restore(s)"
 }
 
 main "$@"

@@ -1,19 +1,26 @@
 """The archive instance's EC2 user-data: the boot config and boot.sh, run at every boot.
 
-The user-data is a `#cloud-config` whose only module is `bootcmd`:
-- it runs at *every* boot, whereas `runcmd`, `write_files` and user scripts run once per
-  instance: a host list changed while the instance was stopped (ModifyInstanceAttribute) would
-  otherwise never reach it;
-- it runs once the network is up (the host key comes from SSM) and before sshd starts, so sshd
-  never serves the image's own host key or configuration to a host that checks strictly.
-Its commands write the boot config to `/etc/offsite/instance.conf` and boot.sh to
-`/usr/local/sbin/offsite-boot`, then run it; an admin can run it again by hand.
+The control plane gives the user-data to RunInstances when it launches a shard's archive, as
+the str render_user_data returns: "The AWS SDK for Python (Boto3) performs base64-encoding of
+the UserData parameter for you" (EC2 user guide, "Work with instance user data"). At
+that moment the volumes do not exist yet (the block device mapping makes them), so the boot
+config names each host's volume by its device name (/dev/sdf, /dev/sdg, ... in host-name
+order), and boot.sh finds the device the volume became (see boot.sh).
 
-Both files travel gzip'd and base64'd inside the YAML: plain, boot.sh and 300 host lines do not
-fit EC2's 16 KiB user-data limit. Packed, boot.sh costs ~9 KB and a host ~20 bytes: 300 hosts
-named like `web-prod-03` come to ~15 KB (about 350 fit; fewer with long random names), and more
-raise UserDataTooLargeError rather than being cut. gzip runs with a fixed mtime and hosts are
+The user-data is a `#cloud-config` whose only module is `bootcmd`, which cloud-init runs at
+*every* boot, once the network is up (the host key comes from SSM) and before sshd starts, so
+sshd never serves the image's own host key or configuration to a host that checks strictly.
+(An archive lives for one window, but a reboot, or an admin running offsite-boot again, must
+find the same state.) Its commands write the boot config to `/etc/offsite/instance.conf` and
+boot.sh to `/usr/local/sbin/offsite-boot`, then run it.
+
+Both files travel gzip'd and base64'd inside the YAML: EC2 takes 16 KiB of user-data. Packed,
+boot.sh costs ~9 KB and a host ~20 bytes; an archive has at most 21 volumes (the device
+names), so only a CA list of hundreds of keys could pass the limit, and that raises
+UserDataTooLargeError rather than being cut. gzip runs with a fixed mtime and records are
 sorted, so the same hosts give the same user-data: "did it change?" is a string comparison.
+read_boot_config unpacks what this module renders (the local stack boots its emulated
+archives from it).
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.accounts import AccountNameError, account_name, check_account_prefix
-from chalicelib.names import VOLUME_ID, check_host_name
+from chalicelib.names import DEVICE_NAME, check_host_name
 
 USER_DATA_LIMIT = 16 * 1024  # bytes, as EC2 counts them: before base64
 CONFIG_PATH = "/etc/offsite/instance.conf"
@@ -38,18 +46,35 @@ REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 PARAMETER_NAME = re.compile(r"[A-Za-z0-9_./-]{1,2048}")
 PUBLIC_KEY_LINE = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})( [ -~]*)?")
 UID_RANGE = range(1000, 65534)
+CONFIG_COMMAND = re.compile(
+    r"- 'echo (?P<packed>[A-Za-z0-9+/=]+) \| base64 -d \| gzip -dc > "
+    + re.escape(CONFIG_PATH) + r"\.new'")
 
 
 class BootConfigError(ValueError):
     pass
 
 
-class InvalidVolumeIdError(BootConfigError):
+class InvalidDeviceNameError(BootConfigError):
     pass
 
 
 class UserDataTooLargeError(BootConfigError):
     pass
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """What a boot config says: host -> device of its backup volume, host -> device of its
+    restore volume, the account prefix, and the uids given (host -> uid)."""
+
+    hosts: dict[str, str]
+    restores: dict[str, str]
+    account_prefix: str
+    uids: dict[str, int]
+    ca_keys: tuple[str, ...] = ()
+    region: str = ""
+    host_key_parameter: str = ""
 
 
 def render_user_data(
@@ -62,9 +87,10 @@ def render_user_data(
     restores: Sequence[tuple[str, str]] = (),
     account_prefix: str = "",
 ) -> str:
-    """The user-data for these (host name, volume id) pairs.
+    """The user-data for these (host name, device name) pairs and restore (host name, device
+    name) pairs.
 
-    Raises chalicelib.names.InvalidHostNameError, InvalidVolumeIdError, BootConfigError (CA
+    Raises chalicelib.names.InvalidHostNameError, InvalidDeviceNameError, BootConfigError (CA
     key, parameter, region, duplicates, uids, accounts too long), AccountNameError (prefix) or
     UserDataTooLargeError; all are ValueErrors.
     """
@@ -104,9 +130,12 @@ def render_boot_config(
     account_prefix: str = "",
 ) -> str:
     """The text of instance.conf, the file boot.sh reads (format in boot.sh's header).
-    `restores` are (host, volume id) pairs of restore volumes, each for a listed host.
-    `account_prefix` goes before each host's name to make its account (chalicelib/accounts.py);
-    the record is written only when there is one, so the default config is unchanged."""
+    `hosts` are (host, device) pairs of backup volumes; `restores` (host, device) pairs of
+    restore volumes, each for a host that may or may not have a backup volume too (a restore
+    archive lists only restores). No device serves two volumes, no host has two of a kind.
+    `uids` (host -> uid) are for listed hosts. `account_prefix` goes before each host's name
+    to make its account (chalicelib/accounts.py); the record is written only when there is
+    one, so the default config is unchanged."""
     uids = uids or {}
     if not REGION.fullmatch(region):
         raise BootConfigError(f"not an AWS region: {region!r}")
@@ -120,25 +149,82 @@ def render_boot_config(
     ]
     if check_account_prefix(account_prefix):
         lines.append(f"account_prefix {account_prefix}")
-    names = {name for name, _ in hosts}
+    backups = _checked_pairs(hosts, "host", [])
+    restored = _checked_pairs(restores, "restore", backups)
+    names = {name for name, _ in backups} | {name for name, _ in restored}
     if unknown := set(uids) - names:
         raise BootConfigError(f"uids given for hosts not listed: {sorted(unknown)}")
-    for name, volume_id in sorted(_checked_hosts(hosts)):
-        _check_account(account_prefix, name)
-        uid = uids.get(name)
-        if uid is not None and uid not in UID_RANGE:
-            raise BootConfigError(f"uid of {name} must be in [1000, 65533], not {uid}")
-        lines.append(f"host {name} {volume_id}" + ("" if uid is None else f" {uid}"))
+    for uid_name, uid in sorted(uids.items()):
+        if uid not in UID_RANGE:
+            raise BootConfigError(f"uid of {uid_name} must be in [1000, 65533], not {uid}")
     if len(set(uids.values())) < len(uids):
         raise BootConfigError("two hosts share a uid")
-    for name, volume_id in sorted(restores):
-        if name not in names:
-            raise BootConfigError(f"a restore volume for {name}, which is not listed")
-        if not VOLUME_ID.fullmatch(volume_id):
-            raise InvalidVolumeIdError(
-                f"restore volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
-        lines.append(f"restore {name} {volume_id}")
+    for name in sorted(names):
+        _check_account(account_prefix, name)
+    with_backup = {name for name, _ in backups}
+    for name, device in sorted(backups):
+        lines.append(f"host {name} {device}{_uid_field(uids, name)}")
+    for name, device in sorted(restored):  # the uid goes on the host line when there is one
+        uid_field = "" if name in with_backup else _uid_field(uids, name)
+        lines.append(f"restore {name} {device}{uid_field}")
     return "\n".join(lines) + "\n"
+
+
+def read_boot_config(user_data: str) -> BootConfig:
+    """The boot config inside user-data that render_user_data made. Raises BootConfigError
+    when there is none or it is not what render_boot_config would write for its own values."""
+    match = CONFIG_COMMAND.search(user_data)
+    if match is None:
+        raise BootConfigError(f"no {CONFIG_PATH} in this user-data")
+    try:
+        text = gzip.decompress(base64.b64decode(match["packed"], validate=True)).decode()
+    except (binascii.Error, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise BootConfigError(f"{CONFIG_PATH} does not unpack: {exc}") from exc
+    config = _parse_boot_config(text)
+    try:  # render's checks are the rules; a config that is not canonical was not rendered here
+        rendered = render_boot_config(
+            sorted(config.hosts.items()), "\n".join(config.ca_keys), config.host_key_parameter,
+            config.region, uids=config.uids, restores=sorted(config.restores.items()),
+            account_prefix=config.account_prefix)
+    except BootConfigError:
+        raise
+    except ValueError as exc:  # a host name or account prefix
+        raise BootConfigError(str(exc)) from exc
+    if rendered != text:
+        raise BootConfigError(f"{CONFIG_PATH} is not one this module renders")
+    return config
+
+
+def _parse_boot_config(text: str) -> BootConfig:
+    values = {"region": "", "host_key_parameter": "", "account_prefix": ""}
+    ca_keys: list[str] = []
+    volumes: dict[str, dict[str, str]] = {"host": {}, "restore": {}}
+    uids: dict[str, int] = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        fields = rest.split(" ")
+        if kind in values:
+            values[kind] = rest
+        elif kind == "ca":
+            ca_keys.append(rest)
+        elif kind in volumes and len(fields) in (2, 3) and fields[0] not in volumes[kind]:
+            volumes[kind][fields[0]] = fields[1]
+            if len(fields) == 3:
+                uids[fields[0]] = _uid_value(fields[2])
+        elif kind and not kind.startswith("#"):
+            raise BootConfigError(f"unknown or malformed record: {line[:80]!r}")
+    return BootConfig(volumes["host"], volumes["restore"], values["account_prefix"], uids,
+                      tuple(ca_keys), values["region"], values["host_key_parameter"])
+
+
+def _uid_value(text: str) -> int:
+    if not text.isdigit():
+        raise BootConfigError(f"not a uid: {text[:20]!r}")
+    return int(text)
+
+
+def _uid_field(uids: Mapping[str, int], name: str) -> str:
+    return f" {uids[name]}" if name in uids else ""
 
 
 @dataclass(frozen=True)
@@ -153,9 +239,31 @@ class BootRenderer:
 
     def user_data(self, hosts: Sequence[tuple[str, str]],
                   restores: Sequence[tuple[str, str]] = ()) -> str:
+        """`hosts` and `restores`: (host name, device name) pairs."""
+        names = {name for name, _ in [*hosts, *restores]}
         return render_user_data(hosts, self.ca_public_key(), self.host_key_parameter,
-                                self.region, restores=restores,
+                                self.region, restores=restores, uids=stable_uids(names),
                                 account_prefix=self.account_prefix)
+
+
+STABLE_UIDS = range(2000, 65000)  # above the image's own users (ec2-user is 1000)
+
+
+def stable_uids(names: Iterable[str]) -> dict[str, int]:
+    """Each host's uid on its archive, the same from window to window whatever shard it is in,
+    so that boot never has to re-own a volume's files: from a hash of its name, the next free
+    one (in name order) when two hosts of one archive meet."""
+    uids: dict[str, int] = {}
+    taken: set[int] = set()
+    span = len(STABLE_UIDS)
+    for name in sorted(names):
+        digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+        offset = digest % span
+        while STABLE_UIDS[offset] in taken:
+            offset = (offset + 1) % span
+        uids[name] = STABLE_UIDS[offset]
+        taken.add(uids[name])
+    return uids
 
 
 def _check_account(prefix: str, name: str) -> None:
@@ -176,38 +284,43 @@ class LeftOut:
 def bootable_hosts(
     hosts: Sequence[tuple[str, str]], account_prefix: str = "",
 ) -> tuple[list[tuple[str, str]], list[LeftOut]]:
-    """The (host, volume id) pairs the boot config can list, and the hosts it must leave out:
-    a host enrolled before the API refused its name or volume id, one whose account would be
-    too long with the stage's prefix, or on a volume an earlier host already has. Leaving one
-    out keeps it from failing the boot of all the others."""
+    """The (host, device name) pairs the boot config can list, and the hosts it must leave
+    out: a host enrolled before the API refused its name, one whose account would be too long
+    with the stage's prefix, a device that is not a data volume's or that an earlier host
+    already has. Leaving one out keeps it from failing the boot of all the others."""
     listed: list[tuple[str, str]] = []
     left_out: list[LeftOut] = []
-    for name, volume_id in hosts:
+    for name, device in hosts:
         try:
-            _check_host(name, volume_id, listed)
+            _check_pair(name, device, "host", listed, [])
             account_name(account_prefix, name)
         except ValueError as exc:
             left_out.append(LeftOut(str(name), str(exc)))
         else:
-            listed.append((name, volume_id))
+            listed.append((name, device))
     return listed, left_out
 
 
-def _checked_hosts(hosts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def _checked_pairs(pairs: Sequence[tuple[str, str]], kind: str,
+                   others: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     listed: list[tuple[str, str]] = []
-    for name, volume_id in hosts:
-        _check_host(name, volume_id, listed)
-        listed.append((name, volume_id))
+    for name, device in pairs:
+        _check_pair(name, device, kind, listed, others)
+        listed.append((name, device))
     return listed
 
 
-def _check_host(name: str, volume_id: str, listed: Sequence[tuple[str, str]]) -> None:
+def _check_pair(name: str, device: str, kind: str, listed: Sequence[tuple[str, str]],
+                others: Sequence[tuple[str, str]]) -> None:
+    """`listed`: pairs of the same kind so far; `others`: pairs of the other kind."""
     check_host_name(name)  # also refuses reserved and all-digit names: it becomes an account
-    if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
-        raise InvalidVolumeIdError(
-            f"volume id of {name} must match {VOLUME_ID.pattern}: {volume_id!r}")
-    if any(name == other or volume_id == volume for other, volume in listed):
-        raise BootConfigError(f"host {name} or volume {volume_id} is listed twice")
+    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device):
+        raise InvalidDeviceNameError(
+            f"{kind} device of {name} must be one of /dev/sdf to /dev/sdz: {device!r}")
+    if any(name == other for other, _ in listed):
+        raise BootConfigError(f"{kind} {name} is listed twice")
+    if any(device == used for _, used in [*listed, *others]):
+        raise BootConfigError(f"device {device} of {kind} {name} is listed twice")
 
 
 def _ca_key_lines(text: str) -> list[str]:

@@ -1,7 +1,7 @@
-"""One local stack running whole windows, in a process of its own: the side-by-side test
-(test_local_stacks_side_by_side.py) starts two at once, as a demo and a test run would be on
-one machine. It writes what happened, and every name the stack held, as JSON (after each
-window, so a failure still tells).
+"""One local stack running whole windows (one archive per host), in a process of its own:
+the side-by-side test (test_local_stacks_side_by_side.py) starts two at once, as a demo and a
+test run would be on one machine. It writes what happened, and every name the stack held, as
+JSON (after each window, so a failure still tells).
 
     python -m tests.e2e.stack_windows WORK_DIR --windows 5 --hosts h o
 """
@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"windows": []}
     with (args.work / "stack.log").open("a") as log, \
-            LocalStack(args.work / "stack", StackSettings(window_hours=0.05),
+            LocalStack(args.work / "stack",
+                       StackSettings(window_hours=0.05, hosts_per_archive=1),
                        log=lambda line: print(line, file=log, flush=True)) as stack:
-        assert stack.instance is not None and stack.deployment is not None
+        assert stack.fleet is not None and stack.deployment is not None
         hosts = start_hosts(stack, args.work, tuple(args.hosts))
         result.update(held_names(stack))
         _write(args.work, result)
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             result["windows"].append({
                 "window_id": window["window_id"], "state": window["state"],
                 "reason": window["reason"], "codes": codes,
-                "reports": {r["host"]: r["status"] for r in window["host_reports"]}})
+                "reports": {r["host"]: r["status"] for r in window["host_reports"]},
+                "addresses": [s["address"] for s in window["shards"]]})
+            result.update(held_names(stack))  # the accounts are made as archives boot
             _write(args.work, result)
         result["bus_errors"] = list(stack.bus.errors) if stack.bus else ["no bus"]
     _write(args.work, result)
@@ -53,16 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def held_names(stack: LocalStack) -> dict[str, Any]:
     """What this stack holds on the machine, as the machine says: the accounts whose home is
-    one of its volumes, their groups, its ports and its instance directory."""
-    assert stack.instance is not None and stack.deployment is not None
-    volumes = f"{stack.instance.volumes}/"
-    accounts = [p for p in pwd.getpwall() if p.pw_dir.startswith(volumes)]
+    under its fleet's MOUNT_ROOT, their groups and the stack's own, its ports and its fleet's
+    directory."""
+    assert stack.fleet is not None and stack.deployment is not None
+    homes = f"{stack.fleet.settings.mount_root}/"
+    accounts = [p for p in pwd.getpwall() if p.pw_dir.startswith(homes)]
+    groups = {grp.getgrgid(p.pw_gid).gr_name for p in accounts}
+    groups |= {g.gr_name for g in grp.getgrall() if g.gr_name == stack.fleet.accounts.group}
     return {
         "accounts": sorted(p.pw_name for p in accounts),
-        "groups": sorted({grp.getgrgid(p.pw_gid).gr_name for p in accounts}),
+        "groups": sorted(groups),
         "ports": [stack.api_port, stack.ssh_port,
                   int(stack.deployment.endpoint.rsplit(":", 1)[1])],
-        "instance_root": str(stack.instance.root),
+        "instance_root": str(stack.fleet.settings.root.parent),
     }
 
 

@@ -19,6 +19,7 @@ from nacl.signing import SigningKey
 from chalicelib.sshcert import ca_public_key_line
 from local.aws import KEY_PREFIX, aws_client
 from local.stack import LocalStack, StackSettings
+from tests.e2e.test_local_stack import wait_archives_up
 
 ADMIN = Path(sys.executable).with_name("offsite-admin")
 
@@ -100,7 +101,7 @@ def wait_state(admin: Admin, window_id: str, states: tuple[str, ...],
 
 def test_init_enrol_open_close_snapshots_cost(stack: LocalStack, admin: Admin,
                                               tmp_path: Path) -> None:
-    assert stack.deployment is not None and stack.instance is not None
+    assert stack.deployment is not None and stack.fleet is not None
     endpoint = stack.deployment.endpoint
     made = parameters(endpoint)
     assert stack.deployment.keys.ca_public_line == made[f"{KEY_PREFIX}/ca-key.pub"]
@@ -114,14 +115,12 @@ def test_init_enrol_open_close_snapshots_cost(stack: LocalStack, admin: Admin,
     key_file = tmp_path / "o.pub"
     key_file.write_text(host_key("o") + "\n")
     added = admin("host", "add", "c", "--public-key", host_key("c"))
-    assert added.stdout.startswith("host c (enabled): volume vol-")
+    assert added.stdout.startswith("host c (enabled): size 20 GiB, key SHA256:")
     admin("host", "add", "o", "--public-key-file", str(key_file))
-    for name in ("c", "o"):  # the account and volume the instance's boot config makes
-        stack.instance.add_host(name)
     listed = admin.json("host", "list")["hosts"]
     assert {(h["name"], h["enabled"]) for h in listed} == {("c", True), ("o", True)}
     table = admin("host", "list").stdout.splitlines()
-    assert table[0].split() == ["HOST", "STATE", "VOLUME", "ENROLLED", "(UTC)", "KEY"]
+    assert table[0].split() == ["HOST", "STATE", "GIB", "ENROLLED", "(UTC)", "KEY"]
     assert [line.split()[:2] for line in table[1:]] == [["c", "enabled"], ["o", "enabled"]]
 
     opened = admin.json("window", "open", "--hours", "0.05")
@@ -129,11 +128,18 @@ def test_init_enrol_open_close_snapshots_cost(stack: LocalStack, admin: Admin,
     assert opened["expected"] == ["c", "o"]
     current = admin("window", "status")
     assert f"window:   {window_id}" in current.stdout
-    wait_state(admin, window_id, ("OPEN",))
+    [serving] = wait_state(admin, window_id, ("OPEN",))["shards"]
+    wait_archives_up(stack, {"shards": [serving]})  # one archive, one sshd, for both hosts
     closed = admin("window", "close", window_id)
     assert closed.stdout.startswith(f"{window_id}: CLOSING")
     window = wait_state(admin, window_id, ("CLOSED",))
     assert window["snapshots"] == {"c": "completed", "o": "completed"}
+    [shard] = window["shards"]  # its archive served both hosts, and is gone
+    assert shard["hosts"] == ["c", "o"] and shard["state"] == "CLOSED"
+    limit = time.monotonic() + 30  # the termination follows the snapshots' completion
+    while stack.fleet.archive(shard["instance_id"]) is not None and time.monotonic() < limit:
+        time.sleep(0.2)
+    assert stack.fleet.archive(shard["instance_id"]) is None
     assert "no window open; the last was " + window_id in admin("window", "status").stdout
     history = admin("window", "history", "--limit", "5").stdout
     assert window_id in history and "CLOSED" in history

@@ -1,10 +1,12 @@
-"""Restores on the embedded local stack. First by hand: a backup window writes through a real
-sshd, then a restore window serves that day's snapshot read-only, checked with real ssh and
-rsync under the certificates `POST /v1/sessions` grants. Then with the real `offsite-host
-restore` of the four sample hosts, after three windows with changes between them: each
-window's state comes back byte-identical from the day's retained point, `verify --deep` passes,
-damaged ciphertext in the restore copy fails loudly (exit 10, target untouched), and an
-unknown date or snapshot writes nothing (exit 2).
+"""Restores on the embedded local stack, each on an archive of its own (a single-host
+instance whose one volume is made from the chosen snapshot, mounted read-only). First by hand:
+a backup window writes through a real sshd; while the next backup window is open, a restore
+serves the first window's snapshot read-only, checked with real ssh and rsync under the
+certificates `POST /v1/sessions` grants, and neither window holds up the other. Then with the
+real `offsite-host restore` of the four sample hosts (two archives of two), after three windows
+with changes between them: each window's state comes back byte-identical from the day's
+retained point, `verify --deep` passes, damaged ciphertext in the restore copy fails loudly
+(exit 10, target untouched), and an unknown date or snapshot writes nothing (exit 2).
 
 The first test has a stack of its own and must run before the shared one starts (file order):
 two stacks in one process would share the environment and the Unix accounts."""
@@ -89,6 +91,10 @@ class Host:
             time.sleep(0.5)
         return done
 
+    def remote(self) -> str:
+        """The archive's copy of this host's files, at the address the session named."""
+        return f"{self.grant['address']}:archive/"
+
     def report(self, window_id: str) -> None:
         status, body = self.call("POST", "/v1/reports", {
             "host": HOST, "window_id": window_id, "status": "succeeded"})
@@ -99,10 +105,17 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def restore_volumes(stack: LocalStack) -> list[dict[str, Any]]:
+def window_volumes(stack: LocalStack, window_id: str) -> list[dict[str, Any]]:
+    """The volumes a window's archives launched with, while they exist (DescribeVolumes)."""
     assert stack.deployment is not None
     return list(aws_client("ec2", stack.deployment.endpoint).describe_volumes(Filters=[
-        {"Name": "tag-key", "Values": ["offsite:restore-window"]}])["Volumes"])
+        {"Name": "tag:offsite:window", "Values": [window_id]}])["Volumes"])
+
+
+def wait_until(condition: Any, timeout: float = 30) -> None:
+    limit = time.monotonic() + timeout
+    while not condition() and time.monotonic() < limit:
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -112,70 +125,95 @@ def stack(tmp_path: Path) -> Any:
         yield running
 
 
-def test_a_restore_reads_the_days_snapshot_and_cannot_write(stack: LocalStack,
-                                                            tmp_path: Path) -> None:
+def test_a_restore_during_a_backup_window_reads_the_snapshot_and_cannot_write(
+        stack: LocalStack, tmp_path: Path) -> None:
+    """Window 1 backs the host up; while window 2 is open, and after the host has written new
+    data to window 2's volume, a restore runs on an archive of its own: it serves window 1's
+    snapshot read-only, and neither window blocks the other."""
+    assert stack.fleet is not None and stack.bus is not None
     host = Host(stack, tmp_path / "host")
     stack.enrol(HOST, ca_public_key_line(host.key))
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
-    (data / "a.bin").write_bytes(secrets.token_bytes(50_000))
+    backed_up = secrets.token_bytes(50_000)
+    (data / "a.bin").write_bytes(backed_up)
     (data / "sub" / "b.txt").write_text("second file\n")
 
-    # a backup window: the host writes its archive, reports, the window snapshots its volume
-    status, opened = stack.admin("POST", "/v1/windows", {"hosts": [HOST]})
-    assert status == 201, opened
-    stack.wait_for(opened["window_id"], ("OPEN",), timeout=60)
+    # window 1: the host writes its archive, reports, the window snapshots its volume
+    first = open_backup(stack)
     ssh = host.session("backup")
-    sent = host.rsync(ssh, f"{data}/", f"{HOST}@127.0.0.1:archive/")
+    sent = host.rsync(ssh, f"{data}/", host.remote())
     assert sent.returncode == 0, sent.stderr
-    host.report(opened["window_id"])
-    backup = stack.wait_for(opened["window_id"], timeout=120)
+    host.report(first)
+    backup = stack.wait_for(first, timeout=120)
     assert backup["state"] == "CLOSED", backup["reason"]
-    (data / "a.bin").write_bytes(b"changed after the backup")  # the restore must not see it
 
     status, listed = host.call("GET", f"/v1/hosts/{HOST}/snapshots")
     assert status == 200, listed
     [point] = listed["snapshots"]
     day = datetime.now(timezone.utc).date().isoformat()
-    assert (point["day"], point["complete"], point["window_id"]) == (
-        day, True, opened["window_id"])
+    assert (point["day"], point["complete"], point["window_id"]) == (day, True, first)
     assert stack.snapshots(HOST) == listed["snapshots"]
 
-    # the restore: a volume from that snapshot, read-only, for this host
+    # window 2: the host writes something new, and has not reported yet
+    second = open_backup(stack)
+    ssh = host.session("backup")
+    backup_address = host.grant["address"]
+    (data / "a.bin").write_bytes(b"changed after window 1")  # the restore must not see it
+    sent = host.rsync(ssh, f"{data}/", host.remote())
+    assert sent.returncode == 0, sent.stderr
+
+    # the restore: an archive of its own, a volume from window 1's snapshot, read-only
     status, restore = host.call("POST", f"/v1/hosts/{HOST}/restores", {"day": day})
     assert status == 202, restore
     assert restore["snapshot_id"] == point["snapshot_id"]
-    assert stack.wait_for(restore["window_id"], ("OPEN",), timeout=60)["purpose"] == "restore"
+    opened = stack.wait_for(restore["window_id"], ("OPEN",), timeout=60)
+    assert opened["purpose"] == "restore"
+    [shard] = opened["shards"]
+    assert shard["instance_id"] not in {s["instance_id"] for s in
+                                        stack.window(second)["shards"]}
+    [volume] = window_volumes(stack, restore["window_id"])
+    assert volume["SnapshotId"] == point["snapshot_id"]
     ssh = host.session("restore")
     assert host.grant["remote_path"] == "archive/"
+    assert host.grant["address"] == shard["address"] != backup_address
     restored = tmp_path / "restored"
-    got = host.rsync(ssh, f"{HOST}@127.0.0.1:archive/", f"{restored}/")
-    assert got.returncode == 0, (got.stderr, stack.bus.errors if stack.bus else None)
-    assert tree(restored) == {"a.bin": tree(stack.instance.volumes / HOST / "archive")["a.bin"]
-                              if stack.instance else b"", "sub/b.txt": b"second file\n"}
-    assert tree(restored)["a.bin"] != b"changed after the backup"
+    got = host.rsync(ssh, host.remote(), f"{restored}/")
+    assert got.returncode == 0, (got.stderr, stack.bus.errors)
+    assert tree(restored) == {"a.bin": backed_up, "sub/b.txt": b"second file\n"}
 
-    written = host.rsync(ssh, f"{data}/", f"{HOST}@127.0.0.1:archive/")
+    written = host.rsync(ssh, f"{data}/", host.remote())
     assert written.returncode != 0, "a restore certificate must not write"
-    assert tree(restored) == tree(restored)  # nothing new arrived locally either
     again = tmp_path / "again"
-    host.rsync(ssh, f"{HOST}@127.0.0.1:archive/", f"{again}/")
+    host.rsync(ssh, host.remote(), f"{again}/")
     assert tree(again) == tree(restored)  # the restore copy is unchanged
 
     host.report(restore["window_id"])
     ended = stack.wait_for(restore["window_id"], timeout=120)
     assert ended["state"] == "CLOSED", ended["reason"]
     assert ended["snapshots"] == {}
-    assert [p["snapshot_id"] for p in stack.snapshots(HOST)] == [point["snapshot_id"]]
-    deadline = time.monotonic() + 10
-    while restore_volumes(stack) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert restore_volumes(stack) == []
-    assert stack.instance is not None
-    while (stack.instance.restores / HOST).exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not (stack.instance.restores / HOST).exists()
-    assert stack.bus is not None and stack.bus.errors == []
+    wait_until(lambda: not window_volumes(stack, restore["window_id"]))
+    assert window_volumes(stack, restore["window_id"]) == []
+    wait_until(lambda: not (stack.fleet.settings.restore_root / HOST).exists())
+    assert not (stack.fleet.settings.restore_root / HOST).exists()
+
+    # window 2 was never held up, and ends as usual with what the host wrote in it
+    assert stack.window(second)["state"] == "OPEN"
+    host.report(second)
+    backup = stack.wait_for(second, timeout=120)
+    assert backup["state"] == "CLOSED", backup["reason"]
+    newest = stack.snapshots(HOST)[0]
+    assert (newest["window_id"], newest["complete"]) == (second, True)
+    copy = stack.fleet.ebs.snapshot(newest["snapshot_id"])
+    assert (copy / "archive" / "a.bin").read_bytes() == b"changed after window 1"
+    assert stack.bus.errors == []
+
+
+def open_backup(stack: LocalStack) -> str:
+    status, opened = stack.admin("POST", "/v1/windows", {"hosts": [HOST]})
+    assert status == 202, opened
+    stack.wait_for(opened["window_id"], ("OPEN",), timeout=60)
+    return str(opened["window_id"])
 
 
 # The real `offsite-host restore` of the four sample hosts, on one stack and one set of three
@@ -216,7 +254,7 @@ def windows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeWindows]:
     `--at 2B` and `--at 1B`."""
     root = tmp_path_factory.mktemp("three-windows")
     settings = StackSettings(window_hours=0.05, restore_hours=0.05, boot_seconds=0.5,
-                             retry_after=1)
+                             retry_after=1, hosts_per_archive=2)
     with LocalStack(root / "stack", settings, log=lambda line: None) as stack:
         hosts = {name: SampleHost(name, root / "hosts" / name, stack.api_url)
                  for name in SAMPLES}
@@ -302,11 +340,11 @@ def flip_a_byte(victim: Path) -> None:
 def test_damaged_ciphertext_in_the_restore_copy_fails_loudly(windows: ThreeWindows,
                                                              tmp_path: Path) -> None:
     stack, host = windows.stack, windows.hosts["c"]
-    assert stack.instance is not None
+    assert stack.fleet is not None
     snapshot_id = windows.points["c"]
     # the snapshot's copy the stack keeps, which a restore volume is made from: its largest
     # ciphertext file (db.bin's)
-    victim = max((p for p in (stack.instance.snapshots / snapshot_id).rglob("*")
+    victim = max((p for p in stack.fleet.ebs.snapshot(snapshot_id).rglob("*")
                   if p.is_file() and not p.is_symlink()), key=lambda p: p.stat().st_size)
     flip_a_byte(victim)
     target = tmp_path / "target"

@@ -1,7 +1,7 @@
 """Two local stacks on one machine at once (a demo beside a test run): each enrols hosts of
-the same names, each runs five whole windows with the real `offsite-host run`, and both
-succeed; nothing one stack names (accounts, groups, ports, directories) is the other's, and
-nothing of either is left afterwards.
+the same names, each runs five whole windows with the real `offsite-host run` (an archive per
+host: two sshd per window), and both succeed; nothing one stack names (accounts, groups,
+ports, directories) is the other's, and nothing of either is left afterwards.
 
 Each stack runs in a process of its own (tests/e2e/stack_windows.py): a stack sets the app's
 environment and caches, which a process has one of."""
@@ -59,6 +59,7 @@ def test_two_stacks_side_by_side_each_run_five_windows(tmp_path: Path) -> None:
             assert window["state"] == "CLOSED", (name, window)
             assert window["codes"] == dict.fromkeys(HOSTS, 0), (name, window)
             assert window["reports"] == dict.fromkeys(HOSTS, "succeeded"), (name, window)
+            assert len(set(window["addresses"])) == len(HOSTS), (name, window)  # an archive each
         assert result["bus_errors"] == [], name
         assert len(result["accounts"]) == len(HOSTS), (name, result["accounts"])
     first, second = (results[name] for name in STACKS)

@@ -19,8 +19,10 @@ from nacl.signing import SigningKey
 from offsite_host.httpsig import sign_request
 
 import app as app_module
+from chalicelib import composition
 from chalicelib.adapters.dynamo_store import create_table
 from chalicelib.keys import KeyMaterial, KeyParameters, generate_key_material
+from chalicelib.launcher import InlineLauncher, launch_event
 from chalicelib.sshcert import ca_public_key_line
 
 EVENTS = Path(__file__).parents[1] / "events"
@@ -59,21 +61,44 @@ def offsite_snapshots() -> list[dict[str, Any]]:
 @dataclass
 class AppRig:
     client: Client
-    instance_id: str
-    volumes: dict[str, str]
     stops: list[str]
     keys: dict[str, SigningKey]
     material: KeyMaterial
+    subnets: list[str]
 
     @property
     def ec2(self) -> Any:
         return boto3.client("ec2")
 
-    def state_event(self, state: str) -> None:
-        if state == "running":
-            self.ec2.start_instances(InstanceIds=[self.instance_id])
-        event = aws_event(f"ec2-state-{state}.json", **{"instance-id": self.instance_id})
+    def window(self, window_id: str) -> dict[str, Any]:
+        answer = self.client.http.get(f"/v1/windows/{window_id}")
+        assert answer.status_code == 200, answer.json_body
+        return dict(answer.json_body)
+
+    def instances(self, window_id: str) -> dict[str, str]:
+        """shard id -> instance id, of the window's launched archives."""
+        return {s["shard_id"]: s["instance_id"] for s in self.window(window_id)["shards"]
+                if s["instance_id"]}
+
+    def instance_event(self, instance_id: str, state: str) -> None:
+        """EC2's state-change notification, as EventBridge delivers it."""
+        event = aws_event(f"ec2-state-{state}.json", **{"instance-id": instance_id})
         self.client.lambda_.invoke("instance_state", event)
+
+    def boot(self, window_id: str) -> dict[str, Any]:
+        """Every archive of the window is running (moto runs them at once) and says so."""
+        for instance_id in self.instances(window_id).values():
+            self.instance_event(instance_id, "running")
+        return self.window(window_id)
+
+    def stopped(self, window_id: str) -> dict[str, Any]:
+        """The notifications of every archive EC2 has stopped."""
+        for instance_id in self.instances(window_id).values():
+            state = self.ec2.describe_instances(InstanceIds=[instance_id])[
+                "Reservations"][0]["Instances"][0]["State"]["Name"]
+            if state == "stopped":
+                self.instance_event(instance_id, "stopped")
+        return self.window(window_id)
 
     def post(self, path: str, body: Any, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else json.dumps(body).encode()
@@ -150,12 +175,21 @@ def served_app_rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
 
 
 def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
-    """What a deploy makes, then the app with four enrolled hosts."""
+    """What a deploy makes (launch template, subnets in two zones, table, topic, keys), then
+    the app with four enrolled hosts. Each shard's launch runs in the request that opened the
+    window, through the launch_shard handler, where AWS would invoke it asynchronously."""
     ec2 = boto3.client("ec2")
-    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
-                                 InstanceType="t3.small")["Instances"][0]
-    instance_id = instance["InstanceId"]
-    ec2.stop_instances(InstanceIds=[instance_id])
+    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.7.{i}.0/24",
+                                 AvailabilityZone=f"us-east-1{zone}")["Subnet"]["SubnetId"]
+               for i, zone in enumerate("ab")]
+    for subnet in subnets:  # public subnets: "instances launched in this subnet receive a
+        # public IPv4 address" (Subnet.MapPublicIpOnLaunch, EC2 API Reference); false by default
+        ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    template = ec2.create_launch_template(
+        LaunchTemplateName="offsite-dev-archive",
+        LaunchTemplateData={"MetadataOptions": {"HttpTokens": "required"}})[
+        "LaunchTemplate"]["LaunchTemplateId"]
     topic = boto3.client("sns").create_topic(Name="offsite")["TopicArn"]
     boto3.client("scheduler").create_schedule_group(Name="offsite-dev")
     create_table(boto3.client("dynamodb"), "offsite-dev")
@@ -164,24 +198,28 @@ def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
     monkeypatch.setenv("KEY_PARAMETER_PREFIX", KEY_PREFIX)
     monkeypatch.setenv("TABLE_NAME", "offsite-dev")  # as the dev stage's config says
     monkeypatch.setenv("SCHEDULE_GROUP", "offsite-dev")
-    monkeypatch.setenv("INSTANCE_ID", instance_id)
     monkeypatch.setenv("INSTANCE_TYPES", "t3.small,t3a.small")
+    monkeypatch.setenv("IMAGE_ID_X86_64", "ami-12c6146b")
+    monkeypatch.setenv("SUBNET_IDS", ",".join(subnets))
+    monkeypatch.setenv("LAUNCH_TEMPLATE", template)
     monkeypatch.setenv("TOPIC_ARN", topic)
     monkeypatch.setenv("DEADLINE_TARGET_ARN",
                        "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline")
     monkeypatch.setenv("SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/offsite-scheduler")
+    monkeypatch.setattr(composition, "_launcher", lambda settings: InlineLauncher(
+        lambda window_id, shard_id: app_module.launch_shard(
+            launch_event(window_id, shard_id), None)))
     clear_caches()
     stops: list[str] = []
     with Client(app_module.app, stage_name="dev") as client:
         service = app_module.window_service()
         service.ports.compute._ec2.meta.events.register(  # type: ignore[attr-defined]
             "before-call.ec2.StopInstances", lambda **kw: stops.append("stop"))
-        rig = AppRig(client, instance_id, {}, stops, {}, material)
+        rig = AppRig(client, stops, {}, material, subnets)
         for name in HOSTS:
             rig.keys[name] = SigningKey.generate()
             answer = rig.enrol(name, rig.keys[name])
             assert answer.status_code == 201, answer.json_body
-            rig.volumes[name] = answer.json_body["volume_id"]
         yield rig
     clear_caches()
 

@@ -12,6 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 from offsite_host import httpsig
 
+import app as app_module
 from chalicelib.names import RESERVED_NAMES_FILE, parse_name_list
 from chalicelib.sshcert import ca_public_key_line
 
@@ -102,7 +103,7 @@ def test_bad_open_requests(app_rig: AppRig, body: dict[str, Any], code: str) -> 
 
 
 def test_second_open_is_refused(app_rig: AppRig) -> None:
-    assert app_rig.post("/v1/windows", {}).status_code == 201
+    assert app_rig.post("/v1/windows", {}).status_code == 202
     before = state(app_rig)
     assert_clean_error(app_rig.post("/v1/windows", {}), 409, "window_active")
     assert state(app_rig) == before
@@ -127,7 +128,7 @@ def test_unknown_window(app_rig: AppRig) -> None:
 ])
 def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code: str) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
-    app_rig.state_event("running")
+    app_rig.boot(wid)
     before = state(app_rig)
     body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 1,
             "files": 1, "duration_s": 1.0, "detail": "", **change}
@@ -137,7 +138,7 @@ def test_bad_reports(app_rig: AppRig, change: dict[str, Any], status: int, code:
 
 def test_the_largest_count_is_recorded(app_rig: AppRig) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
-    app_rig.state_event("running")
+    app_rig.boot(wid)
     body = {"host": "c", "window_id": wid, "status": "succeeded", "bytes_sent": 2**63 - 1,
             "files": 2**63 - 1, "duration_s": 1.0, "detail": "caf\u00e9 \U0001f600"}
     assert app_rig.signed("POST", "/v1/reports", body, "c").status_code == 200
@@ -160,7 +161,7 @@ def test_a_lone_surrogate_in_any_body_is_a_400(app_rig: AppRig, method: str, pat
 
 def test_report_from_a_host_not_expected(app_rig: AppRig) -> None:
     wid = app_rig.post("/v1/windows", {"hosts": ["c"]}).json_body["window_id"]
-    app_rig.state_event("running")
+    app_rig.boot(wid)
     assert_clean_error(app_rig.report(wid, "h"), 409, "host_not_expected")
 
 
@@ -201,8 +202,7 @@ def test_enrolment_refuses_anything_but_one_key_line(app_rig: AppRig, index: int
 
 @pytest.mark.parametrize("index", range(len(_two_key_lines())))
 def test_a_session_key_must_be_one_key_line(app_rig: AppRig, index: int) -> None:
-    app_rig.post("/v1/windows", {})
-    app_rig.state_event("running")
+    app_rig.boot(app_rig.post("/v1/windows", {}).json_body["window_id"])
     answer = app_rig.session("c", ssh_public_key=_two_key_lines()[index])
     assert_clean_error(answer, 400, "bad_request")
     assert app_rig.session("c").status_code == 201
@@ -254,7 +254,7 @@ def test_every_reserved_name_is_refused_at_enrolment(app_rig: AppRig) -> None:
     "vol-zz", "vol-0123456789", "vol-0123456789abcdef", "vol-0123456789abcdef01",
     "vol-0123456789ABCDEF0", "vol-1234567", "vol-", "vol-0123456789abcdef0 ",
     "snap-0123456789abcdef0", 17])
-def test_a_volume_id_boot_would_refuse_is_refused_at_enrolment(app_rig: AppRig,
+def test_a_volume_id_ec2_never_writes_is_refused_at_enrolment(app_rig: AppRig,
                                                                volume_id: Any) -> None:
     hosts = app_rig.client.http.get("/v1/hosts").json_body
     assert_clean_error(_enrol(app_rig, "newhost", volume_id=volume_id), 400, "bad_request")
@@ -262,26 +262,31 @@ def test_a_volume_id_boot_would_refuse_is_refused_at_enrolment(app_rig: AppRig,
 
 
 @pytest.mark.parametrize("volume_id", ["vol-0123abcd", "vol-0123456789abcdef0"])
-def test_both_lengths_of_volume_id_are_enrolled(app_rig: AppRig, volume_id: str) -> None:
+def test_both_lengths_of_volume_id_are_sent_and_an_unknown_one_is_refused(
+        app_rig: AppRig, volume_id: str) -> None:
+    """Either length passes the check and reaches EC2, which knows no such volume: a 400
+    that says so, and no host."""
+    asked: list[str] = []
+    compute = app_module.host_service()._compute
+    compute._ec2.meta.events.register(  # type: ignore[attr-defined]
+        "before-parameter-build.ec2.CreateSnapshot",
+        lambda params, **_: asked.append(params["VolumeId"]))
+    hosts = app_rig.client.http.get("/v1/hosts").json_body
     answer = _enrol(app_rig, "newhost", volume_id=volume_id)
-    assert answer.status_code == 201 and answer.json_body["volume_id"] == volume_id
-
-
-def test_a_volume_of_another_host_is_refused(app_rig: AppRig) -> None:
-    hosts = app_rig.client.http.get("/v1/hosts").json_body
-    answer = _enrol(app_rig, "newhost", volume_id=app_rig.volumes["c"])
     assert_clean_error(answer, 400, "bad_request")
-    assert "already belongs to host c" in json.loads(answer.body)["message"]
+    assert f"no volume {volume_id}" in json.loads(answer.body)["message"]
+    assert asked == [volume_id]
     assert app_rig.client.http.get("/v1/hosts").json_body == hosts
 
 
-def test_re_enrolment_cannot_move_a_host_to_another_volume(app_rig: AppRig) -> None:
+def test_re_enrolment_cannot_adopt_a_volume(app_rig: AppRig) -> None:
     hosts = app_rig.client.http.get("/v1/hosts").json_body
-    answer = _enrol(app_rig, "c", volume_id="vol-0123456789abcdef0")
+    volume = app_rig.ec2.create_volume(Size=5, AvailabilityZone="us-east-1a")["VolumeId"]
+    answer = _enrol(app_rig, "c", volume_id=volume)
     assert_clean_error(answer, 400, "bad_request")
-    assert "keeps its volume" in json.loads(answer.body)["message"]
+    assert "adopted only at the first enrolment" in json.loads(answer.body)["message"]
     assert app_rig.client.http.get("/v1/hosts").json_body == hosts
-    assert _enrol(app_rig, "c", volume_id=app_rig.volumes["c"]).status_code == 200
+    assert offsite_snapshots() == []
 
 
 def test_revoking_an_unknown_host(app_rig: AppRig) -> None:
@@ -317,7 +322,7 @@ def _signed_without(rig: AppRig, left_out: str, path: str, body: bytes) -> Any:
 def test_a_signature_that_covers_less_than_the_readme_says_is_401(app_rig: AppRig,
                                                                   left_out: str) -> None:
     wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
-    app_rig.state_event("running")
+    app_rig.boot(wid)
     before = state(app_rig)
     body = json.dumps({"host": "c", "window_id": wid, "status": "succeeded"}).encode()
     assert_clean_error(_signed_without(app_rig, left_out, "/v1/reports", body), 401,

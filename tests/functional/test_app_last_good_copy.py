@@ -54,25 +54,38 @@ def test_a_snapshot_ebs_failed_never_replaces_the_last_good_one(
     assert restore.status_code == 202 and restore.json_body["complete"] is True
 
 
-def test_a_window_that_cannot_start_answers_503_with_the_reason(app_rig: AppRig) -> None:
-    def no_capacity(**_: Any) -> None:
+def test_a_window_without_capacity_anywhere_fails_with_the_reason(app_rig: AppRig) -> None:
+    """Accepted (202: the launches run in invocations of their own); every (type, subnet)
+    pair is tried, then the window is FAILED with each pair's cause, and the next may open."""
+    tried: list[tuple[str, str]] = []
+
+    def no_capacity(params: dict[str, Any], **_: Any) -> None:
+        tried.append((params["InstanceType"], params["SubnetId"]))
         raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
-                                     "Message": "none left"}}, "StartInstances")
+                                     "Message": "none left"}}, "RunInstances")
 
     compute = app_module.window_service().ports.compute
     compute._ec2.meta.events.register(  # type: ignore[attr-defined]
-        "before-call.ec2.StartInstances", no_capacity)
+        "before-parameter-build.ec2.RunInstances", no_capacity, unique_id="no-capacity")
     answer = app_rig.post("/v1/windows", {})
-    assert answer.status_code == 503, answer.json_body
-    body = answer.json_body
-    assert body["error"] == "window_failed" and "InsufficientInstanceCapacity" in body["message"]
-    listed = app_rig.client.http.get(f"/v1/windows/{body['window_id']}").json_body
-    assert listed["state"] == "FAILED"
+    assert answer.status_code == 202, answer.json_body
+    wid = answer.json_body["window_id"]
+    assert tried == [(t, s) for t in ("t3.small", "t3a.small") for s in app_rig.subnets]
+    view = app_rig.window(wid)
+    assert view["state"] == "FAILED"
+    [shard] = view["shards"]
+    assert shard["state"] == "FAILED" and shard["instance_id"] is None
+    assert shard["reason"].count("InsufficientInstanceCapacity") == 4
+    assert "every archive failed" in view["reason"]
+    assert boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"] == []
+    compute._ec2.meta.events.unregister(  # type: ignore[attr-defined]
+        "before-parameter-build.ec2.RunInstances", unique_id="no-capacity")
+    assert app_rig.post("/v1/windows", {}).status_code == 202
 
 
 def test_the_deadline_schedule_never_fires_before_the_deadline(app_rig: AppRig) -> None:
     answer = app_rig.post("/v1/windows", {"duration_hours": 0.5})
-    assert answer.status_code == 201
+    assert answer.status_code == 202
     deadline = datetime.fromisoformat(answer.json_body["deadline"])
     [schedule] = boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"]
     expression = boto3.client("scheduler").get_schedule(

@@ -1,4 +1,5 @@
-"""Host sessions through app.py on moto: the short-lived certificate, and every refusal."""
+"""Host sessions through app.py on moto: the short-lived certificate for the host's own
+archive, and every refusal."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives.serialization import (
 from nacl.signing import SigningKey
 from offsite_host.httpsig import sign_request
 
+from chalicelib import composition
 from chalicelib.instance.userdata import CONFIG_PATH
+from chalicelib.launcher import InlineLauncher, launch_event
 from tests.unit.test_instance_userdata import embedded
 
 from .app_rig import API, AppRig, app_rig, clear_caches
@@ -30,12 +33,32 @@ def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
 
 
-def open_window(rig: AppRig, running: bool = True, **body: Any) -> str:
+def open_window(rig: AppRig, **body: Any) -> str:
+    """A window whose archives are launched and running."""
     answer = rig.post("/v1/windows", body)
-    assert answer.status_code == 201, answer.json_body
-    if running:
-        rig.state_event("running")
-    return str(answer.json_body["window_id"])
+    assert answer.status_code == 202, answer.json_body
+    window_id = str(answer.json_body["window_id"])
+    assert rig.boot(window_id)["state"] == "OPEN"
+    return window_id
+
+
+def held_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """From now on a window's launch_shard invocations are held here, as if Lambda had not
+    run them yet; `launch` runs one."""
+    held: list[tuple[str, str]] = []
+    monkeypatch.setattr(composition, "_launcher", lambda settings: InlineLauncher(
+        lambda window_id, shard_id: held.append((window_id, shard_id))))
+    clear_caches()
+    return held
+
+
+def launch(rig: AppRig, window_id: str, shard_id: str) -> None:
+    rig.client.lambda_.invoke("launch_shard", launch_event(window_id, shard_id))
+
+
+def instance(rig: AppRig, instance_id: str) -> dict[str, Any]:
+    return dict(rig.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+        "Instances"][0])
 
 
 def test_session_grants_a_certificate_for_the_window(app_rig: AppRig,
@@ -47,6 +70,8 @@ def test_session_grants_a_certificate_for_the_window(app_rig: AppRig,
     assert set(grant) == {"window_id", "address", "port", "user", "certificate", "known_hosts",
                           "remote_path", "not_after", "deadline"}
     assert (grant["window_id"], grant["user"], grant["port"]) == (wid, "c", 22)
+    (instance_id,) = app_rig.instances(wid).values()
+    assert grant["address"] == instance(app_rig, instance_id)["PublicIpAddress"]
     assert grant["known_hosts"] == f"{grant['address']} {app_rig.material.host_public_line}"
     cert = load_ssh_public_identity(grant["certificate"].encode())
     assert isinstance(cert, SSHCertificate)
@@ -57,7 +82,7 @@ def test_session_grants_a_certificate_for_the_window(app_rig: AppRig,
     deadline = datetime.fromisoformat(grant["deadline"])
     assert cert.valid_before == int(deadline.timestamp())
     assert int(time.time()) - 600 < cert.valid_after < int(time.time())
-    assert cert.key_id.decode().startswith(f"host=c window={wid} req=")
+    assert cert.key_id.decode().startswith(f"host=c window={wid} archive=s01 req=")
     logged = everything_logged(caplog)
     assert "certificate issued" in logged and str(cert.serial) in logged
     assert grant["certificate"].split()[1] not in logged
@@ -70,15 +95,16 @@ def test_with_an_account_prefix_the_certificate_names_the_prefixed_account(
     session's `user` and the boot config's accounts agree; the volume path stays the host's."""
     monkeypatch.setenv("ACCOUNT_PREFIX", "ostack1-")
     clear_caches()
-    open_window(app_rig)
+    wid = open_window(app_rig)
     grant = app_rig.session("c").json_body
     assert grant["user"] == "ostack1-c"
     cert = load_ssh_public_identity(grant["certificate"].encode())
     assert isinstance(cert, SSHCertificate)
     assert cert.valid_principals == [b"ostack1-c"]
     assert cert.critical_options == {b"force-command": b"/usr/bin/rrsync -wo /srv/offsite/c"}
+    (instance_id,) = app_rig.instances(wid).values()
     user_data = base64.b64decode(app_rig.ec2.describe_instance_attribute(
-        InstanceId=app_rig.instance_id, Attribute="userData")["UserData"]["Value"]).decode()
+        InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]).decode()
     assert "account_prefix ostack1-" in embedded(user_data)[CONFIG_PATH].decode().splitlines()
 
 
@@ -98,8 +124,9 @@ def test_a_host_name_too_long_for_the_account_prefix_is_refused_and_left_out(
     monkeypatch.setenv("ACCOUNT_PREFIX", "ostack1-")
     clear_caches()
     answer = app_rig.post("/v1/windows", {})
-    assert answer.status_code == 201, answer.json_body
+    assert answer.status_code == 202, answer.json_body
     assert name not in answer.json_body["expected"] and "c" in answer.json_body["expected"]
+    assert all(name not in shard["hosts"] for shard in answer.json_body["shards"])
 
 
 def test_each_session_gets_its_own_serial(app_rig: AppRig) -> None:
@@ -109,12 +136,63 @@ def test_each_session_gets_its_own_serial(app_rig: AppRig) -> None:
     assert len(serials) == 3
 
 
-def test_while_opening_the_host_is_told_to_retry(app_rig: AppRig) -> None:
-    open_window(app_rig, running=False)
+def test_while_opening_the_host_is_told_to_retry(app_rig: AppRig,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    held = held_launches(monkeypatch)
+    answer = app_rig.post("/v1/windows", {})
+    assert answer.status_code == 202 and answer.json_body["state"] == "OPENING"
+    wid = answer.json_body["window_id"]
+    assert held == [(wid, "s01")]  # its archive is not launched yet
     answer = app_rig.session("c")
     assert answer.status_code == 503
     assert answer.json_body["error"] == "window_opening"
     assert int(answer.headers["Retry-After"]) > 0
+    launch(app_rig, wid, "s01")
+    assert app_rig.boot(wid)["state"] == "OPEN"
+    assert app_rig.session("c").status_code == 201
+
+
+def test_each_host_is_sent_to_its_own_archive(app_rig: AppRig,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOSTS_PER_ARCHIVE", "2")
+    clear_caches()
+    wid = open_window(app_rig)
+    shards = {s["shard_id"]: s for s in app_rig.window(wid)["shards"]}
+    assert {k: s["hosts"] for k, s in shards.items()} == {"s01": ["c", "h"], "s02": ["l", "o"]}
+    addresses = {shard_id: instance(app_rig, s["instance_id"])["PublicIpAddress"]
+                 for shard_id, s in shards.items()}
+    assert addresses["s01"] != addresses["s02"]
+    for host, shard_id in (("c", "s01"), ("h", "s01"), ("l", "s02"), ("o", "s02")):
+        grant = app_rig.session(host).json_body
+        assert grant["address"] == addresses[shard_id] == shards[shard_id]["address"], host
+        assert grant["known_hosts"] == \
+            f"{addresses[shard_id]} {app_rig.material.host_public_line}"
+        cert = load_ssh_public_identity(grant["certificate"].encode())
+        assert isinstance(cert, SSHCertificate)
+        assert f"window={wid} archive={shard_id} " in cert.key_id.decode()
+
+
+def test_a_host_waits_for_its_own_archive_while_another_is_open(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOSTS_PER_ARCHIVE", "2")
+    held = held_launches(monkeypatch)
+    wid = app_rig.post("/v1/windows", {}).json_body["window_id"]
+    assert held == [(wid, "s01"), (wid, "s02")]
+    launch(app_rig, wid, "s01")
+    states = {s["shard_id"]: s["state"] for s in app_rig.boot(wid)["shards"]}
+    assert states == {"s01": "OPEN", "s02": "OPENING"}
+    assert app_rig.session("c").status_code == 201  # s01
+    waiting = app_rig.session("l")  # s02
+    assert waiting.status_code == 503, waiting.json_body
+    assert waiting.json_body["error"] == "window_opening"
+    assert int(waiting.headers["Retry-After"]) > 0
+    current = app_rig.signed("GET", "/v1/windows/current", None, "l").json_body
+    assert (current["state"], current["window_state"]) == ("OPENING", "OPENING")
+    launch(app_rig, wid, "s02")
+    app_rig.boot(wid)
+    grant = app_rig.session("l").json_body
+    (s02,) = [s for s in app_rig.window(wid)["shards"] if s["shard_id"] == "s02"]
+    assert grant["address"] == instance(app_rig, s02["instance_id"])["PublicIpAddress"]
 
 
 def test_no_open_window_says_when_the_next_one_is(app_rig: AppRig) -> None:
@@ -229,7 +307,8 @@ def test_reenrolment_replaces_the_key(app_rig: AppRig) -> None:
     open_window(app_rig)
     new_key = SigningKey.generate()
     answer = app_rig.enrol("c", new_key)
-    assert answer.status_code == 200 and answer.json_body["volume_id"] == app_rig.volumes["c"]
+    assert answer.status_code == 200 and answer.json_body["size_gib"] == 20
+    assert "volume_id" not in answer.json_body
     refused(app_rig.session("c"), 401, "unauthorized")  # the old key no longer works
     app_rig.keys["c"] = new_key
     assert app_rig.session("c").status_code == 201
@@ -239,14 +318,20 @@ def test_host_listing(app_rig: AppRig) -> None:
     hosts = app_rig.client.http.get("/v1/hosts").json_body["hosts"]
     assert [h["name"] for h in hosts] == ["c", "h", "l", "o"]
     assert all(h["enabled"] and h["key_fingerprint"].startswith("SHA256:") for h in hosts)
+    assert all(h["size_gib"] == 20 and "volume_id" not in h for h in hosts)
 
 
-def test_a_fixed_endpoint_and_port(app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SSH_ENDPOINT", "backup.example.net")
+def test_the_private_address_and_a_port(app_rig: AppRig,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSH_ADDRESS=private: hosts reach the archives inside the VPC (or a VPN)."""
+    monkeypatch.setenv("SSH_ADDRESS", "private")
     monkeypatch.setenv("SSH_PORT", "2222")
     clear_caches()
-    open_window(app_rig)
+    wid = open_window(app_rig)
+    (instance_id,) = app_rig.instances(wid).values()
+    private = instance(app_rig, instance_id)["PrivateIpAddress"]
+    assert private.startswith("10.7.") and private != instance(app_rig, instance_id).get(
+        "PublicIpAddress")
     grant = app_rig.session("c").json_body
-    assert (grant["address"], grant["port"]) == ("backup.example.net", 2222)
-    assert grant["known_hosts"] == \
-        f"[backup.example.net]:2222 {app_rig.material.host_public_line}"
+    assert (grant["address"], grant["port"]) == (private, 2222)
+    assert grant["known_hosts"] == f"[{private}]:2222 {app_rig.material.host_public_line}"

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from chalice.test import Client
+from nacl.signing import SigningKey
 
 import app as app_module
 from chalicelib.adapters.compute import Ec2Compute
@@ -35,9 +36,10 @@ __all__ = ["app_rig", "served_app_rig"]
 
 def open_window(rig: AppRig, **body: Any) -> str:
     answer = rig.post("/v1/windows", body)
-    assert answer.status_code == 201, answer.json_body
-    rig.state_event("running")
-    return str(answer.json_body["window_id"])
+    assert answer.status_code == 202, answer.json_body
+    window_id = str(answer.json_body["window_id"])
+    assert rig.boot(window_id)["state"] == "OPEN"
+    return window_id
 
 
 def wait_until(iso: str) -> None:
@@ -63,21 +65,20 @@ def tags_by_point() -> dict[tuple[str, str], dict[str, str]]:
 
 def test_whole_window_with_four_hosts(app_rig: AppRig) -> None:
     wid = open_window(app_rig)
-    assert window(app_rig, wid)["state"] == "OPEN"
     schedules = boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"]
     assert [s["Name"] for s in schedules] == [f"offsite-deadline-{wid}"]
     for host in HOSTS:
         assert app_rig.report(wid, host).status_code == 200
     assert window(app_rig, wid)["state"] == "CLOSING"
-    assert boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"] == []
-    app_rig.state_event("stopped")
-    assert window(app_rig, wid)["state"] == "SNAPSHOTTING"
+    assert app_rig.stopped(wid)["state"] == "SNAPSHOTTING"
     app_rig.settle_snapshots()
     view = window(app_rig, wid)
     assert view["state"] == "CLOSED", view
-    # The instance was started with a boot config naming every host and its volume.
+    assert boto3.client("scheduler").list_schedules(GroupName="offsite-dev")["Schedules"] == []
+    # The archive was launched with a boot config naming every host and its device.
+    (instance_id,) = app_rig.instances(wid).values()
     user_data = base64.b64decode(boto3.client("ec2").describe_instance_attribute(
-        InstanceId=app_rig.instance_id, Attribute="userData")["UserData"]["Value"]).decode()
+        InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]).decode()
     config = embedded(user_data)[CONFIG_PATH].decode()
     assert sorted(line.split()[1] for line in config.splitlines()
                   if line.startswith("host ")) == sorted(HOSTS)
@@ -86,21 +87,33 @@ def test_whole_window_with_four_hosts(app_rig: AppRig) -> None:
     assert all(t["offsite:window"] == wid for t in snapshot_tags().values())
     assert [r["host"] for r in view["host_reports"]] == sorted(HOSTS)
     assert app_rig.stops == ["stop"]
+    assert_nothing_left(app_rig)
+
+
+def assert_nothing_left(rig: AppRig) -> None:
+    """Between windows: no instance running or stopped, no volume; only snapshots."""
+    ec2 = rig.ec2
+    states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
+              for i in r["Instances"]]
+    assert set(states) <= {"terminated"}, states
+    volumes = ec2.describe_volumes(Filters=[{"Name": "tag-key",
+                                             "Values": ["offsite:window"]}])["Volumes"]
+    assert volumes == []
 
 
 def test_deadline_with_one_host_missing(app_rig: AppRig) -> None:
     first = open_window(app_rig)
     for host in HOSTS:
         app_rig.report(first, host)
-    app_rig.state_event("stopped")
+    app_rig.stopped(first)
     app_rig.settle_snapshots()
     second = open_window(app_rig, duration_hours=0.0002)  # a deadline 0.72 s away
     for host in ("c", "h", "o"):
         app_rig.report(second, host)
     wait_until(window(app_rig, second)["deadline"])
     answer = app_rig.client.lambda_.invoke("window_deadline", {"window_id": second})
-    assert "missing: l" in answer.payload["reason"]
-    app_rig.state_event("stopped")
+    assert "missing: l" in " ".join(answer.payload["reasons"])
+    app_rig.stopped(second)
     made = tags_by_point()
     assert made["l", second]["offsite:reported"] == "none"
     assert made["l", second]["offsite:complete"] == "false"
@@ -124,10 +137,10 @@ def test_four_hosts_reporting_at_once_stop_once(served_app_rig: AppRig, tmp_path
     stop_log = tmp_path / "stops"
     original_stop = Ec2Compute.stop
 
-    def logged_stop(self: Ec2Compute, instance_id: str) -> None:
+    def logged_stop(self: Ec2Compute, instance_ids: list[str]) -> None:
         with stop_log.open("a") as log:
             log.write(f"{os.getpid()}\n")
-        original_stop(self, instance_id)
+        original_stop(self, instance_ids)
 
     monkeypatch.setattr(Ec2Compute, "stop", logged_stop)
     context = multiprocessing.get_context("fork")
@@ -160,7 +173,7 @@ def test_snapshot_failure_deletes_nothing_and_tells_sns(app_rig: AppRig) -> None
     wid = open_window(app_rig)
     for host in HOSTS:
         app_rig.report(wid, host)
-    app_rig.state_event("stopped")
+    app_rig.stopped(wid)
     before = app_rig.settle_snapshots(result="failed")
     assert window(app_rig, wid)["state"] == "CLOSED"
     after = offsite_snapshots()
@@ -171,13 +184,14 @@ def test_snapshot_failure_deletes_nothing_and_tells_sns(app_rig: AppRig) -> None
 
 def test_duplicated_and_reordered_events_change_nothing(app_rig: AppRig) -> None:
     wid = open_window(app_rig)
-    app_rig.state_event("running")  # duplicate
-    app_rig.state_event("stopped")  # stale: EC2 says running
+    (instance_id,) = app_rig.instances(wid).values()
+    app_rig.instance_event(instance_id, "running")  # duplicate
+    app_rig.instance_event(instance_id, "stopped")  # stale: EC2 says running
     assert window(app_rig, wid)["state"] == "OPEN"
     for host in HOSTS:
         app_rig.report(wid, host)
-    app_rig.state_event("stopped")
-    app_rig.state_event("stopped")
+    app_rig.stopped(wid)
+    app_rig.stopped(wid)
     app_rig.settle_snapshots()
     app_rig.settle_snapshots()
     assert window(app_rig, wid)["state"] == "CLOSED"
@@ -203,8 +217,71 @@ def aws_scheduled_event() -> dict[str, Any]:
 def test_admin_close_and_history(app_rig: AppRig) -> None:
     wid = open_window(app_rig)
     closed = app_rig.post(f"/v1/windows/{wid}/close", {})
-    assert closed.status_code == 200 and closed.json_body["state"] == "CLOSING"
+    assert closed.status_code == 200 and closed.json_body["state"] == "CLOSING", closed.json_body
     again = app_rig.post(f"/v1/windows/{wid}/close", {})
     assert again.status_code == 409 and again.json_body["error"] == "not_closable"
     listed = app_rig.client.http.get("/v1/windows").json_body["windows"]
     assert [w["window_id"] for w in listed] == [wid]
+
+
+def test_forty_five_hosts_in_three_archives_one_host_missing(app_rig: AppRig) -> None:
+    """Only the shard with the missing host waits for the deadline; the next window's volumes
+    are made from these snapshots; nothing is left between windows."""
+    for i in range(41):
+        app_rig.keys[f"n{i:02d}"] = SigningKey.generate()
+        assert app_rig.enrol(f"n{i:02d}", app_rig.keys[f"n{i:02d}"]).status_code == 201
+    hosts = sorted(app_rig.keys)
+    first = open_window(app_rig, duration_hours=0.0005)  # a deadline 1.8 s away
+    shards = {s["shard_id"]: s["hosts"] for s in window(app_rig, first)["shards"]}
+    assert sorted(len(h) for h in shards.values()) == [15, 15, 15]
+    missing = shards["s02"][0]
+    for host in hosts:
+        if host != missing:
+            assert app_rig.report(first, host).status_code == 200
+    view = app_rig.stopped(first)
+    states = {s["shard_id"]: s["state"] for s in view["shards"]}
+    assert states == {"s01": "SNAPSHOTTING", "s02": "OPEN", "s03": "SNAPSHOTTING"}
+    app_rig.settle_snapshots(window_id=first)
+    assert window(app_rig, first)["state"] == "OPEN"  # s02 still waits
+    wait_until(window(app_rig, first)["deadline"])
+    app_rig.client.lambda_.invoke("window_deadline", {"window_id": first})
+    app_rig.stopped(first)
+    app_rig.settle_snapshots(window_id=first)
+    assert window(app_rig, first)["state"] == "CLOSED"
+    app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())  # the sweep
+    assert_nothing_left(app_rig)
+    made = {t["offsite:host"]: s["SnapshotId"] for s in offsite_snapshots()
+            for t in [{x["Key"]: x["Value"] for x in s["Tags"]}]
+            if t["offsite:window"] == first}
+    assert len(made) == 45
+    second = open_window(app_rig)
+    volumes = app_rig.ec2.describe_volumes(Filters=[
+        {"Name": "tag:offsite:window", "Values": [second]}])["Volumes"]
+    by_host = {t["Value"]: v["SnapshotId"] for v in volumes for t in v["Tags"]
+               if t["Key"] == "offsite:host"}
+    assert by_host == made  # each from its own host's newest snapshot
+
+
+def test_no_capacity_in_the_first_zone_moves_to_the_other(app_rig: AppRig) -> None:
+    from botocore.exceptions import ClientError
+
+    ec2 = app_rig.ec2
+    tried: list[tuple[str, str]] = []
+    compute = app_module.window_service().ports.compute
+
+    def refuse_zone_a(params: dict[str, Any], **kwargs: Any) -> None:
+        tried.append((params["InstanceType"], params.get("SubnetId", "")))
+        if params.get("SubnetId") == app_rig.subnets[0]:
+            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
+                                         "Message": "no t3.small in us-east-1a"}},
+                              "RunInstances")
+
+    compute._ec2.meta.events.register(  # type: ignore[attr-defined]
+        "before-parameter-build.ec2.RunInstances", refuse_zone_a)
+    wid = open_window(app_rig)
+    assert tried == [("t3.small", app_rig.subnets[0]), ("t3.small", app_rig.subnets[1])]
+    (instance_id,) = app_rig.instances(wid).values()
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+        "Instances"][0]
+    assert instance["SubnetId"] == app_rig.subnets[1]
+    assert instance["Placement"]["AvailabilityZone"] == "us-east-1b"

@@ -1,5 +1,6 @@
-"""The policies are enough: whole windows on a moto server that enforces IAM, each handler's AWS
-calls signed with its own function's role, and a call outside a function's policy refused.
+"""The policies are enough: whole windows of the archive fleet on a moto server that enforces
+IAM, each handler's AWS calls signed with its own function's role, and a call outside a
+function's policy refused.
 
 What moto enforces of a policy is its set of allowed actions: it matches a statement's Resource
 against "*" and does not evaluate Condition (moto/iam/access_control.py says so), so each role
@@ -8,7 +9,9 @@ those actions reach is checked without AWS in tests/integration/test_policies.py
 
 As in Lambda, a function's credentials come from its environment: before each invocation the
 test puts that function's role session there and drops the cached clients, as a new container
-would start.
+would start. A window's opening invokes launch_shard asynchronously, once per shard, with the
+opener's credentials (moto checks lambda:InvokeFunction; its Lambda runs nothing); the test then
+runs each launch as launch_shard's own role, as Lambda would.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from moto.iam.access_control import IAMRequestBase
 from nacl.signing import SigningKey
 
 import app as app_module
+from chalicelib import composition
 from chalicelib.adapters.dynamo_store import create_table
 from chalicelib.keys import KeyParameters, generate_key_material
+from chalicelib.launcher import LambdaLauncher, launch_event
 
 from .app_rig import (
     EVENTS,
@@ -46,8 +51,9 @@ from .app_rig import (
 )
 
 POLICIES = Path(__file__).parents[2] / "policies"
-FUNCTIONS = ("api_handler", "scheduled_open", "console_open", "window_deadline", "reconciler",
-             "instance_state", "snapshot_state")
+FUNCTIONS = ("api_handler", "scheduled_open", "console_open", "window_deadline", "launch_shard",
+             "reconciler", "instance_state", "snapshot_state")
+LAUNCH_FUNCTION = "offsite-dev-launch_shard"
 LAMBDA_TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
     "Action": "sts:AssumeRole"}]}
@@ -58,7 +64,8 @@ ACCOUNT = "123456789012"
 def moto_view(policy: dict[str, Any]) -> dict[str, Any]:
     """The part of a policy moto can enforce: the actions it allows. A DynamoDB transaction is
     authorised item by item as PutItem/UpdateItem/DeleteItem by IAM, as the one action
-    dynamodb:TransactWriteItems by moto. Deny statements only fence resources (by tag), which
+    dynamodb:TransactWriteItems by moto; Lambda's Invoke is lambda:InvokeFunction to IAM,
+    lambda:Invoke to moto. Deny statements only fence resources (by tag), which
     moto cannot see; left in, moto would deny their actions everywhere."""
     statements = policy["Statement"]
     actions: set[str] = set()
@@ -68,6 +75,9 @@ def moto_view(policy: dict[str, Any]) -> dict[str, Any]:
             actions.update([action] if isinstance(action, str) else action)
     if actions & DYNAMODB_WRITES:
         actions.add("dynamodb:TransactWriteItems")
+    if "lambda:InvokeFunction" in actions:  # moto names Lambda's Invoke operation's action
+        actions.add("lambda:Invoke")  # after the operation, not as IAM does
+
     return {"Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": sorted(actions), "Resource": "*"}]}
 
@@ -104,15 +114,34 @@ class Account:
     url: str
     world: Keys
     roles: dict[str, Keys]
-    instance_id: str
+    deployed: Deployed
     material: Any
 
     def enforce(self, count: float) -> None:
-        request = urllib.request.Request(f"{self.url}/moto-api/reset-auth",  # noqa: S310
-                                         data=str(count).encode(), method="POST",
-                                         headers={"Content-Type": "text/plain"})
+        self._moto_api("reset-auth", str(count).encode(), "text/plain")
+
+    def run_no_lambda_code(self) -> None:
+        """moto's Lambda without docker: an invocation is accepted (after the IAM check) and
+        runs nothing."""
+        self._moto_api("config", json.dumps({"lambda": {"use_docker": False}}).encode(),
+                       "application/json")
+
+    def _moto_api(self, path: str, data: bytes, kind: str) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/{path}",  # noqa: S310
+                                         data=data, method="POST",
+                                         headers={"Content-Type": kind})
         with urllib.request.urlopen(request) as answer:  # noqa: S310 (our loopback server)
-            assert answer.status == 200
+            assert answer.status in (200, 201)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What the deploy template makes (deploy/resources.json), and one instance of the account
+    that is not an archive (a neighbour's)."""
+
+    subnets: list[str]
+    launch_template: str
+    stranger: str
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +158,7 @@ def account() -> Iterator[Account]:
         patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         world = bootstrap()
         ready = Account(f"http://127.0.0.1:{port}", world, roles(), *provision(world))
+        ready.run_no_lambda_code()
         ready.enforce(0)
         try:
             yield ready
@@ -163,20 +193,46 @@ def roles() -> dict[str, Keys]:
     return sessions
 
 
-def provision(world: Keys) -> tuple[str, Any]:
-    """What the deploy template makes, made by the world user."""
+def provision(world: Keys) -> tuple[Deployed, Any]:
+    """What the deploy template makes, made by the world user: subnets in two zones, the
+    launch template and security group (tagged as the template tags them), table, topic,
+    schedule group and keys."""
     ec2 = world.client("ec2")
-    instance_id = ec2.run_instances(
-        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.small",
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "offsite:role", "Value": "archive"}]}])["Instances"][0]["InstanceId"]
-    ec2.stop_instances(InstanceIds=[instance_id])
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24",
+                                 AvailabilityZone=f"us-east-1{zone}")["Subnet"]["SubnetId"]
+               for i, zone in enumerate("ab")]
+    for subnet in subnets:  # public subnets: each archive gets the public address hosts use
+        ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    stage = [{"ResourceType": kind, "Tags": [{"Key": "offsite:stage", "Value": "dev"}]}
+             for kind in ("security-group", "launch-template")]
+    group = ec2.create_security_group(GroupName="offsite-dev-archive", VpcId=vpc,
+                                      Description="archives", TagSpecifications=stage[:1])
+    template = ec2.create_launch_template(
+        LaunchTemplateName="offsite-dev-archive", TagSpecifications=stage[1:],
+        LaunchTemplateData={"MetadataOptions": {"HttpTokens": "required"},
+                            "SecurityGroupIds": [group["GroupId"]]})[
+        "LaunchTemplate"]["LaunchTemplateId"]
+    stranger = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+                                 InstanceType="t3.small")["Instances"][0]["InstanceId"]
     world.client("sns").create_topic(Name="offsite-dev")
     world.client("scheduler").create_schedule_group(Name="offsite-dev")
     create_table(world.client("dynamodb"), "offsite-dev")
     material = generate_key_material()
     put_key_material(material)
-    return instance_id, material
+    return Deployed(subnets, template, stranger), material
+
+
+class RecordingLauncher:
+    """LambdaLauncher, signed with the opener's credentials, remembering the launches it asked
+    for so that the test runs them next as launch_shard."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str]] = []
+
+    def launch(self, window_id: str, shard_ids: Any) -> None:
+        LambdaLauncher(boto3.client("lambda"), LAUNCH_FUNCTION).launch(window_id, shard_ids)
+        self.pending += [(window_id, shard_id) for shard_id in shard_ids]
 
 
 class Lambdas:
@@ -186,6 +242,8 @@ class Lambdas:
         self.account = account
         self._monkeypatch = monkeypatch
         self.rig: AppRig | None = None
+        self.launcher = RecordingLauncher()
+        monkeypatch.setattr(composition, "_launcher", lambda settings: self.launcher)
 
     def run_as(self, function: str) -> None:
         keys = self.account.roles[function]
@@ -206,13 +264,24 @@ class Lambdas:
         self.run_as("api_handler")
         return self.rig
 
+    def launch_all(self) -> list[str]:
+        """Lambda runs the launches asked for, each as launch_shard; their outcomes."""
+        outcomes = []
+        while self.launcher.pending:
+            window_id, shard_id = self.launcher.pending.pop(0)
+            outcomes.append(self.invoke("launch_shard", launch_event(window_id, shard_id))[
+                "outcome"])
+        return outcomes
+
 
 @pytest.fixture
 def lambdas(account: Account, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambdas]:
     for name, value in {
         "KEY_PARAMETER_PREFIX": KEY_PREFIX, "TABLE_NAME": "offsite-dev",
-        "SCHEDULE_GROUP": "offsite-dev", "INSTANCE_ID": account.instance_id,
-        "INSTANCE_TYPES": "t3.small,t3a.small",
+        "SCHEDULE_GROUP": "offsite-dev", "INSTANCE_TYPES": "t3.small,t3a.small",
+        "IMAGE_ID_X86_64": "ami-12c6146b", "SUBNET_IDS": ",".join(account.deployed.subnets),
+        "LAUNCH_TEMPLATE": account.deployed.launch_template, "HOSTS_PER_ARCHIVE": "2",
+        "LAUNCH_FUNCTION": LAUNCH_FUNCTION,
         "TOPIC_ARN": f"arn:aws:sns:us-east-1:{ACCOUNT}:offsite-dev",
         "DEADLINE_TARGET_ARN":
             f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:offsite-dev-window_deadline",
@@ -221,7 +290,7 @@ def lambdas(account: Account, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambd
         monkeypatch.setenv(name, value)
     runner = Lambdas(account, monkeypatch)
     with Client(app_module.app, stage_name="dev") as client:
-        runner.rig = AppRig(client, account.instance_id, {}, [], {}, account.material)
+        runner.rig = AppRig(client, [], {}, account.material, account.deployed.subnets)
         yield runner
     clear_caches()
 
@@ -230,14 +299,27 @@ def scheduled_event() -> dict[str, Any]:
     return dict(json.loads((EVENTS / "scheduled-event.json").read_text()))
 
 
-def state_event(account: Account, state: str) -> dict[str, Any]:
-    return aws_event(f"ec2-state-{state}.json", **{"instance-id": account.instance_id})
+def state_event(instance_id: str, state: str) -> dict[str, Any]:
+    return aws_event(f"ec2-state-{state}.json", **{"instance-id": instance_id})
 
 
 def window(lambdas: Lambdas, window_id: str) -> dict[str, Any]:
     answer = lambdas.api().client.http.get(f"/v1/windows/{window_id}")
     assert answer.status_code == 200, answer.json_body
     return dict(answer.json_body)
+
+
+def instances(lambdas: Lambdas, window_id: str) -> list[str]:
+    return [s["instance_id"] for s in window(lambdas, window_id)["shards"] if s["instance_id"]]
+
+
+def tell(lambdas: Lambdas, window_id: str, state: str) -> None:
+    """EC2's state-change notifications for the window's archives now in `state`."""
+    ec2 = lambdas.account.world.client("ec2")
+    for instance_id in instances(lambdas, window_id):
+        found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+        if found["Instances"][0]["State"]["Name"] == state:
+            lambdas.invoke("instance_state", state_event(instance_id, state))
 
 
 def snapshots(account: Account, host: str | None = None) -> dict[str, dict[str, str]]:
@@ -257,55 +339,90 @@ def settle(lambdas: Lambdas, window_id: str) -> None:
 
 def back_up(lambdas: Lambdas, window_id: str, host: str) -> None:
     rig = lambdas.api()
-    assert rig.session(host).status_code == 201
+    answer = rig.session(host)
+    assert answer.status_code == 201, answer.json_body
     assert rig.report(window_id, host).status_code == 200
+
+
+def left_over(account: Account) -> tuple[list[str], list[str]]:
+    """Archive instances not terminated, and window volumes, as the world sees them."""
+    ec2 = account.world.client("ec2")
+    ours = [{"Name": "tag-key", "Values": ["offsite:window"]}]
+    running = [i["InstanceId"] for r in ec2.describe_instances(Filters=ours)["Reservations"]
+               for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+    return running, [v["VolumeId"] for v in ec2.describe_volumes(Filters=ours)["Volumes"]]
 
 
 def test_windows_run_with_each_function_under_its_own_policy(lambdas: Lambdas) -> None:
     account, rig = lambdas.account, lambdas.api()
-    for host in HOSTS:  # api_handler: a new encrypted volume each, attached to the instance
+    adopted = account.world.client("ec2").create_volume(
+        AvailabilityZone="us-east-1a", Size=2, Encrypted=True)["VolumeId"]
+    for host in HOSTS:  # api_handler; l's data comes on a volume of its own, snapshotted once
         rig.keys[host] = SigningKey.generate()
-        answer = rig.enrol(host, rig.keys[host])
+        extra = {"volume_id": adopted} if host == "l" else {}
+        answer = rig.enrol(host, rig.keys[host], **extra)
         assert answer.status_code == 201, answer.json_body
+    assert list(snapshots(account, "l")) != []
 
-    # 1: the nightly schedule opens; every host reports; EC2 and EBS events close it.
+    # 1: the nightly schedule opens two archives of two; launch_shard launches each (l's volume
+    # from its adopted snapshot); every host reports; EC2 and EBS events close it.
     lambdas.invoke("scheduled_open", scheduled_event())
     first = lambdas.api().client.http.get("/v1/windows").json_body["windows"][0]["window_id"]
-    lambdas.invoke("instance_state", state_event(account, "running"))
+    assert [o.split()[0] for o in lambdas.launch_all()] == ["launched", "launched"]
+    tell(lambdas, first, "running")
+    lambdas.invoke("instance_state", state_event(account.deployed.stranger, "running"))
     lambdas.invoke("reconciler", scheduled_event())
     assert window(lambdas, first)["state"] == "OPEN"
     for host in HOSTS:
         back_up(lambdas, first, host)
     assert window(lambdas, first)["state"] == "CLOSING"
-    lambdas.invoke("instance_state", state_event(account, "stopped"))
+    tell(lambdas, first, "stopped")
     settle(lambdas, first)
     assert window(lambdas, first)["state"] == "CLOSED"
+    lambdas.invoke("reconciler", scheduled_event())  # the sweep: volumes still attached
+    assert left_over(account) == ([], [])
 
-    # 2: opened from the console for c, which never reports; the deadline closes it and the
+    # 2: an admin restores h's copy: its own archive, beside backups, closed when it stops.
+    answer = lambdas.api().post("/v1/restores", {"host": "h", "day": first[2:6] + "-"
+                                                 + first[6:8] + "-" + first[8:10]})
+    assert answer.status_code == 202, answer.json_body
+    restore = answer.json_body["window_id"]
+    assert lambdas.launch_all()[0].startswith("launched")
+    tell(lambdas, restore, "running")
+    assert window(lambdas, restore)["state"] == "OPEN"
+    account.world.client("ec2").stop_instances(InstanceIds=instances(lambdas, restore))
+    tell(lambdas, restore, "stopped")
+    assert window(lambdas, restore)["state"] == "CLOSED"
+
+    # 3: opened from the console for c, which never reports; the deadline closes it and the
     # reconciler, finding the instance stopped, takes and settles the snapshot.
     second = lambdas.invoke("console_open", {"duration_hours": 0.0002, "hosts": ["c"]})
-    lambdas.invoke("instance_state", state_event(account, "running"))
+    lambdas.launch_all()
+    tell(lambdas, second["window_id"], "running")
     deadline = datetime.fromisoformat(second["deadline"])
     time.sleep(max(0.0, (deadline - datetime.now(timezone.utc)).total_seconds()) + 0.05)
     answer = lambdas.invoke("window_deadline", {"window_id": second["window_id"]})
-    assert "missing: c" in answer["reason"]
+    assert any("missing: c" in reason for reason in answer["reasons"]), answer
     lambdas.invoke("reconciler", scheduled_event())
     assert window(lambdas, second["window_id"])["state"] == "SNAPSHOTTING"
     lambdas.invoke("reconciler", scheduled_event())
     assert window(lambdas, second["window_id"])["state"] == "CLOSED"
 
-    # 3: an admin opens one for c, c reports; retention then deletes c's older snapshots.
+    # 4: an admin opens one for c, c reports; retention then deletes c's older snapshots.
     answer = lambdas.api().post("/v1/windows", {"hosts": ["c"]})
-    assert answer.status_code == 201, answer.json_body
+    assert answer.status_code == 202, answer.json_body
     third = answer.json_body["window_id"]
-    lambdas.invoke("instance_state", state_event(account, "running"))
+    lambdas.launch_all()
+    tell(lambdas, third, "running")
     back_up(lambdas, third, "c")
-    lambdas.invoke("instance_state", state_event(account, "stopped"))
+    tell(lambdas, third, "stopped")
     settle(lambdas, third)
     assert window(lambdas, third)["state"] == "CLOSED"
     assert [t["offsite:window"] for t in snapshots(account, "c").values()] == [third]
     assert {t["offsite:window"] for h in ("h", "o", "l")
             for t in snapshots(account, h).values()} == {first}
+    lambdas.invoke("reconciler", scheduled_event())
+    assert left_over(account) == ([], [])
 
 
 def refused(call: Any) -> bool:
@@ -319,20 +436,29 @@ def refused(call: Any) -> bool:
 
 CA_KEY = KeyParameters(KEY_PREFIX).ca_private
 HOST_KEY = KeyParameters(KEY_PREFIX).host_private
+CA_PUBLIC_KEY = KeyParameters(KEY_PREFIX).ca_public
 
 
 @pytest.mark.parametrize(("function", "service", "denied", "allowed"), [
     ("snapshot_state", "ec2", "stop_instances", "describe_snapshots"),
-    ("window_deadline", "ec2", "start_instances", "stop_instances"),
+    ("window_deadline", "ec2", "run_instances", "stop_instances"),
     ("instance_state", "ec2", "delete_snapshot", "describe_instances"),
-    ("scheduled_open", "ec2", "create_snapshot", "describe_instances"),
-    ("reconciler", "ec2", "start_instances", "describe_snapshots"),
-    ("api_handler", "ec2", "delete_snapshot", "describe_volumes"),
+    ("scheduled_open", "ec2", "run_instances", None),
+    ("scheduled_open", "ec2", "describe_instances", None),
+    ("reconciler", "ec2", "run_instances", "describe_snapshots"),
+    ("api_handler", "ec2", "run_instances", "describe_snapshots"),
+    ("api_handler", "ec2", "delete_snapshot", None),
+    ("launch_shard", "ec2", "delete_snapshot", "describe_instances"),
+    ("launch_shard", "ec2", "stop_instances", "describe_snapshots"),
+    ("launch_shard", "ssm", "write_host_key", "read_ca_public_key"),
     ("instance_state", "ssm", "read_ca_key", None),
     ("instance-role", "ssm", "write_host_key", "read_host_key"),
     ("instance-role", "ec2", "stop_instances", None),
     ("snapshot_state", "dynamodb", "put_item", "get_item"),
     ("console_open", "sns", "create_topic", "publish"),
+    ("instance_state", "lambda", "invoke_launch_shard", None),
+    ("launch_shard", "lambda", "invoke_launch_shard", None),
+    ("reconciler", "lambda", "create_function", "invoke_launch_shard"),
 ])
 def test_a_call_outside_the_functions_policy_is_refused(
         account: Account, function: str, service: str, denied: str,
@@ -344,17 +470,19 @@ def test_a_call_outside_the_functions_policy_is_refused(
 
 
 def call(client: Any, account: Account, what: str) -> Any:
-    instance = {"InstanceIds": [account.instance_id]}
+    instance = {"InstanceIds": [account.deployed.stranger]}
     table, key = "offsite-dev", {"pk": {"S": "x"}, "sk": {"S": "x"}}
     calls: dict[str, tuple[str, dict[str, Any]]] = {
         "stop_instances": ("stop_instances", instance),
-        "start_instances": ("start_instances", instance),
+        "run_instances": ("run_instances", {"ImageId": "ami-12c6146b", "MinCount": 1,
+                                            "MaxCount": 1, "InstanceType": "t3.small"}),
         "describe_instances": ("describe_instances", instance),
         "describe_snapshots": ("describe_snapshots", {"OwnerIds": ["self"]}),
         "describe_volumes": ("describe_volumes", {}),
         "delete_snapshot": ("delete_snapshot", {"SnapshotId": "snap-0123456789abcdef0"}),
         "create_snapshot": ("create_snapshot", {"VolumeId": "vol-0123456789abcdef0"}),
         "read_ca_key": ("get_parameter", {"Name": CA_KEY, "WithDecryption": True}),
+        "read_ca_public_key": ("get_parameter", {"Name": CA_PUBLIC_KEY}),
         "read_host_key": ("get_parameter", {"Name": HOST_KEY, "WithDecryption": True}),
         "write_host_key": ("put_parameter", {"Name": HOST_KEY, "Value": "x", "Overwrite": True,
                                              "Type": "SecureString"}),
@@ -363,6 +491,12 @@ def call(client: Any, account: Account, what: str) -> Any:
         "create_topic": ("create_topic", {"Name": "elsewhere"}),
         "publish": ("publish", {"TopicArn": f"arn:aws:sns:us-east-1:{ACCOUNT}:offsite-dev",
                                 "Message": "test"}),
+        "invoke_launch_shard": ("invoke", {"FunctionName": LAUNCH_FUNCTION,
+                                           "InvocationType": "Event", "Payload": b"{}"}),
+        "create_function": ("create_function", {
+            "FunctionName": "elsewhere", "Runtime": "python3.11", "Handler": "x.y",
+            "Role": f"arn:aws:iam::{ACCOUNT}:role/offsite-dev-reconciler",
+            "Code": {"ZipFile": b"PK"}}),
     }
     operation, arguments = calls[what]
     return getattr(client, operation)(**arguments)

@@ -1,7 +1,9 @@
-"""boot.sh for real, as root, in a sandbox: loop devices stand in for the EBS volumes (found
-through by-id links named as on Nitro), the accounts are real, mkfs, mount, useradd and sshd are
-real; only the root paths (config, sshd config, mount root, by-id dir), the host-key fetch and
-the sshd reload point into the sandbox.
+"""boot.sh for real, as root, in a sandbox: loop devices stand in for the EBS volumes, found
+by the block device mapping's device name as on a Nitro instance: through the /dev/sdX link that
+Amazon Linux's udev rule makes, or else through an nvme<x>n1 device whose NVMe vendor data
+names sdX (read by a stub ebsnvme-id or nvme, as this machine has no EBS). The accounts are
+real; mkfs, mount, useradd and sshd are real; only the root paths (config, sshd config, mount
+roots, dev dir), the tools dir, the host-key fetch and the sshd reload point into the sandbox.
 
 The sandbox lives under /var/lib, not /tmp: sshd's StrictModes refuses a principals file below a
 world-writable directory. Everything made here (mounts, loop devices, accounts, groups, the
@@ -21,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +80,8 @@ def check(args: list[str]) -> str:
 @dataclass
 class Host:
     name: str
-    volume_id: str
-    device: str = ""
+    device_name: str  # in the block device mapping: /dev/sdf, ...
+    device: str = ""  # the loop device standing for the volume
     uid: int | None = None
 
 
@@ -111,8 +113,19 @@ class Sandbox:
     def reloads(self) -> Path:
         return self.root / "reloads"
 
+    @property
+    def dev(self) -> Path:
+        return self.root / "dev"
+
+    @property
+    def tools(self) -> Path:
+        return self.root / "tools"
+
     def mount_path(self, host: Host) -> Path:
         return self.root / "srv/offsite" / host.name
+
+    def restore_path(self, host: Host) -> Path:
+        return self.root / "srv/offsite-restore" / host.name
 
     def boot(self) -> subprocess.CompletedProcess[str]:
         return run(["bash", str(BOOT_SCRIPT)], env={**os.environ, **self.env})
@@ -126,7 +139,7 @@ def make_sandbox(cleanup: ExitStack, hosts: list[Host], device_wait: int = 5) ->
     cleanup.callback(run, ["groupdel", sandbox.group])
     for host in hosts:
         cleanup.callback(run, ["userdel", host.name])  # the account's own group goes with it
-    for path in [sandbox.etc, sandbox.dropin.parent, sandbox.keys, root / "dev/disk/by-id"]:
+    for path in [sandbox.etc, sandbox.dropin.parent, sandbox.keys, sandbox.dev, sandbox.tools]:
         path.mkdir(parents=True)
     sandbox.keys.chmod(0o700)
     sandbox.sshd_config.write_text(DISTRIBUTION_SSHD_CONFIG)
@@ -140,13 +153,13 @@ def make_sandbox(cleanup: ExitStack, hosts: list[Host], device_wait: int = 5) ->
         "OFFSITE_SSHD_CONFIG": str(sandbox.sshd_config),
         "OFFSITE_SSHD_DROPIN_DIR": str(sandbox.dropin.parent),
         "OFFSITE_MOUNT_ROOT": str(root / "srv/offsite"),
-        "OFFSITE_BY_ID_DIR": str(root / "dev/disk/by-id"),
+        "OFFSITE_DEV_DIR": str(sandbox.dev),
+        "OFFSITE_TOOLS": str(sandbox.tools),  # empty unless a test puts a stub there
         "OFFSITE_GROUP": sandbox.group,
         "OFFSITE_DEVICE_WAIT": str(device_wait),
         "OFFSITE_HOST_KEY_COMMAND": fetch,
         "OFFSITE_SSHD_RELOAD": f"echo reload >> {sandbox.reloads}",
         "OFFSITE_RESTORE_ROOT": str(root / "srv/offsite-restore"),
-        "OFFSITE_RESTORE_COMMAND": "",  # no instance metadata here
     }
     return sandbox
 
@@ -163,9 +176,11 @@ def mounts_under(root: Path) -> list[str]:
     return sorted(t for t in targets if t.startswith(f"{root}/"))
 
 
-def attach_volume(sandbox: Sandbox, host: Host, prepare: Callable[[Path], None] | None) -> None:
-    """A 40 MiB sparse image on a loop device, linked as /dev/disk/by-id names the volume."""
-    image = sandbox.root / "images" / f"{host.name}.img"
+def attach_volume(sandbox: Sandbox, host: Host, prepare: Callable[[Path], None] | None,
+                  link: bool = True) -> None:
+    """A 40 MiB sparse image on a loop device, linked as udev links the mapping's device name
+    (`link`), or not (then only an NVMe device may name it: see `as_nvme`)."""
+    image = sandbox.root / "images" / f"{host.name}-{host.device_name[-3:]}.img"
     image.parent.mkdir(exist_ok=True)
     with image.open("wb") as file:
         file.truncate(40 * MIB)
@@ -173,21 +188,60 @@ def attach_volume(sandbox: Sandbox, host: Host, prepare: Callable[[Path], None] 
         prepare(image)
     host.device = check(["losetup", "-f", "--show", str(image)]).strip()
     sandbox.cleanup.callback(run, ["losetup", "-d", host.device])
-    sandbox.cleanup.callback(run, ["umount", str(sandbox.mount_path(host))])  # before -d
-    link = f"nvme-Amazon_Elastic_Block_Store_{host.volume_id.replace('-', '')}"
-    (sandbox.root / "dev/disk/by-id" / link).symlink_to(host.device)
+    for mount in (sandbox.mount_path(host), sandbox.restore_path(host)):  # before losetup -d
+        sandbox.cleanup.callback(run, ["umount", str(mount)])
+    if link:
+        (sandbox.dev / host.device_name.removeprefix("/dev/")).symlink_to(host.device)
 
 
-def write_config(sandbox: Sandbox, hosts: list[Host]) -> None:
+EBS_MODEL = "Amazon Elastic Block Store"
+
+
+def as_nvme(sandbox: Sandbox, host: Host, index: int, vendor_name: str,
+            model: str = EBS_MODEL) -> Path:
+    """dev/nvme<index>n1 for the host's loop device, its identify-controller data (model
+    number, vendor-specific block device name) where the stub tools read it."""
+    nvme = sandbox.dev / f"nvme{index}n1"
+    nvme.symlink_to(host.device)
+    identify = bytearray(4096)
+    identify[24:64] = model.encode().ljust(40)
+    identify[3072:3104] = vendor_name.encode().ljust(32)
+    (sandbox.tools / f"{nvme.name}.id-ctrl").write_bytes(bytes(identify))
+    return nvme
+
+
+STUBS = {
+    # nvme-cli: `nvme id-ctrl --raw-binary <dev>` writes the 4096-byte identify structure.
+    "nvme": 'test "$1 $2" = "id-ctrl --raw-binary" || exit 2\n'
+            'f="$(dirname "$0")/$(basename "$3").id-ctrl"\n'
+            'test -f "$f" || exit 1\ncat "$f"\n',
+    # amazon-ec2-utils: `ebsnvme-id -b <dev>` prints the vendor's block device name; it fails on
+    # a device whose controller is not EBS.
+    "ebsnvme-id": 'test "$1" = -b || exit 2\n'
+                  'f="$(dirname "$0")/$(basename "$2").id-ctrl"\n'
+                  'test -f "$f" || exit 1\n'
+                  f'tail -c +25 "$f" | head -c 40 | grep -q "^{EBS_MODEL} *$" || exit 1\n'
+                  'tail -c +3073 "$f" | head -c 32\n',
+}
+
+
+def install_stub(sandbox: Sandbox, tool: str) -> None:
+    stub = sandbox.tools / tool
+    stub.write_text(f"#!/bin/sh\n{STUBS[tool]}")
+    stub.chmod(0o755)
+
+
+def write_config(sandbox: Sandbox, hosts: Sequence[Host], restores: Sequence[Host] = ()) -> None:
     ca_line = (sandbox.root / "ca.pub").read_text()
-    uids = {host.name: host.uid for host in hosts if host.uid is not None}
-    pairs = [(host.name, host.volume_id) for host in hosts]
-    config = render_boot_config(pairs, ca_line, PARAMETER, REGION, uids=uids)
+    uids = {host.name: host.uid for host in [*hosts, *restores] if host.uid is not None}
+    config = render_boot_config(
+        [(host.name, host.device_name) for host in hosts], ca_line, PARAMETER, REGION,
+        uids=uids, restores=[(host.name, host.device_name) for host in restores])
     (sandbox.etc / "instance.conf").write_text(config)
 
 
-def new_host(label: str, suffix: str, uid: int | None = None) -> Host:
-    return Host(f"oft-{suffix}-{label}", f"vol-{secrets.token_hex(9)[:17]}", uid=uid)
+def new_host(label: str, suffix: str, device_name: str, uid: int | None = None) -> Host:
+    return Host(f"oft-{suffix}-{label}", device_name, uid=uid)
 
 
 def free_id() -> int:
@@ -226,9 +280,9 @@ Booted = tuple[Sandbox, subprocess.CompletedProcess[str]]
 @pytest.fixture(scope="module")
 def booted() -> Iterator[Booted]:
     suffix = secrets.token_hex(3)
-    longest = new_host("", suffix, uid=free_id())
+    longest = new_host("", suffix, "/dev/sdg", uid=free_id())
     longest.name = (longest.name + "b" * 32)[:32]
-    hosts = [new_host("a", suffix), longest, new_host("c", suffix)]
+    hosts = [new_host("a", suffix, "/dev/sdf"), longest, new_host("c", suffix, "/dev/sdh")]
     with ExitStack() as cleanup:
         sandbox = make_sandbox(cleanup, hosts)
         for host, prepare in zip(hosts, [None, None, with_old_data], strict=True):
@@ -424,57 +478,170 @@ def wait_for_banner(port: int, process: subprocess.Popen[bytes]) -> bool:
 
 def test_a_missing_or_unknown_volume_fails_that_host_only() -> None:
     suffix = secrets.token_hex(3)
-    good, missing, unknown = (new_host(label, suffix) for label in ("ok", "gone", "junk"))
+    good, missing, unknown = (new_host(label, suffix, device) for label, device in
+                              [("ok", "/dev/sdf"), ("gone", "/dev/sdg"), ("junk", "/dev/sdh")])
     with ExitStack() as cleanup:
         sandbox = make_sandbox(cleanup, [good, missing, unknown], device_wait=0)
         attach_volume(sandbox, good, None)
         attach_volume(sandbox, unknown, with_unknown_data)
-        image = sandbox.root / "images" / f"{unknown.name}.img"
-        original = image.read_bytes()[:MIB]
+        install_stub(sandbox, "nvme")  # it is asked, and names nothing
+        original = Path(unknown.device).read_bytes()[:MIB]
         write_config(sandbox, [good, missing, unknown])
         result = sandbox.boot()
         assert result.returncode == 1
-        assert f"{missing.name}: {missing.volume_id} is not attached" in result.stderr
-        assert f"{unknown.name}: {unknown.volume_id} is not blank" in result.stderr
+        assert f"{missing.name}: /dev/sdg is not attached" in result.stderr
+        assert f"{unknown.name}: /dev/sdh is not blank" in result.stderr
         assert mounts_under(sandbox.root) == [str(sandbox.mount_path(good))]
-        assert image.read_bytes()[:MIB] == original
+        assert Path(unknown.device).read_bytes()[:MIB] == original
+        assert not sandbox.mount_path(missing).exists()  # its home: the account cannot make it
         unmounted = sandbox.mount_path(unknown).stat()  # its home, where it must not write
         assert (unmounted.st_uid, unmounted.st_mode & 0o777) == (0, 0o755)
+        assert not any(sandbox.mount_path(unknown).iterdir())
         check(["sshd", "-t", "-f", str(sandbox.sshd_config)])
 
 
-def test_a_restore_volume_is_mounted_read_only_for_its_host() -> None:
-    host = new_host("r", secrets.token_hex(3))
+@pytest.mark.parametrize(
+    ("tool", "vendor_name"),
+    [("ebsnvme-id", "sdg"), ("ebsnvme-id", "/dev/sdg"), ("nvme", "sdg"), ("nvme", "xvdg")])
+def test_a_volume_without_its_link_is_found_by_its_nvme_vendor_data(
+        tool: str, vendor_name: str) -> None:
+    """No /dev/sdg link (udev has not made it, or the image has no such rule): the NVMe device
+    whose controller names sdg is the volume. An instance-store NVMe device that claims sdg
+    too is not EBS and is ignored; so is an EBS device that names another device."""
+    suffix = secrets.token_hex(3)
+    linked, unlinked = new_host("l", suffix, "/dev/sdf"), new_host("n", suffix, "/dev/sdg")
+    decoy, other = Host("decoy", "/dev/sdx"), Host("other", "/dev/sdy")
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [linked, unlinked], device_wait=0)
+        attach_volume(sandbox, linked, None)
+        attach_volume(sandbox, decoy, with_unknown_data, link=False)
+        attach_volume(sandbox, other, with_unknown_data, link=False)
+        attach_volume(sandbox, unlinked, None, link=False)
+        as_nvme(sandbox, decoy, 1, "sdg", model="Amazon EC2 NVMe Instance Storage")
+        as_nvme(sandbox, other, 2, "sdy")
+        nvme = as_nvme(sandbox, unlinked, 3, vendor_name)
+        install_stub(sandbox, tool)
+        write_config(sandbox, [linked, unlinked])
+        result = sandbox.boot()
+        assert result.returncode == 0, result.stderr
+        assert f"/dev/sdg is {nvme} (its NVMe controller names it)" in result.stderr
+        for host in (linked, unlinked):
+            source = check(["findmnt", "-rno", "SOURCE", "--mountpoint",
+                            str(sandbox.mount_path(host))]).strip()
+            assert source == host.device
+        assert sandbox.boot().returncode == 0  # a second boot finds it mounted, and keeps it
+
+
+def test_two_device_names_leading_to_one_device_are_both_refused() -> None:
+    suffix = secrets.token_hex(3)
+    first, second = new_host("a", suffix, "/dev/sdf"), new_host("b", suffix, "/dev/sdg")
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [first, second], device_wait=0)
+        attach_volume(sandbox, first, None)
+        second.device = first.device
+        (sandbox.dev / "sdg").symlink_to(first.device)
+        write_config(sandbox, [first, second])
+        result = sandbox.boot()
+        assert result.returncode == 1
+        assert "both lead to" in result.stderr
+        assert mounts_under(sandbox.root) == []
+        assert run(["blkid", "-p", first.device]).returncode == 2  # never formatted
+
+
+def test_a_device_that_appears_while_boot_waits_is_used() -> None:
+    host = new_host("w", secrets.token_hex(3), "/dev/sdf")
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [host], device_wait=60)
+        attach_volume(sandbox, host, None, link=False)
+        write_config(sandbox, [host])
+        boot = subprocess.Popen(["bash", str(BOOT_SCRIPT)], env={**os.environ, **sandbox.env},
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # boot has looked once and found nothing
+            (sandbox.dev / "sdf").symlink_to(host.device)
+            _, stderr = boot.communicate(timeout=120)
+        finally:
+            if boot.poll() is None:
+                boot.kill()
+        assert boot.returncode == 0, stderr
+        assert mounts_under(sandbox.root) == [str(sandbox.mount_path(host))]
+
+
+def snapshot_of(sandbox: Sandbox, host: Host, owner: int) -> Host:
+    """A "snapshot" of host's volume as the restore volume on the next free device: a copy of
+    its image whose root (and files) belong to `owner`, the uid the host had on that archive."""
+    image = sandbox.root / "images" / f"{host.name}-{host.device_name[-3:]}.img"
+    restore = Host(host.name, "/dev/sdz")
+
+    def copy_of_backup(target: Path) -> None:
+        shutil.copyfile(image, target)
+        with tempfile.TemporaryDirectory(dir=target.parent) as mnt:
+            check(["mount", "-o", "loop", str(target), mnt])
+            try:
+                for path in [Path(mnt), *Path(mnt).rglob("*")]:
+                    if path.name != "lost+found":
+                        os.chown(path, owner, owner)
+            finally:
+                check(["umount", mnt])
+
+    attach_volume(sandbox, restore, copy_of_backup)
+    return restore
+
+
+def test_a_restore_archive_makes_the_account_and_mounts_the_copy_read_only() -> None:
+    """A restore archive lists only the restore: the host's account is made, with the uid that
+    owns the copy, home at the copy; nothing is mounted at the backup mount root."""
+    host = new_host("r", secrets.token_hex(3), "/dev/sdf")
+    owner = free_id()
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [host])
+        attach_volume(sandbox, host, None)
+        write_config(sandbox, [host])
+        assert sandbox.boot().returncode == 0  # the backup archive of a past window
+        (sandbox.mount_path(host) / "archive.bin").write_bytes(b"backed up")
+        check(["umount", str(sandbox.mount_path(host))])
+        check(["userdel", host.name])  # that archive is gone: a new instance has no account
+        (sandbox.dev / "sdf").unlink()
+        (sandbox.etc / "principals" / host.name).unlink()
+        restore = snapshot_of(sandbox, host, owner)
+        write_config(sandbox, [], restores=[restore])
+        for boot in range(2):  # a second boot changes nothing
+            result = sandbox.boot()
+            assert result.returncode == 0, result.stderr
+            assert ("restore /dev/sdz mounted read-only" in result.stderr) == (boot == 0)
+            mnt = sandbox.restore_path(host)
+            assert mounts_under(sandbox.root) == [str(mnt)]
+            account = pwd.getpwnam(host.name)
+            assert (account.pw_uid, account.pw_dir) == (owner, str(mnt))
+            assert (sandbox.etc / "principals" / host.name).read_text() == f"{host.name}\n"
+            options = check(["findmnt", "-rno", "OPTIONS", "--mountpoint", str(mnt)]).split(",")
+            assert "ro" in options
+            read = run(["runuser", "-u", host.name, "--", "cat", str(mnt / "archive.bin")])
+            assert read.stdout == "backed up", read.stderr
+            with pytest.raises(OSError):
+                (mnt / "new").write_text("refused")
+
+
+def test_a_restore_volume_beside_the_backup_volume_is_mounted_read_only() -> None:
+    host = new_host("m", secrets.token_hex(3), "/dev/sdf")
     with ExitStack() as cleanup:
         sandbox = make_sandbox(cleanup, [host])
         attach_volume(sandbox, host, None)
         write_config(sandbox, [host])
         assert sandbox.boot().returncode == 0
-        backup = sandbox.mount_path(host) / "archive.bin"
-        backup.write_bytes(b"backed up")
+        (sandbox.mount_path(host) / "archive.bin").write_bytes(b"backed up")
         check(["umount", str(sandbox.mount_path(host))])
-        # the "snapshot": a copy of the host's volume, attached as a new volume
-        restore = Host(host.name, f"vol-{secrets.token_hex(9)[:17]}")
-        image = sandbox.root / "images" / f"{host.name}.img"
-        copy = image.with_name(f"{host.name}-restore.img")
-        shutil.copyfile(image, copy)
-        restore.device = check(["losetup", "-f", "--show", str(copy)]).strip()
-        mnt = sandbox.root / "srv/offsite-restore" / host.name
-        cleanup.callback(run, ["losetup", "-d", restore.device])
-        cleanup.callback(run, ["umount", str(mnt)])
-        link = f"nvme-Amazon_Elastic_Block_Store_{restore.volume_id.replace('-', '')}"
-        (sandbox.root / "dev/disk/by-id" / link).symlink_to(restore.device)
-        sandbox.env["OFFSITE_RESTORE_COMMAND"] = f"echo '{host.name} {restore.volume_id}'"
+        restore = snapshot_of(sandbox, host, pwd.getpwnam(host.name).pw_uid)
+        write_config(sandbox, [host], restores=[restore])
         result = sandbox.boot()
         assert result.returncode == 0, result.stderr
-        assert f"restore {restore.volume_id} mounted read-only" in result.stderr
+        assert "restore /dev/sdz mounted read-only" in result.stderr
+        mnt = sandbox.restore_path(host)
         assert (mnt / "archive.bin").read_bytes() == b"backed up"
-        options = check(["findmnt", "-rno", "OPTIONS", "--mountpoint", str(mnt)]).split(",")
-        assert "ro" in options
+        assert "ro" in check(["findmnt", "-rno", "OPTIONS", "--mountpoint", str(mnt)]).split(",")
         stat = mnt.stat()
         assert (stat.st_uid, stat.st_mode & 0o777) == (pwd.getpwnam(host.name).pw_uid, 0o700)
-        with pytest.raises(OSError):
-            (mnt / "new").write_text("refused")
+        assert pwd.getpwnam(host.name).pw_dir == str(sandbox.mount_path(host))
         assert sandbox.boot().returncode == 0  # a second boot changes nothing
 
 
@@ -482,13 +649,16 @@ def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path)
     """Each bootcmd `echo <b64> | base64 -d | gzip -dc > <path>.new`, run by sh for real."""
     check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")])
     ca_line = (tmp_path / "ca.pub").read_text()
-    listed = [(f"srv-{i:03d}", f"vol-{secrets.token_hex(9)[:17]}") for i in range(300)]
+    listed = [(f"srv-{i:03d}", f"/dev/sd{c}") for i, c in enumerate("fghijklmnopqrstuvwxy")]
+    restores = [("srv-old", "/dev/sdz")]
     expected = {
-        f"{CONFIG_PATH}.new": render_boot_config(listed, ca_line, PARAMETER, REGION).encode(),
+        f"{CONFIG_PATH}.new": render_boot_config(listed, ca_line, PARAMETER, REGION,
+                                                 restores=restores).encode(),
         f"{SCRIPT_PATH}.new": BOOT_SCRIPT.read_bytes(),
     }
     unpacked = {}
-    for line in render_user_data(listed, ca_line, PARAMETER, REGION).splitlines():
+    user_data = render_user_data(listed, ca_line, PARAMETER, REGION, restores=restores)
+    for line in user_data.splitlines():
         if line.startswith("- 'echo "):
             pipeline, target = line.removeprefix("- '").removesuffix("'").split(" > ")
             result = subprocess.run(["sh", "-c", pipeline], capture_output=True, check=True)
@@ -500,13 +670,13 @@ def test_with_an_account_prefix_each_host_gets_the_prefixed_account() -> None:
     """ACCOUNT_PREFIX (chalicelib/accounts.py): the account, its principals file and its
     volume's owner are <prefix><host>; the volume stays at the host's mount path."""
     suffix = secrets.token_hex(3)
-    host, prefix = new_host("p", suffix), f"pf{suffix}-"
+    host, prefix = new_host("p", suffix, "/dev/sdf"), f"pf{suffix}-"
     account = prefix + host.name
     with ExitStack() as cleanup:
         sandbox = make_sandbox(cleanup, [host])
         cleanup.callback(run, ["userdel", account])
         attach_volume(sandbox, host, None)
-        config = render_boot_config([(host.name, host.volume_id)],
+        config = render_boot_config([(host.name, host.device_name)],
                                     (sandbox.root / "ca.pub").read_text(), PARAMETER, REGION,
                                     account_prefix=prefix)
         (sandbox.etc / "instance.conf").write_text(config)

@@ -4,7 +4,8 @@ The template passes cfn-lint (informational checks included); every Lambda funct
 the role chalice made from its own policies/ file, has a fixed name and its own log group, and
 finds in its environment every setting `Settings.from_env` needs; the names the template gives
 (table, topic, schedule group, Scheduler role, window_deadline) are those the stage's config and
-the policies expect.
+the policies expect. Nothing runs between windows: the template makes no instance and no
+volume, only the launch template, security group and roles each window's archives launch with.
 
 The template does not depend on the bundle's wheels, so this packages a copy of the project
 whose requirements.txt is empty: chalice then needs no package index, and the template is the
@@ -23,10 +24,23 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 
+from chalicelib.fleet import DEFAULT_HOSTS_PER_ARCHIVE, DEFAULT_IMAGES, DEFAULT_INSTANCE_TYPES
 from chalicelib.settings import Settings
 from deploy.package import package
 
-from .test_policies import FUNCTIONS, arn_matches, grants, policy
+from .test_policies import (
+    ARCHIVE_ROLE,
+    FUNCTIONS,
+    LAUNCH_TEMPLATE,
+    NOT_THE_STAGES,
+    SECURITY_GROUP,
+    arn_matches,
+    findings_of,
+    grants,
+    listed,
+    policy,
+    statements,
+)
 
 ROOT = Path(__file__).parents[2]
 STAGES = ("dev", "prod")
@@ -69,8 +83,15 @@ def resolve(value: Any, template: Mapping[str, Any], stage: str) -> Any:
         if argument == "Stage":
             return stage
         if argument in parameters:
-            return parameters[argument].get("Default", f"<{argument}>")
+            default = parameters[argument].get("Default", f"<{argument}>")
+            if parameters[argument]["Type"] == "CommaDelimitedList":
+                return str(default).split(",")
+            return default
         return PSEUDO.get(argument, f"<{argument}>")
+    if function == "Fn::Join":
+        separator, items = argument
+        items = resolve(items, template, stage)
+        return separator.join(str(resolve(i, template, stage)) for i in items)
     if function == "Fn::Sub":
         return re.sub(r"\$\{([^}]+)\}",
                       lambda m: str(resolve({"Ref": m[1]}, template, stage)), argument)
@@ -138,7 +159,6 @@ def test_each_function_finds_every_setting_it_needs(packaged: dict[str, Path],
             resources["WindowTable"]["Properties"]["TableName"], template, stage)
         assert settings.schedule_group == resolve(
             resources["DeadlineScheduleGroup"]["Properties"]["Name"], template, stage)
-        assert env["INSTANCE_ID"] == "<ArchiveInstance>"
         assert env["TOPIC_ARN"] == "<AlertTopic>"
         assert env["SCHEDULER_ROLE_ARN"] == "<SchedulerRole.Arn>"
         assert settings.deadline_target_arn == (
@@ -146,7 +166,26 @@ def test_each_function_finds_every_setting_it_needs(packaged: dict[str, Path],
             + resolve(resources[deadline_function]["Properties"]["FunctionName"],
                       template, stage))
         assert settings.key_prefix == f"/offsite/{stage}"
-        assert settings.instance_types == ("t3.small", "t3a.small", "t2.small")
+        # the archive fleet, by default: Graviton first, AL2023 resolved at launch, the default
+        # VPC's subnets, the account's EBS key
+        assert settings.instance_types == DEFAULT_INSTANCE_TYPES
+        assert dict(settings.images) == DEFAULT_IMAGES
+        assert settings.subnet_ids == ()
+        assert settings.kms_key_id is None
+        assert settings.hosts_per_archive == DEFAULT_HOSTS_PER_ARCHIVE
+        assert settings.ssh_address == "public"
+        assert settings.launch_template == "<ArchiveLaunchTemplate>"
+        assert settings.launch_function == f"offsite-{stage}-launch_shard"
+
+
+def test_the_subnets_given_reach_the_settings_in_order() -> None:
+    template = json.loads((ROOT / "deploy" / "resources.json").read_text())
+    template["Parameters"]["SubnetIds"]["Default"] = "subnet-a,subnet-b"
+    value = resolve(template["Globals"]["Function"]["Environment"]["Variables"]["SUBNET_IDS"],
+                    template, "dev")
+    assert Settings.from_env({"TABLE_NAME": "t", "TOPIC_ARN": "a", "DEADLINE_TARGET_ARN": "d",
+                              "SCHEDULER_ROLE_ARN": "r", "SUBNET_IDS": value}
+                             ).subnet_ids == ("subnet-a", "subnet-b")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -172,6 +211,14 @@ def test_the_names_the_template_gives_are_those_the_policies_expect(
     assert admitted("scheduled_open", "iam:PassRole", role)
     assert admitted("scheduled_open", "scheduler:CreateSchedule", schedule)
     assert admitted("api_handler", "ssm:GetParameter", parameter)
+    archive_role = f"arn:aws:iam::{ACCOUNT}:role/{named('ArchiveInstanceRole', 'RoleName')}"
+    assert arn_matches(ARCHIVE_ROLE, archive_role)
+    assert admitted("launch_shard", "iam:PassRole", archive_role)
+    launch = Settings.from_env(environment(template, "APIHandler", stage)).launch_function
+    launcher = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{launch}"
+    assert launch == named("LaunchShard", "FunctionName")
+    for opener in ("api_handler", "scheduled_open", "console_open", "reconciler"):
+        assert admitted(opener, "lambda:InvokeFunction", launcher), opener
     invoke = resources["SchedulerRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     (statement,) = invoke["Statement"]
     assert statement["Action"] == "lambda:InvokeFunction"
@@ -180,17 +227,37 @@ def test_the_names_the_template_gives_are_those_the_policies_expect(
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_the_archive_instance_carries_what_the_policies_check_and_only_ssh_is_open(
+def test_archives_launch_from_a_template_that_carries_what_the_policies_check(
         packaged: dict[str, Path], stage: str) -> None:
     template = load(packaged[stage])
     resources = template["Resources"]
-    instance = resources["ArchiveInstance"]["Properties"]
-    assert {"Key": "offsite:role", "Value": "archive"} in instance["Tags"]
+    assert not [k for k, v in resources.items() if isinstance(v, dict) and v.get("Type") in (
+        "AWS::EC2::Instance", "AWS::EC2::Volume", "AWS::EC2::VolumeAttachment")]
     role = resources["ArchiveInstanceRole"]["Properties"]
     assert [p["PolicyDocument"] for p in role["Policies"]] == [policy("instance-role")]
-    data = resources["ArchiveLaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert "UserData" not in data  # written by the admin tooling once keys and hosts exist
+    launch_template = resources["ArchiveLaunchTemplate"]["Properties"]
+    data = launch_template["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+    assert data["IamInstanceProfile"] == {"Arn": {"Fn::GetAtt": ["ArchiveInstanceProfile",
+                                                                 "Arn"]}}
+    assert data["SecurityGroupIds"] == [{"Fn::GetAtt": ["ArchiveSecurityGroup", "GroupId"]}]
+    # RunInstances gives the subnet, AMI, user-data, volumes and tags of each archive. A
+    # network interface in the template would make every launch into a subnet an
+    # InvalidParameterCombination ("If you specify a network interface, you must specify any
+    # subnets as part of the network interface", RunInstances, EC2 API Reference); the public
+    # IPv4 address (billed by the hour) is the subnet's to give, so private subnets give none.
+    assert not {"NetworkInterfaces", "SubnetId", "UserData", "TagSpecifications"} & set(data)
+    assert data["BlockDeviceMappings"] == [{"DeviceName": "/dev/xvda", "Ebs": {
+        "VolumeType": "gp3", "VolumeSize": 8, "Encrypted": True, "DeleteOnTermination": True}}]
+    # launch_shard may launch only into this security group, from this template: both carry
+    # the tag its policy's fences look for.
+    fenced = {r: s["Condition"] for s in statements(policy("launch_shard"))
+              if s["Effect"] == "Deny" for r in [s["Resource"]]}
+    assert fenced[SECURITY_GROUP] == fenced[LAUNCH_TEMPLATE] == NOT_THE_STAGES
+    stage_tag = {"Key": "offsite:stage", "Value": {"Ref": "Stage"}}
+    assert stage_tag in resources["ArchiveSecurityGroup"]["Properties"]["Tags"]
+    assert launch_template["TagSpecifications"] == [
+        {"ResourceType": "launch-template", "Tags": [stage_tag]}]
     assert "SecurityGroupIngress" not in resources["ArchiveSecurityGroup"]["Properties"]
     (_, cidrs, body), = [v for k, v in resources.items() if k.startswith("Fn::ForEach::")]
     assert cidrs == {"Ref": "SshCidrs"}
@@ -201,12 +268,45 @@ def test_the_archive_instance_carries_what_the_policies_check_and_only_ssh_is_op
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_only_the_archive_instances_state_changes_reach_instance_state(
+def test_a_kms_key_given_is_usable_by_launch_shard_for_ebs_only(
         packaged: dict[str, Path], stage: str) -> None:
+    template = load(packaged[stage])
+    resources = template["Resources"]
+    key_policy = resources["LaunchShardEbsKeyPolicy"]
+    assert key_policy["Condition"] == "HasKmsKey"
+    (role,) = key_policy["Properties"]["Roles"]
+    assert resources["LaunchShard"]["Properties"]["Role"] == {
+        "Fn::GetAtt": [role["Ref"], "Arn"]}
+    document = key_policy["Properties"]["PolicyDocument"]
+    actions = {a for s in document["Statement"] for a in listed(s["Action"])}
+    # What EBS encryption needs of the caller ("Requirements for Amazon EBS encryption",
+    # Permissions for users), CreateGrant only for an AWS resource (kms:GrantIsForAWSResource).
+    assert actions == {"kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey",
+                       "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
+                       "kms:ReEncryptTo"}
+    via_ec2 = {"kms:ViaService": {"Fn::Sub": "ec2.${AWS::Region}.amazonaws.com"}}
+    for statement in document["Statement"]:
+        assert statement["Resource"] == {"Ref": "EbsKmsKeyArn"}
+        assert statement["Condition"]["StringEquals"] == via_ec2
+        if statement["Action"] == "kms:CreateGrant":
+            assert statement["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+    key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    concrete = json.loads(json.dumps(document).replace(
+        json.dumps({"Ref": "EbsKmsKeyArn"}), json.dumps(key)).replace(
+        json.dumps({"Fn::Sub": "ec2.${AWS::Region}.amazonaws.com"}),
+        json.dumps(f"ec2.{REGION}.amazonaws.com")))
+    assert findings_of(json.dumps(concrete)) == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_instance_state_change_that_matters_reaches_instance_state(
+        packaged: dict[str, Path], stage: str) -> None:
+    """Any instance of the account: the handler ignores one not in the table after one read.
+    Only the states it acts on are delivered (pending, stopping, shutting-down are not)."""
     template = load(packaged[stage])
     (logical_id,) = [k for k in functions(template)
                      if name_of(template, k, stage) == "instance_state"]
     events = functions(template)[logical_id]["Properties"]["Events"]
     (event,) = events.values()
     assert event["Properties"]["Pattern"]["detail"] == {
-        "instance-id": [{"Ref": "ArchiveInstance"}]}
+        "state": ["running", "stopped", "terminated"]}

@@ -8,7 +8,7 @@ import pytest
 from chalicelib.accounts import AccountNameError, account_name, check_account_prefix
 from chalicelib.instance.userdata import BootConfigError, render_boot_config
 from chalicelib.settings import InvalidSettingError, Settings
-from tests.unit.test_instance_userdata import CA, PARAMETER, REGION, volume_ids
+from tests.unit.test_instance_userdata import CA, PARAMETER, REGION
 
 REQUIRED = {"TABLE_NAME": "t", "INSTANCE_ID": "i-0", "TOPIC_ARN": "arn:t",
             "DEADLINE_TARGET_ARN": "arn:d", "SCHEDULER_ROLE_ARN": "arn:r"}
@@ -40,12 +40,12 @@ def test_an_account_longer_than_32_characters_is_refused() -> None:
 
 
 def test_the_boot_config_names_the_prefix_only_when_there_is_one() -> None:
-    hosts = [("c", volume_ids(1)[0])]
+    hosts = [("c", "/dev/sdf")]
     assert "account_prefix" not in render_boot_config(hosts, CA, PARAMETER, REGION)
     config = render_boot_config(hosts, CA, PARAMETER, REGION, account_prefix="o1a2b3-")
     assert "account_prefix o1a2b3-" in config.splitlines()
     with pytest.raises(BootConfigError, match="too long for the account prefix"):
-        render_boot_config([("h" * 26, volume_ids(1)[0])], CA, PARAMETER, REGION,
+        render_boot_config([("h" * 26, "/dev/sdf")], CA, PARAMETER, REGION,
                            account_prefix="o1a2b3-")
     with pytest.raises(AccountNameError):
         render_boot_config(hosts, CA, PARAMETER, REGION, account_prefix="Bad")

@@ -121,3 +121,68 @@ def test_an_api_refusal_exits_1_with_a_clear_line(monkeypatch: pytest.MonkeyPatc
 def test_an_unreachable_api_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["host", "list", "--api-url", "http://127.0.0.1:9"]) == 3
     assert "cannot reach the API at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+class FakeApi:
+    """The admin API's answers, canned; every call recorded."""
+
+    def __init__(self, answers: dict[tuple[str, str], object]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str, object]] = []
+
+    def call(self, method: str, path: str, body: object = None,
+             query: dict[str, str] | None = None) -> object:
+        self.calls.append((method, path, body))
+        return self.answers[method, path]
+
+
+def run_with(monkeypatch: pytest.MonkeyPatch, api: FakeApi, *argv: str) -> list[str]:
+    printed: list[str] = []
+    monkeypatch.setattr(commands.Context, "api", lambda self: api)
+    assert commands.run(parse(*argv), printed.append) == 0
+    return printed
+
+
+HOST = {"name": "o", "enabled": True, "size_gib": 50, "key_fingerprint": "SHA256:f",
+        "enrolled_at": "2026-12-01T02:00:00+00:00", "public_key": KEY}
+
+
+def test_host_add_sends_the_volume_to_adopt_and_prints_the_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi({("PUT", "/v1/hosts/o"): HOST})
+    printed = run_with(monkeypatch, api, "host", "add", "o", "--public-key", KEY,
+                       "--size-gib", "50", "--volume-id", "vol-0123456789abcdef0")
+    assert api.calls == [("PUT", "/v1/hosts/o", {"public_key": KEY, "size_gib": 50,
+                                                 "volume_id": "vol-0123456789abcdef0"})]
+    assert printed == ["host o (enabled): size 50 GiB, key SHA256:f"]
+
+
+def test_the_volume_id_help_says_it_is_adopted_at_the_first_enrolment(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["host", "add", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "at its first enrolment only: adopt the data of this existing volume" in text
+    assert "snapshotted once" in text and "first recovery point" in text
+
+
+def test_window_open_and_close_print_the_archives_and_the_reasons(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = {"window_id": "w-1", "state": "OPENING", "expected": ["c", "o"],
+              "deadline": "2026-12-01T05:36:00+00:00",
+              "shards": [{"shard_id": "s01"}, {"shard_id": "s02"}]}
+    closed = {"window_id": "w-1", "state": "CLOSING",
+              "reasons": ["closed by admin (hosts missing: c)", "closed by admin (hosts "
+                                                                "missing: o)"]}
+    api = FakeApi({("POST", "/v1/windows"): opened, ("POST", "/v1/windows/w-1/close"): closed})
+    assert run_with(monkeypatch, api, "window", "open", "--hours", "1") == [
+        "opened w-1 (OPENING), expecting c, o in 2 archives; deadline "
+        "2026-12-01T05:36:00+00:00"]
+    assert run_with(monkeypatch, api, "window", "close", "w-1") == [
+        "w-1: CLOSING (closed by admin (hosts missing: c); closed by admin (hosts missing: o))"]
+
+
+def test_host_revoke_says_the_snapshots_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi({("DELETE", "/v1/hosts/o"): {**HOST, "enabled": False}})
+    [line] = run_with(monkeypatch, api, "host", "revoke", "o")
+    assert line == "revoked o: its next request is refused; its snapshots stay"

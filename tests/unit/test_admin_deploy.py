@@ -1,4 +1,5 @@
-"""The first deploy's pieces: parameters, the code's S3 location, the change set's order."""
+"""The deploy's pieces: parameters (first deploy and update), the code's S3 location, the
+change set's order."""
 
 from __future__ import annotations
 
@@ -19,22 +20,63 @@ from chalicelib.admin.deploy import (
     with_code_at,
 )
 
-INPUTS = StackInputs(image_id="ami-1", vpc_id="vpc-1", subnet_id="subnet-1",
+INPUTS = StackInputs(vpc_id="vpc-1", subnet_ids=("subnet-a", "subnet-b"),
                      ssh_cidrs=("10.0.0.0/8", "192.0.2.1/32"))
+DECLARED = json.loads((Path(__file__).parents[2] / "deploy" / "resources.json").read_text())[
+    "Parameters"]
 
 
-def test_a_first_deploy_needs_the_network_and_image() -> None:
-    with pytest.raises(DeployError, match="--vpc-id, --subnet-id, --ssh-cidr"):
-        stack_parameters(StackInputs(image_id="ami-1"), stack_exists=False)
-    given = {p["ParameterKey"]: p["ParameterValue"] for p in stack_parameters(INPUTS, False)}
-    assert given == {"ImageId": "ami-1", "VpcId": "vpc-1", "SubnetId": "subnet-1",
-                     "SshCidrs": "10.0.0.0/8,192.0.2.1/32"}
+def values(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {p["ParameterKey"]: p.get("ParameterValue", "previous") for p in parameters}
 
 
-def test_an_update_keeps_what_is_not_given() -> None:
-    parameters = stack_parameters(StackInputs(alert_email="ops@example.com"), True)
+def test_a_first_deploy_needs_only_the_host_networks() -> None:
+    with pytest.raises(DeployError, match="needs --ssh-cidr"):
+        stack_parameters(StackInputs(vpc_id="vpc-1", subnet_ids=("subnet-a",)), None)
+    assert values(stack_parameters(StackInputs(ssh_cidrs=("10.0.0.0/8",)), None)) == {
+        "SshCidrs": "10.0.0.0/8"}  # the default VPC's subnets, the default instance types
+    assert values(stack_parameters(INPUTS, None)) == {
+        "VpcId": "vpc-1", "SubnetIds": "subnet-a,subnet-b",
+        "SshCidrs": "10.0.0.0/8,192.0.2.1/32"}
+
+
+@pytest.mark.parametrize("inputs", [
+    StackInputs(vpc_id="vpc-1", ssh_cidrs=("10.0.0.0/8",)),
+    StackInputs(subnet_ids=("subnet-a",), ssh_cidrs=("10.0.0.0/8",))])
+def test_a_vpc_comes_with_its_subnets(inputs: StackInputs) -> None:
+    """The security group is made in the VPC and the archives go into the subnets: one VPC."""
+    with pytest.raises(DeployError, match="--vpc-id and its --subnet-id together"):
+        stack_parameters(inputs, None)
+
+
+def test_every_fleet_setting_given_is_a_template_parameter() -> None:
+    inputs = StackInputs(instance_types=("t4g.small", "t3.small"), ssh_address="private",
+                         kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/k",
+                         hosts_per_archive=10, alert_email="ops@example.com")
+    given = values(stack_parameters(inputs, ["SshCidrs"], DECLARED))
+    assert given == {"InstanceTypes": "t4g.small,t3.small", "SshAddress": "private",
+                     "EbsKmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/k",
+                     "HostsPerArchive": "10", "AlertEmail": "ops@example.com",
+                     "SshCidrs": "previous"}
+    assert set(given) <= set(DECLARED)
+
+
+def test_an_update_keeps_every_value_not_given_that_the_template_still_declares() -> None:
+    # A parameter left out of an update would take the template's default: the subnets and
+    # instance types chosen at the first deploy would be lost by the next one.
+    previous = ["Stage", "VpcId", "SubnetIds", "SshCidrs", "InstanceTypes", "ImageId"]
+    parameters = stack_parameters(StackInputs(alert_email="ops@example.com"), previous,
+                                  DECLARED)
     assert {"ParameterKey": "AlertEmail", "ParameterValue": "ops@example.com"} in parameters
-    assert {"ParameterKey": "VpcId", "UsePreviousValue": True} in parameters
+    assert values(parameters) == {"AlertEmail": "ops@example.com", "VpcId": "previous",
+                                  "SubnetIds": "previous", "SshCidrs": "previous",
+                                  "InstanceTypes": "previous"}
+    # Stage is the packaged template's own; ImageId is no parameter any more.
+
+
+def test_an_update_reads_the_declared_parameters_from_the_merge_template() -> None:
+    assert values(stack_parameters(StackInputs(), ["SubnetIds", "Gone"])) == {
+        "SubnetIds": "previous"}
 
 
 def test_functions_take_their_code_from_s3_and_nothing_else_changes() -> None:
@@ -86,9 +128,9 @@ class FakeCloudFormation:
             raise ClientError({"Error": {"Code": "ValidationError", "Message":
                                          f"Stack with id {StackName} does not exist"}},
                               "DescribeStacks")
-        return {"Stacks": [{"Outputs": [
+        return {"Stacks": [{"Parameters": [{"ParameterKey": "SshCidrs"}], "Outputs": [
             {"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"},
-            {"OutputKey": "ArchiveInstanceId", "OutputValue": "i-0123456789abcdef0"}]}]}
+            {"OutputKey": "ArchiveLaunchTemplateId", "OutputValue": "lt-0123456789abcdef0"}]}]}
 
     def create_change_set(self, **kwargs: Any) -> dict[str, str]:
         self.change_set = kwargs
@@ -102,16 +144,8 @@ class FakeCloudFormation:
         return FakeWaiter(self.calls, name)
 
 
-class FakeEc2:
-    def __init__(self) -> None:
-        self.stopped: list[str] = []
-
-    def stop_instances(self, InstanceIds: list[str]) -> None:
-        self.stopped += InstanceIds
-
-
 def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
-    cfn, s3, ec2, logged = FakeCloudFormation(), FakeS3(), FakeEc2(), []
+    cfn, s3, logged = FakeCloudFormation(), FakeS3(), []
 
     def package(argv: Sequence[str]) -> int:  # what deploy/package.py writes
         outdir = Path(argv[-1])
@@ -121,7 +155,7 @@ def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
             "Type": "AWS::Serverless::Function", "Properties": {"CodeUri": "./d.zip"}}}}))
         return 0
 
-    deployer = Deployer(cfn, s3, ec2, "dev", "offsite-dev", "bucket", INPUTS, logged.append,
+    deployer = Deployer(cfn, s3, "dev", "offsite-dev", "bucket", INPUTS, logged.append,
                         run=package)
     assert deployer.check().startswith("create: chalice package --stage dev")
     deployer()
@@ -135,12 +169,12 @@ def test_a_first_deploy_uploads_then_creates_the_stack() -> None:
     template = json.loads(s3.objects[template_key])
     assert template["Resources"]["F"]["Properties"]["CodeUri"] == f"s3://{zip_key}"
     assert logged[-1] == "deployed offsite-dev; API https://x/api/"
-    # EC2 starts what it creates: the archive instance is stopped until the first window.
-    assert ec2.stopped == ["i-0123456789abcdef0"]
+    assert {p["ParameterKey"] for p in cfn.change_set["Parameters"]} == {
+        "VpcId", "SubnetIds", "SshCidrs"}
 
 
 def test_a_stage_without_chalice_config_is_not_deployed() -> None:
-    deployer = Deployer(FakeCloudFormation(), FakeS3(), FakeEc2(), "local", "offsite-local",
-                        "b", INPUTS, print)
+    deployer = Deployer(FakeCloudFormation(), FakeS3(), "local", "offsite-local", "b", INPUTS,
+                        print)
     with pytest.raises(DeployError, match=r"not in \.chalice/config\.json"):
         deployer.check()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from chalicelib.admin import tables, views
 from chalicelib.admin.usage import observe
-from chalicelib.cost import load_prices, month_at, month_kept_up, render
+from chalicelib.cost import load_prices
+from chalicelib.cost_report import compare, designs
 
-HOSTS = [{"name": "c", "enabled": True, "volume_id": "vol-1", "key_fingerprint": "SHA256:a",
+HOSTS = [{"name": "c", "enabled": True, "size_gib": 20, "key_fingerprint": "SHA256:a",
           "enrolled_at": "2026-11-30T02:00:00.123+00:00", "public_key": "ssh-ed25519 AAAA"},
-         {"name": "web-01", "enabled": False, "volume_id": "vol-2",
+         {"name": "web-01", "enabled": False, "size_gib": 500,
           "key_fingerprint": "SHA256:b", "enrolled_at": "2026-11-30T03:00:00+00:00"}]
 WINDOW = {"window_id": "w-2", "state": "CLOSED", "trigger": "schedule",
           "opened_at": "2026-12-01T02:00:00+00:00", "deadline": "2026-12-01T05:36:00+00:00",
@@ -16,6 +17,15 @@ WINDOW = {"window_id": "w-2", "state": "CLOSED", "trigger": "schedule",
           "entered": {"OPENING": "2026-12-01T02:00:00+00:00",
                       "SNAPSHOTTING": "2026-12-01T02:10:00+00:00"},
           "snapshots": {"c": "completed", "o": "completed"},
+          "shards": [{"shard_id": "s01", "state": "CLOSED", "hosts": ["c"],
+                      "instance_id": "i-0aaa", "address": "203.0.113.7",
+                      "entered": {"OPENING": "2026-12-01T02:00:00+00:00",
+                                  "SNAPSHOTTING": "2026-12-01T02:10:00+00:00",
+                                  "CLOSED": "2026-12-01T02:20:00+00:00"}},
+                     {"shard_id": "s02", "state": "FAILED", "hosts": ["o", "p"],
+                      "instance_id": None, "address": None,
+                      "entered": {"OPENING": "2026-12-01T02:00:00+00:00",
+                                  "FAILED": "2026-12-01T02:01:00+00:00"}}],
           "host_reports": [{"host": "c", "status": "succeeded", "bytes_sent": 3 * 1024**2,
                             "files": 12, "duration_s": 61.25, "detail": ""}]}
 
@@ -33,11 +43,17 @@ def test_sizes() -> None:
 
 def test_hosts_table_shows_fingerprints_not_keys() -> None:
     lines = views.hosts_table(HOSTS).splitlines()
-    assert lines[0].split() == ["HOST", "STATE", "VOLUME", "ENROLLED", "(UTC)", "KEY"]
-    assert lines[1].split() == ["c", "enabled", "vol-1", "2026-11-30T02:00:00", "SHA256:a"]
-    assert lines[2].split()[:2] == ["web-01", "revoked"]
+    assert lines[0].split() == ["HOST", "STATE", "GIB", "ENROLLED", "(UTC)", "KEY"]
+    assert lines[1].split() == ["c", "enabled", "20", "2026-11-30T02:00:00", "SHA256:a"]
+    assert lines[2].split()[:3] == ["web-01", "revoked", "500"]
     assert "AAAA" not in views.hosts_table(HOSTS)
     assert views.hosts_table([]) == "no hosts enrolled"
+
+
+def test_host_line_shows_the_size_not_a_volume() -> None:
+    assert views.host_line(HOSTS[0], new=True) == \
+        "enrolled c (enabled): size 20 GiB, key SHA256:a"
+    assert "vol-" not in views.host_line(HOSTS[1])
 
 
 def test_window_summary_and_history() -> None:
@@ -46,15 +62,33 @@ def test_window_summary_and_history() -> None:
     assert any(line.split() == ["c", "succeeded", "3.0", "MiB", "12", "61.2s"]
                for line in summary.splitlines())
     history = views.windows_table([WINDOW]).splitlines()
-    assert history[1].split()[:6] == ["w-2", "CLOSED", "2026-12-01T02:00:00", "-", "schedule",
-                                      "1/2"]
+    assert history[0].split()[:8] == ["WINDOW", "STATE", "OPENED", "(UTC)", "PURPOSE",
+                                      "TRIGGER", "REPORTED", "ARCHIVES"]
+    assert history[1].split()[:7] == ["w-2", "CLOSED", "2026-12-01T02:00:00", "-", "schedule",
+                                      "1/2", "2"]
     assert views.windows_table([]) == "no windows yet"
+
+
+def test_window_summary_shows_each_archive() -> None:
+    lines = views.window_summary(WINDOW).splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("ARCHIVE")))
+    assert lines[head].split() == ["ARCHIVE", "STATE", "INSTANCE", "ADDRESS", "HOSTS"]
+    assert lines[head + 1].split() == ["s01", "CLOSED", "i-0aaa", "203.0.113.7", "c"]
+    assert lines[head + 2].split() == ["s02", "FAILED", "-", "-", "o,p"]
+    assert "ARCHIVE" not in views.window_summary({**WINDOW, "shards": []})
 
 
 def test_the_current_window_is_the_active_one() -> None:
     assert views.current_of([WINDOW]) is None
     active = {**WINDOW, "window_id": "w-3", "state": "OPEN"}
     assert views.current_of([active, WINDOW]) == active
+
+
+def test_the_current_window_is_the_backup_one_beside_restores() -> None:
+    restore = {**WINDOW, "window_id": "w-5", "state": "OPEN", "purpose": "restore"}
+    backup = {**WINDOW, "window_id": "w-4", "state": "OPENING", "purpose": "backup"}
+    assert views.current_of([restore, backup, WINDOW]) == backup
+    assert views.current_of([restore, WINDOW]) == restore
 
 
 def test_snapshots_table() -> None:
@@ -68,13 +102,16 @@ def test_snapshots_table() -> None:
 
 
 def test_cost_text_and_data_agree() -> None:
-    observed = observe([WINDOW], instance_type="t3.small", volume_gib=40, retention_days=20)
+    observed = observe([WINDOW], instance_type="t3.small", volume_gib=20, retention_days=20)
     prices = load_prices()
-    mine, kept_up = month_at(observed.usage, prices), month_kept_up(observed.usage, prices)
-    data = views.cost_data(observed, mine, kept_up, prices)
+    costs = designs(observed.usage, prices)
+    data = views.cost_data(observed, costs, prices)
     assert data["windows"] == ["w-2"] and data["usage"]["stored_estimated"] is True
-    assert data["total_usd"] == round(mine.total, 4) < data["kept_up_total_usd"]
-    text = views.cost_text(observed, render(mine, kept_up, prices))
-    assert "billed 600 s a window (at least 60 s a start) of a 12960 s window" in text
-    assert f"total per month (USD) {mine.total:.2f} {kept_up.total:.2f}" in " ".join(
-        text.split())
+    assert data["usage"]["volume_gib"] == 20  # c only: s02 never launched, its hosts had none
+    assert data["total_usd"] == round(costs[0].total, 4) < data["kept_up_total_usd"]
+    assert data["designs"]["persistent"]["total_usd"] == data["persistent_total_usd"]
+    text = views.cost_text(observed, compare(observed.usage, prices))
+    assert "billed 600 s a shard (at least 60 s a start) of a 12960 s window" in text
+    fleet, persistent, kept_up = (c.total for c in costs)
+    assert (f"total per month (USD) {fleet:.2f} {persistent:.2f} {kept_up:.2f}"
+            in " ".join(text.split()))

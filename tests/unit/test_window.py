@@ -1,19 +1,19 @@
-"""The window state machine, one transition at a time."""
+"""The window + shard state machine, one transition at a time."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from chalicelib.window import (
+    RESTORE,
     Action,
     AdminClose,
     DeadlineReached,
     HostReported,
     InstanceRunning,
     InstanceStopped,
+    Shard,
     SnapshotSettled,
     SnapshotStatus,
     StartFailed,
@@ -21,161 +21,198 @@ from chalicelib.window import (
     Tick,
     Timing,
     Window,
+    conclude,
     decide,
 )
 
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
 DEADLINE = T0 + timedelta(hours=3.6)
+S1, S2 = frozenset({"c", "h"}), frozenset({"o", "l"})
 
 
-def window(state: State = State.OPEN, **changes: object) -> Window:
-    base = Window(window_id="w-1", state=state, opened_at=T0, deadline=DEADLINE,
-                  expected=frozenset({"c", "h", "o", "l"}), instance_id="i-1",
-                  trigger="schedule", updated_at=T0)
+def window(s1: State = State.OPEN, s2: State = State.OPEN, **changes: object) -> Window:
+    shards = {"s01": Shard("s01", S1, s1, T0, instance_id="i-1"),
+              "s02": Shard("s02", S2, s2, T0, instance_id="i-2")}
+    base = Window(window_id="w-1", state=State.OPEN, opened_at=T0, deadline=DEADLINE,
+                  expected=S1 | S2, trigger="schedule", updated_at=T0, shards=shards)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-ALL_OK = {"c": "succeeded", "h": "succeeded", "o": "succeeded", "l": "succeeded"}
-
-
-def test_running_opens_an_opening_window() -> None:
-    decision = decide(window(State.OPENING), InstanceRunning("198.51.100.7"), T0)
+def test_running_opens_its_shard_and_tags_the_volumes() -> None:
+    decision = decide(window(State.OPENING), "s01", InstanceRunning("198.51.100.7"), T0)
     assert decision.target is State.OPEN
     assert "198.51.100.7" in decision.reason
-    assert decision.actions == ()
+    assert decision.actions == (Action.TAG_VOLUMES,)
 
 
 def test_running_again_while_open_does_nothing() -> None:
-    assert decide(window(State.OPEN), InstanceRunning("x"), T0).target is None
+    assert decide(window(), "s01", InstanceRunning("x"), T0).target is None
 
 
-def test_start_failure_fails_the_window_and_tells_the_admin() -> None:
-    decision = decide(window(State.OPENING), StartFailed("t3.small: InsufficientInstanceCapacity"),
-                      T0)
+def test_no_capacity_fails_the_shard_and_gives_back_what_it_made() -> None:
+    decision = decide(window(State.OPENING), "s01",
+                      StartFailed("t4g.small in subnet-a: InsufficientInstanceCapacity"), T0)
     assert decision.target is State.FAILED
-    assert Action.NOTIFY in decision.actions
+    assert set(decision.actions) == {Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES,
+                                     Action.NOTIFY}
     assert "InsufficientInstanceCapacity" in decision.reason
 
 
-def test_partial_reports_keep_the_window_open() -> None:
+def test_a_shard_closes_when_its_own_hosts_reported_whatever_the_others_do() -> None:
     w = window(reports={"c": "succeeded", "h": "failed"})
-    decision = decide(w, HostReported("h"), T0)
+    decision = decide(w, "s01", HostReported("h"), T0)
+    assert decision.target is State.CLOSING
+    assert decision.actions == (Action.STOP_INSTANCE,)
+    assert "1 failed: h" in decision.reason
+    assert decide(w, "s02", HostReported("o"), T0).target is None
+
+
+def test_partial_reports_keep_the_shard_open() -> None:
+    decision = decide(window(reports={"c": "succeeded"}), "s01", HostReported("c"), T0)
     assert decision.target is None
-    assert "2 of 4" in decision.reason
+    assert "1 of 2" in decision.reason
 
 
-def test_last_report_closes_and_stops_once() -> None:
-    decision = decide(window(reports=ALL_OK), HostReported("l"), T0)
+def test_deadline_closes_an_open_shard_and_says_who_is_missing() -> None:
+    decision = decide(window(reports={"c": "succeeded"}), "s01", DeadlineReached(), DEADLINE)
     assert decision.target is State.CLOSING
-    assert decision.actions.count(Action.STOP_INSTANCE) == 1
-    assert Action.DELETE_DEADLINE in decision.actions
+    assert Action.NOTIFY in decision.actions and "missing: h" in decision.reason
 
 
-def test_a_failed_report_still_counts_as_reported() -> None:
-    decision = decide(window(reports={**ALL_OK, "o": "failed"}), HostReported("o"), T0)
-    assert decision.target is State.CLOSING
-    assert "1 failed: o" in decision.reason
+def test_deadline_before_its_time_does_nothing() -> None:
+    assert decide(window(), "s01", DeadlineReached(), DEADLINE - timedelta(seconds=1)).target \
+        is None
 
 
-def test_deadline_with_hosts_missing_closes_and_notifies() -> None:
-    w = window(reports={"c": "succeeded", "h": "succeeded", "o": "succeeded"})
-    decision = decide(w, DeadlineReached(), DEADLINE)
-    assert decision.target is State.CLOSING
-    assert Action.NOTIFY in decision.actions
-    assert "missing: l" in decision.reason
-
-
-def test_early_deadline_delivery_is_ignored() -> None:
-    assert decide(window(), DeadlineReached(), DEADLINE - timedelta(seconds=1)).target is None
-
-
-def test_admin_close() -> None:
-    decision = decide(window(), AdminClose("arn:aws:iam::1:user/ann"), T0)
-    assert decision.target is State.CLOSING
-    assert "ann" in decision.reason
-
-
-def test_stopped_after_closing_takes_the_snapshots() -> None:
-    decision = decide(window(State.CLOSING), InstanceStopped(), T0)
-    assert decision.target is State.SNAPSHOTTING
-    assert decision.actions == (Action.SNAPSHOT_VOLUMES,)
-
-
-def test_stopped_while_open_snapshots_and_notifies() -> None:
-    decision = decide(window(State.OPEN), InstanceStopped(), T0)
-    assert decision.target is State.SNAPSHOTTING
-    assert Action.NOTIFY in decision.actions
-
-
-@pytest.mark.parametrize("state", [State.CLOSED, State.FAILED])
-def test_finished_windows_ignore_everything(state: State) -> None:
-    for event in (InstanceRunning("x"), InstanceStopped(), DeadlineReached(), AdminClose("a"),
-                  HostReported("c"), SnapshotSettled("c"), Tick("running")):
-        assert decide(window(state), event, DEADLINE).target is None
-
-
-def settled(status: SnapshotStatus = SnapshotStatus.COMPLETED) -> dict[str, SnapshotStatus]:
-    return {h: status for h in "chol"}
-
-
-def test_window_closes_when_every_snapshot_settled_and_applies_retention() -> None:
-    decision = decide(window(State.SNAPSHOTTING, snapshots=settled(), reports=ALL_OK),
-                      SnapshotSettled("c"), T0)
-    assert decision.target is State.CLOSED
-    assert Action.APPLY_RETENTION in decision.actions
-
-
-def test_window_waits_for_the_last_snapshot() -> None:
-    snaps = {**settled(), "o": SnapshotStatus.PENDING}
-    assert decide(window(State.SNAPSHOTTING, snapshots=snaps), SnapshotSettled("c"),
-                  T0).target is None
-
-
-def test_a_failed_snapshot_skips_retention_and_notifies() -> None:
-    snaps = {**settled(), "h": SnapshotStatus.FAILED}
-    decision = decide(window(State.SNAPSHOTTING, snapshots=snaps), SnapshotSettled("h"), T0)
-    assert decision.target is State.CLOSED
-    assert Action.APPLY_RETENTION not in decision.actions
-    assert Action.NOTIFY in decision.actions
-
-
-def test_tick_closes_an_open_window_past_its_deadline() -> None:
-    decision = decide(window(), Tick("running"), DEADLINE + timedelta(minutes=1))
-    assert decision.target is State.CLOSING
-    assert Action.STOP_INSTANCE in decision.actions
-
-
-def test_tick_finishes_a_lost_running_event() -> None:
-    assert decide(window(State.OPENING), Tick("running"), T0).target is State.OPEN
-
-
-def test_tick_fails_an_instance_that_never_came_up() -> None:
-    timing = Timing(boot_timeout=timedelta(minutes=15))
-    decision = decide(window(State.OPENING), Tick("stopped"), T0 + timedelta(minutes=16), timing)
+def test_deadline_fails_a_shard_that_never_came_up() -> None:
+    decision = decide(window(State.OPENING), "s01", DeadlineReached(), DEADLINE)
     assert decision.target is State.FAILED
+    assert Action.TERMINATE_INSTANCE in decision.actions
 
 
-def test_tick_finishes_a_lost_stopped_event() -> None:
-    assert decide(window(State.CLOSING), Tick("stopped"), T0).target is State.SNAPSHOTTING
+def test_stopped_snapshots_and_terminates_the_volumes_outlive_the_instance() -> None:
+    decision = decide(window(State.CLOSING), "s01", InstanceStopped(), T0)
+    assert decision.target is State.SNAPSHOTTING
+    assert decision.actions == (Action.SNAPSHOT_VOLUMES, Action.TERMINATE_INSTANCE)
 
 
-def test_tick_stops_again_only_after_the_grace() -> None:
-    timing = Timing(stop_grace=timedelta(minutes=10))
-    w = window(State.CLOSING, updated_at=T0)
-    assert decide(w, Tick("running"), T0 + timedelta(minutes=5), timing).actions == ()
-    late = decide(w, Tick("running"), T0 + timedelta(minutes=11), timing)
-    # The retry also deletes the deadline schedule: the first stop may have failed before it.
-    assert late.target is None and late.actions == (Action.STOP_INSTANCE,
-                                                    Action.DELETE_DEADLINE)
-    assert decide(w, Tick("stopping"), T0 + timedelta(minutes=11), timing).actions == ()
+def test_a_stop_nobody_asked_for_still_snapshots_and_tells() -> None:
+    decision = decide(window(State.OPEN), "s01", InstanceStopped(), T0)
+    assert decision.target is State.SNAPSHOTTING
+    assert Action.SNAPSHOT_VOLUMES in decision.actions and Action.NOTIFY in decision.actions
 
 
-def test_tick_takes_snapshots_nobody_took() -> None:
-    snaps = {"c": SnapshotStatus.COMPLETED}
-    decision = decide(window(State.SNAPSHOTTING, snapshots=snaps), Tick("stopped"), T0)
-    assert decision.actions == (Action.SNAPSHOT_VOLUMES,)
-    assert "h, l, o" in decision.reason
+def test_admin_close_stops_open_shards_and_gives_up_opening_ones() -> None:
+    assert decide(window(), "s01", AdminClose("alice"), T0).actions == (Action.STOP_INSTANCE,)
+    assert decide(window(State.OPENING), "s01", AdminClose("alice"), T0).target is State.FAILED
 
 
-def test_missing_counts_failed_reports() -> None:
-    assert window(reports={**ALL_OK, "c": "failed"}).missing == {"c"}
+def test_the_shard_closes_when_its_snapshots_settled_and_deletes_its_volumes() -> None:
+    snaps = {"c": SnapshotStatus.COMPLETED, "h": SnapshotStatus.PENDING}
+    w = window(State.SNAPSHOTTING, snapshots=snaps)
+    assert decide(w, "s01", SnapshotSettled("c"), T0).target is None
+    done = replace(w, snapshots={"c": SnapshotStatus.COMPLETED, "h": SnapshotStatus.COMPLETED})
+    decision = decide(done, "s01", SnapshotSettled("h"), T0)
+    assert decision.target is State.CLOSED
+    assert decision.actions == (Action.DELETE_VOLUMES,)
+
+
+def test_a_failed_snapshot_is_told_and_its_volume_kept_by_the_deletion_rule() -> None:
+    w = window(State.SNAPSHOTTING, snapshots={"c": SnapshotStatus.COMPLETED,
+                                              "h": SnapshotStatus.FAILED})
+    decision = decide(w, "s01", SnapshotSettled("h"), T0)
+    assert decision.target is State.CLOSED
+    assert Action.NOTIFY in decision.actions and "kept" in decision.reason
+
+
+def test_a_closed_shard_ignores_everything() -> None:
+    w = window(State.CLOSED)
+    for event in (InstanceRunning("x"), InstanceStopped(), DeadlineReached(), Tick("running")):
+        assert decide(w, "s01", event, DEADLINE).target is None
+
+
+def test_reconciler_opens_a_shard_whose_running_event_was_lost() -> None:
+    assert decide(window(State.OPENING), "s01", Tick("running"), T0).target is State.OPEN
+
+
+def test_reconciler_fails_a_shard_that_never_booted() -> None:
+    timing = Timing(boot_timeout=timedelta(minutes=15))
+    later = T0 + timedelta(minutes=15)
+    assert decide(window(State.OPENING), "s01", Tick("pending"), later - timedelta(seconds=1),
+                  timing).target is None
+    failed = decide(window(State.OPENING), "s01", Tick("none"), later, timing)
+    assert failed.target is State.FAILED and "no instance launched" in failed.reason
+
+
+def test_reconciler_stops_again_after_the_grace() -> None:
+    w = window(State.CLOSING)
+    assert decide(w, "s01", Tick("running"), T0 + timedelta(minutes=9)).actions == ()
+    again = decide(w, "s01", Tick("running"), T0 + timedelta(minutes=10))
+    assert again.target is None and again.actions == (Action.STOP_INSTANCE,)
+
+
+def test_reconciler_takes_snapshots_never_taken_and_terminates() -> None:
+    w = window(State.SNAPSHOTTING, snapshots={"c": SnapshotStatus.PENDING})
+    decision = decide(w, "s01", Tick("stopped"), T0)
+    assert decision.actions == (Action.SNAPSHOT_VOLUMES, Action.TERMINATE_INSTANCE)
+    assert "h" in decision.reason
+
+
+def test_an_instance_terminated_under_an_open_shard_still_has_its_volumes_snapshotted() -> None:
+    decision = decide(window(State.OPEN), "s01", Tick("terminated"), T0)
+    assert decision.target is State.SNAPSHOTTING
+    assert Action.SNAPSHOT_VOLUMES in decision.actions
+
+
+def test_a_restore_shard_is_never_snapshotted() -> None:
+    shard = Shard("s01", frozenset({"c"}), State.CLOSING, T0, instance_id="i-9")
+    w = Window("w-r", State.CLOSING, T0, DEADLINE, frozenset({"c"}), "host", T0,
+               shards={"s01": shard}, purpose=RESTORE, snapshot_id="snap-1")
+    decision = decide(w, "s01", InstanceStopped(), T0)
+    assert decision.target is State.CLOSED
+    assert Action.SNAPSHOT_VOLUMES not in decision.actions
+    assert Action.DELETE_VOLUMES in decision.actions
+
+
+# the window follows its shards -------------------------------------------------------------
+def test_the_window_stays_while_a_shard_is_going() -> None:
+    w = window(State.CLOSED, State.OPEN)
+    assert conclude(w).target is None
+
+
+def test_the_window_moves_to_its_least_advanced_shard_state() -> None:
+    w = window(State.SNAPSHOTTING, State.CLOSING, state=State.OPEN)
+    assert conclude(w).target is State.CLOSING
+
+
+def test_the_window_closes_once_every_shard_did_and_applies_retention() -> None:
+    w = window(State.CLOSED, State.CLOSED, reports={h: "succeeded" for h in S1 | S2},
+               snapshots={h: SnapshotStatus.COMPLETED for h in S1 | S2})
+    decision = conclude(w)
+    assert decision.target is State.CLOSED
+    assert decision.actions == (Action.DELETE_DEADLINE, Action.APPLY_RETENTION, Action.NOTIFY,
+                                Action.RECORD_METRICS)
+    assert "4 of 4 hosts complete in 2 archives" in decision.reason
+
+
+def test_a_failed_shard_among_closed_ones_closes_the_window_and_names_it() -> None:
+    w = window(State.CLOSED, State.FAILED,
+               snapshots={h: SnapshotStatus.COMPLETED for h in S1})
+    decision = conclude(w)
+    assert decision.target is State.CLOSED and "archives failed: s02" in decision.reason
+
+
+def test_retention_is_skipped_when_a_snapshot_of_the_window_failed() -> None:
+    w = window(State.CLOSED, State.CLOSED, snapshots={"c": SnapshotStatus.FAILED})
+    decision = conclude(w)
+    assert Action.APPLY_RETENTION not in decision.actions
+
+
+def test_every_shard_failed_fails_the_window() -> None:
+    decision = conclude(window(State.FAILED, State.FAILED))
+    assert decision.target is State.FAILED
+    assert Action.NOTIFY in decision.actions and Action.APPLY_RETENTION not in decision.actions
+
+
+def test_a_concluded_window_stays_concluded() -> None:
+    assert conclude(window(State.CLOSED, State.CLOSED, state=State.CLOSED)).target is None
