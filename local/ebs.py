@@ -3,7 +3,9 @@ snapshot a point-in-time copy of its volume's directory, and a volume made from 
 starts as a copy of that snapshot's directory.
 
 Every directory appears whole or not at all (copied beside it, then renamed), so a copy cut
-off by the end of the stack is never taken for a finished one.
+off by the end of the stack is never taken for a finished one. Copies are made one at a time
+(the app's CreateSnapshot, in an API or bus thread, and the fleet's step may ask for the same
+one at once).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 COPY_TIMEOUT = 600.0  # seconds
@@ -24,6 +27,7 @@ class LocalEbs:
     def __init__(self, root: Path) -> None:
         self.volumes = root / "volumes"
         self.snapshots = root / "snapshots"
+        self._copying = threading.Lock()
         # A host's account reaches its volume through MOUNT_ROOT/<host>, a link to the volume's
         # directory: every directory above it must let the account through (0755); each
         # volume's own root is its account's alone (0700). Snapshots are read by root only.
@@ -56,7 +60,8 @@ class LocalEbs:
         source = self.snapshot(snapshot_id)
         if not source.is_dir():
             raise EbsError(f"{volume_id}: snapshot {snapshot_id} is not on this machine")
-        return _copy(source, target)
+        with self._copying:
+            return target if target.exists() else _copy(source, target)
 
     def take_snapshot(self, snapshot_id: str, volume_id: str) -> Path:
         """The volume's content now. AWS: "The snapshot includes only the data that was
@@ -68,7 +73,8 @@ class LocalEbs:
         source = self.volume(volume_id)
         if not source.is_dir():
             raise EbsError(f"{snapshot_id}: volume {volume_id} is not on this machine")
-        return _copy(source, target)
+        with self._copying:
+            return target if target.exists() else _copy(source, target)
 
     def delete_volume(self, volume_id: str) -> None:
         _remove(self.volume(volume_id))

@@ -19,6 +19,7 @@ Each `step`, in this order:
 from __future__ import annotations
 
 import base64
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from chalicelib.keys import KeyMaterial
 from local import events
 from local.accounts import StackAccounts
 from local.archive import ArchiveInstance, Mount, SshdSettings
-from local.ebs import LocalEbs
+from local.ebs import EbsError, LocalEbs
 
 Deliver = Callable[[str, dict[str, Any]], Any]  # (app.py function, event)
 Log = Callable[[str], None]
@@ -115,6 +116,19 @@ class Fleet:
             {"Name": "tag-key", "Values": [WINDOW_TAG]}])
         for instance in (i for reservation in instances for i in reservation["Instances"]):
             self._follow(instance, deliver)
+
+    def snapshot_requested(self, parsed: dict[str, Any], **_: Any) -> None:
+        """boto3's after-call hook on the app's CreateSnapshot: the volume's content is copied
+        now, as EBS captures it when the snapshot is requested, because moto calls a snapshot
+        completed at once and the reconciler may close the shard (and delete the volume) on
+        that before the next step. A copy that fails here is made by the step."""
+        snapshot_id, volume_id = parsed.get("SnapshotId"), parsed.get("VolumeId")
+        if not snapshot_id or not volume_id or volume_id not in self.ebs.volume_ids():
+            return
+        try:
+            self.ebs.take_snapshot(snapshot_id, volume_id)
+        except (EbsError, OSError, subprocess.SubprocessError) as exc:
+            self._log(f"fleet: snapshot {snapshot_id} not copied at its request: {exc}")
 
     def stop_all(self) -> None:
         """The stack ends: every archive's sshd and sessions end, its files go."""

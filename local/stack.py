@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import boto3
 from chalice.config import Config
 from chalice.local import (
     ChaliceRequestHandler,
@@ -130,6 +131,13 @@ class LocalStack:
                                   self.deployment.keys, self.settings.boot_seconds, self.log,
                                   log_dir=self.root)
         self._exit.callback(self.fleet.close)  # after the bus has stopped: registered first
+        # Snapshots are copied when the app asks for them (Fleet.snapshot_requested): the
+        # app's clients come from boto3's default session, made after this (caches cleared).
+        emitter = boto3._get_default_session().events
+        hook = f"offsite-local-{self.fleet.accounts.stack_id}"
+        emitter.register("after-call.ec2.CreateSnapshot", self.fleet.snapshot_requested,
+                        unique_id=hook)
+        self._exit.callback(emitter.unregister, "after-call.ec2.CreateSnapshot", unique_id=hook)
         # Its own accounts (<stack id>-<host>): another stack's hosts may bear the same names.
         os.environ["ACCOUNT_PREFIX"] = self.fleet.accounts.prefix
         os.environ["MOUNT_ROOT"] = str(self.fleet.settings.mount_root)

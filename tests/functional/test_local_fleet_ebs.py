@@ -85,6 +85,25 @@ def test_a_snapshot_is_the_volume_at_the_step_it_is_seen_and_completes_once(rig:
     assert rig.completions() == ["snap-1"]
 
 
+def test_a_snapshot_is_the_volume_at_its_request_not_at_the_next_step(rig: Rig) -> None:
+    """moto calls a snapshot completed at once, so the reconciler may close the shard and delete
+    the volume before the bus's next step: the content is taken when the app asks (the
+    after-call hook on CreateSnapshot), and the step only delivers the completion."""
+    rig.ec2.create_volume("vol-1")
+    rig.step()
+    (rig.ebs.volume("vol-1") / "data").write_text("night 1")
+    rig.ec2.create_snapshot("snap-1", "vol-1")
+    rig.fleet.snapshot_requested({"SnapshotId": "snap-1", "VolumeId": "vol-1"})
+    assert (rig.ebs.snapshot("snap-1") / "data").read_text() == "night 1"  # before any step
+    (rig.ebs.volume("vol-1") / "data").write_text("later")
+    rig.fleet.snapshot_requested({"SnapshotId": "snap-2", "VolumeId": "vol-9"})  # not here
+    rig.fleet.snapshot_requested({})
+    rig.step()
+    assert (rig.ebs.snapshot("snap-1") / "data").read_text() == "night 1"
+    assert rig.ebs.snapshot_ids() == {"snap-1"}
+    assert rig.completions() == ["snap-1"]
+
+
 def test_a_volume_made_from_a_snapshot_taken_in_the_same_step_holds_its_content(
         rig: Rig) -> None:
     rig.ec2.create_volume("vol-1")
