@@ -188,7 +188,8 @@ class Routine:
         now = self.clock()
         checked = verify_state.load_checked(self.cfg.state_dir)
         plan = self._plan(sent, checked, now, full)
-        listing = "" if plan.everything else self._write_list(eph, "verify.list", plan.paths())
+        listing = "" if plan.everything else self._write_list(
+            eph, "verify.list", verify_state.listable(plan.paths(), self._mountpoint))
         found = self._differences(ready, view, session, eph, listing)
         repaired = Repaired()
         if found and repair:
@@ -229,7 +230,7 @@ class Routine:
 
     def _resend(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
                 found: list[str]) -> Repaired:
-        paths = transfer.differing_paths(found)
+        paths = verify_state.listable(transfer.differing_paths(found), self._mountpoint)
         self.console.step("verify", f"{len(found)} entries differ from the encrypted view, e.g. "
                           f"{'; '.join(found[:3])}; resending them with checksums")
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,

@@ -31,6 +31,23 @@ def survey(root: Path) -> dict[str, Stat]:
     return found
 
 
+def listable(paths: list[str], root: Path) -> list[str]:
+    """`paths` as rsync can take them in a `--files-from` list with `--delete-missing-args`:
+    an entry whose directory is gone from the view too is named by that directory (the
+    topmost one gone), since rsync, unable to find a listed entry's parent, skips the entry
+    ("file has vanished", exit 24) where a missing entry itself is a deletion."""
+    listed: dict[str, None] = {}
+    for path in paths:
+        parts = path.rstrip("/").split("/")
+        name = path
+        for depth in range(1, len(parts) + 1):
+            if not os.path.lexists(root.joinpath(*parts[:depth])):
+                name = "/".join(parts[:depth])
+                break
+        listed.setdefault(name)
+    return list(listed)
+
+
 def _raise(exc: OSError) -> None:
     raise exc  # a directory that cannot be listed must not shrink the plan silently
 

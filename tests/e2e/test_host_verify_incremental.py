@@ -167,3 +167,20 @@ def test_plain_verify_checks_the_due_slices_and_full_verify_everything(
 
     slices_checked(host, overdue=index)
     assert host.cli("verify").returncode == 6
+
+
+def test_a_directory_removed_from_the_data_is_checked_gone_from_the_archive(
+        host_with_faults: tuple[Host, Faults], session_server: SessionServer) -> None:
+    """The push deletes the directory and what was in it; the check lists them (rsync cannot
+    take an entry whose directory is gone: the directory is listed instead)."""
+    host, _ = host_with_faults
+    for path in sorted((host.source / "binary-folder").rglob("*"), reverse=True):
+        path.unlink()
+    (host.source / "binary-folder").rmdir()
+    slices_checked(host)
+
+    done = host.cli("run")
+
+    assert done.returncode == 0, done.stderr
+    assert session_server.reports_of(host.name)[-1]["status"] == "succeeded"
+    assert tree_digest(host.volume / "current", skip=".~tmp~") == view_digest(host)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 from offsite_host.compare import Digests, inventory
-from offsite_host.verify_state import SLICES_FILE, load_checked, save_checked, survey
+from offsite_host.verify_state import (
+    SLICES_FILE,
+    listable,
+    load_checked,
+    save_checked,
+    survey,
+)
 
 
 def test_the_survey_keys_files_as_the_digest_cache_does(tmp_path: Path) -> None:
@@ -40,3 +46,10 @@ def test_slice_times_round_trip_and_anything_unreadable_is_no_state(tmp_path: Pa
     for text in ("{", "[]", '{"checked": "x"}', '{"checked": [true]}', '{"checked": ["1"]}'):
         (tmp_path / SLICES_FILE).write_text(text)
         assert load_checked(tmp_path) is None
+
+
+def test_an_entry_whose_directory_is_gone_is_listed_by_that_directory(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "file").write_bytes(b"")
+    paths = ["kept/file", "kept/gone", "old/sub/file", "old/sub/", "old/", "top-gone"]
+    assert listable(paths, tmp_path) == ["kept/file", "kept/gone", "old", "top-gone"]
