@@ -11,7 +11,9 @@ checks, with `--checksum`:
   a run cut off after sending leaves its files on the archive, and this run's push, finding
   them there, does not send them again. It needs no bookkeeping during the run, so a run
   killed outright (SIGKILL, power loss) loses nothing; a state file of pending paths would
-  have to be written before rsync sends them, and a lost or stale one would hide them;
+  have to be written before rsync sends them, and a lost or stale one would hide them. (The
+  key relies on the view passing the repository's inodes and ctimes through, as gocryptfs 2
+  does on Linux; a view that did not would list every file every night: slower, not weaker);
 - **a rotating slice of the rest**: each file belongs to one of `cycle_days` slices (a hash of
   its path), and the slice of today's UTC day number (mod `cycle_days`) is due, plus every
   slice not checked for a whole cycle (nights with no run, or a run that failed), plus every
