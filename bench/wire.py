@@ -45,6 +45,8 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
     encrypt,
     history,
     transfer,
+    verify_plan,
+    verify_state,
 )
 from offsite_host.exitcodes import OffsiteError  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
@@ -53,6 +55,7 @@ from local.aws import free_port
 
 SEED = 2026
 TIMEOUT_S = 3600.0
+VERIFY_CYCLE_DAYS = 20  # the client's default
 BLOCK, BLOCK_OVERHEAD, HEADER = 4096, 32, 18  # gocryptfs: 16-byte nonce + 16-byte GCM tag
 ACCOUNT_PREFIX = "offsite-bw-"
 MB = 1_000_000
@@ -411,6 +414,12 @@ class Pass:
     history_s: float
     mount_s: float
     verify_s: float
+    """The run's own check: what it sent, what changed since the last verified pass, the day's
+    slice (the initial pass knows nothing yet: everything)."""
+    verify_full_s: float
+    """`verify --full`: every file."""
+    verified: str
+    """What the run's check read (its report detail)."""
 
     @property
     def full_path_s(self) -> float:
@@ -451,6 +460,8 @@ class Bench:
         self.repos = history.plan((self.source,), (), self.repository, ())
         self.session, files = archive.session()
         self.rsh = transfer.rsh_command(transfer.ssh_argv(tool("ssh"), files, self.session))
+        self.pushed = ""  # the last push's itemized output
+        self.verified: dict[str, verify_plan.Stat] | None = None  # the view at the last check
 
     def initialise(self) -> None:
         self.repository.mkdir(mode=0o700)
@@ -465,13 +476,13 @@ class Bench:
                                   self.repository, self.view, self.say) as view:
             mount_s = time.monotonic() - started
             encrypted = self._rsync(view, self.session)
-            verify_s = self._verify(view)
+            verify_s, verify_full_s, verified = self._verify(view)
             if on_view is not None:
                 on_view(view)
             started = time.monotonic()
         mount_s += time.monotonic() - started
         plain = self._rsync(self.source, replace(self.session, remote_path="plain/"))
-        return Pass(encrypted, plain, history_s, mount_s, verify_s)
+        return Pass(encrypted, plain, history_s, mount_s, verify_s, verify_full_s, verified)
 
     def _rsync(self, source: Path, session: Session) -> Sent:
         argv = transfer.rsync_argv(tool("rsync"), self.rsh, str(source), session,
@@ -483,12 +494,33 @@ class Bench:
         if done.returncode != 0:
             raise BenchError(f"rsync of {source} failed ({done.returncode}): "
                              f"{done.stderr.strip()[-400:]}")
+        self.pushed = done.stdout
         return Sent(transfer.parse_stats(done.stdout).bytes_sent,
                     _stat(done.stdout, "Total transferred file size"), seconds)
 
-    def _verify(self, view: Path) -> float:
+    def _verify(self, view: Path) -> tuple[float, float, str]:
+        """The run's check as `offsite-host run` plans it, in steady state (every other slice
+        read within the cycle), then `verify --full`: the seconds of each (the first includes
+        listing the view), and what the first read."""
+        started = time.monotonic()
+        now = time.time()
+        files = verify_state.survey(view)
+        sent = transfer.differing_paths(transfer.differences(self.pushed))
+        plan = verify_plan.make_plan(files, sent, self.verified,
+                                     [now - verify_plan.DAY_S] * VERIFY_CYCLE_DAYS, now,
+                                     VERIFY_CYCLE_DAYS)
+        listing = self.work / "verify.list"
+        listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
+                                     for p in plan.paths()))
+        self._check(view, "" if plan.everything else str(listing))
+        nightly_s = time.monotonic() - started
+        full_s = nightly_s if plan.everything else self._check(view, "")
+        self.verified = files
+        return nightly_s, full_s, plan.describe()
+
+    def _check(self, view: Path, files_from: str) -> float:
         argv = transfer.rsync_argv(tool("rsync"), self.rsh, str(view), self.session,
-                                   io_timeout_s=600, verify=True)
+                                   io_timeout_s=600, verify=True, files_from=files_from)
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
                               check=False)
@@ -586,7 +618,8 @@ def report(f: Figures) -> str:
         f"change: encrypted path / plain rsync = {_ratio(enc, plain)}; "
         f"whole-file / encrypted path = {_ratio(whole, enc)}",
         f"gocryptfs size formula against the view: {f.formula_files:,} files, predicted "
-        f"{f.formula_predicted:,}, shown {f.formula_shown:,} bytes: {check}", "",
+        f"{f.formula_predicted:,}, shown {f.formula_shown:,} bytes: {check}",
+        f"the change's run {f.change.verified}", "",
         f"Seconds per step, and MB/s of the initial send ({f.plaintext_bytes / MB:,.1f} MB of "
         "plaintext, MB = 10^6 bytes):", "", throughput(f)])
 
@@ -602,7 +635,8 @@ def throughput(f: Figures) -> str:
         row("full path: history + view + rsync", p.full_path_s, c.full_path_s),
         row("  rdiff-backup (history)", p.history_s, c.history_s),
         row("  rsync of the view", p.encrypted.seconds, c.encrypted.seconds),
-        row("  verify (rsync --checksum --dry-run)", p.verify_s, c.verify_s),
+        row("  verify, the run's (sent, changed, 1/20)", p.verify_s, c.verify_s),
+        row("  verify --full (rsync --checksum, all)", p.verify_full_s, c.verify_full_s),
         row("plain rsync of the plaintext", p.plain.seconds, c.plain.seconds),
     ])
 

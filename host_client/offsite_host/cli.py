@@ -106,7 +106,8 @@ def cmd_verify(cfg: Config, args: argparse.Namespace, console: Console) -> int:
     with RunLock(cfg.state_dir / "run.lock"):
         if args.deep:
             return _recorded("verify --deep", cfg, lambda: Drill(Restorer(cfg, console)).run())
-        return _recorded("verify", cfg, lambda: Routine(cfg, console).verify())
+        command = "verify --full" if args.full else "verify"
+        return _recorded(command, cfg, lambda: Routine(cfg, console).verify(full=args.full))
 
 
 def cmd_snapshots(cfg: Config, args: argparse.Namespace, console: Console) -> int:
@@ -177,11 +178,16 @@ def _parser() -> argparse.ArgumentParser:
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
                         ).set_defaults(handler=cmd_run)
     verify = commands.add_parser("verify", help="check the archive copy against the encrypted "
-                                 "view in a new session (reports nothing); --deep: a restore "
-                                 "drill of the newest recovery point")
-    verify.add_argument("--deep", action="store_true", help="fetch the newest recovery point, "
-                        "decrypt and restore it into a temporary directory, and compare it "
-                        "with the local backup it came from (reports to the restore window)")
+                                 "view in a new session, as a run's verification would "
+                                 "(reports nothing); --full: all of it; --deep: a restore drill "
+                                 "of the newest recovery point")
+    how = verify.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true", help="compare every file with checksums, "
+                     "not only what changed since the last verified run and the slices due "
+                     "(the whole archive is re-read once per verify_cycle_days anyway)")
+    how.add_argument("--deep", action="store_true", help="fetch the newest recovery point, "
+                     "decrypt and restore it into a temporary directory, and compare it "
+                     "with the local backup it came from (reports to the restore window)")
     verify.set_defaults(handler=cmd_verify)
     commands.add_parser("snapshots", help="list the recovery points on the archive").set_defaults(
         handler=cmd_snapshots)

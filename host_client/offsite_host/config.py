@@ -48,6 +48,9 @@ class Config:
     bwlimit_kib: int
     tools: Tools
     connect_wait_s: int = 120
+    verify_cycle_days: int = 20
+    """Every file on the archive is re-read with checksums at least once per this many days
+    (`verify_plan`)."""
 
 
 def default_config_path(platform: str, environ: dict[str, str]) -> PurePath:
@@ -93,7 +96,7 @@ def load_config(path: Path, platform: str, environ: dict[str, str]) -> Config:
 
 _TOP_KEYS = {"api_url", "host", "paths", "excludes", "key_file", "password_file", "repository",
              "state_dir", "retention_days", "max_wait_s", "deadline_margin_s", "io_timeout_s",
-             "connect_wait_s",
+             "connect_wait_s", "verify_cycle_days",
              "bwlimit_kib", "tools"}
 
 
@@ -126,6 +129,7 @@ def parse_config(data: dict[str, Any], base_dir: Path, platform: str,
         bwlimit_kib=_int(data, "bwlimit_kib", 0, 0),
         tools=_tools(data.get("tools", {}), platform),
         connect_wait_s=_int(data, "connect_wait_s", 120, 0),
+        verify_cycle_days=_int(data, "verify_cycle_days", 20, 1),
     )
 
 

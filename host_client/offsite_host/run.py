@@ -4,8 +4,9 @@
 2. encrypt: the gocryptfs reverse view of the repository, mounted for this run only;
 3. session: signed `POST /v1/sessions` with a key made for this run;
 4. transfer: rsync over ssh with the certificate, stopped at the session's end;
-5. verify, then report: `succeeded` only once the archive copy matches the view (a difference
-   is resent once, with checksums, and checked again).
+5. verify, then report: `succeeded` only once the archive copy matches the view, with
+   checksums, in every entry the push sent, everything sent earlier and never verified, and a
+   rotating slice of the rest (`verify_plan`); a difference is resent once and checked again.
 
 A connection-level failure is tried again within the session (see `runner`); one the session's
 end left no time to try again is the deadline (4); any other failure to transfer, or to run the
@@ -20,11 +21,22 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
-from offsite_host import encrypt, history, preflight, runner, sealing, tools, transfer
+from offsite_host import (
+    encrypt,
+    history,
+    preflight,
+    runner,
+    sealing,
+    tools,
+    transfer,
+    verify_plan,
+    verify_state,
+)
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
@@ -40,6 +52,9 @@ from offsite_host.exitcodes import (
 from offsite_host.report import Report, send_report
 from offsite_host.session import Session, open_session
 
+DIGESTS_FILE = "manifest-digests.json"
+"""The digest cache the last seal left: the view as the last verified run saw it."""
+
 
 @dataclass(frozen=True)
 class Repaired:
@@ -47,6 +62,14 @@ class Repaired:
 
     files: int = 0
     bytes_sent: int = 0
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a verification read, and what it resent."""
+
+    plan: verify_plan.Plan
+    repaired: Repaired
 
 
 @dataclass(frozen=True)
@@ -87,15 +110,16 @@ class Routine:
             return failed
         return self._report(client, outcome, self.clock() - started)
 
-    def verify(self) -> Outcome:
+    def verify(self, full: bool = False) -> Outcome:
+        """Checks what a run would check, without sending (`full`: the whole archive)."""
         ready = preflight.check(self.cfg, needs_history=False)
         client = ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
                            clock=self.clock)
         with self._view(ready) as view, Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
             session = self._open(client, eph)
-            self._verify(ready, view, session, eph)
-        return Outcome(ExitCode.OK, "verified", "the archive copy matches the encrypted view",
-                       session.window_id)
+            verified = self._verify(ready, view, session, eph, (), full=full)
+        return Outcome(ExitCode.OK, "verified", "the archive copy matches the encrypted view: "
+                       + verified.plan.describe(), session.window_id)
 
     def _ship(self, ready: preflight.Ready, client: ApiClient) -> Outcome:
         self.stage = "local"
@@ -107,18 +131,19 @@ class Routine:
             self.stage = "session"
             session = self._open(client, eph)
             self.stage = "transfer"
-            stats = self._push(ready, view, session, eph)
-            repaired = self._verify(ready, view, session, eph, repair=True)
+            stats, sent = self._push(ready, view, session, eph)
+            verified = self._verify(ready, view, session, eph, sent, repair=True)
             self._seal(ready, session, eph)
+        repaired = verified.repaired
         notes = [f"repaired {repaired.files} files"] if repaired.files else []
-        detail = "; ".join(["verified", *notes, *warnings])
+        detail = "; ".join([verified.plan.describe(), *notes, *warnings])
         return Outcome(ExitCode.OK, "succeeded", detail, session.window_id,
                        stats.bytes_sent + repaired.bytes_sent, stats.files_transferred)
 
     @contextlib.contextmanager
     def _view(self, ready: preflight.Ready) -> Iterator[str]:
         """The mounted view, as the local path rsync is given."""
-        mountpoint = self.cfg.state_dir / "view"
+        mountpoint = self._mountpoint
         with encrypt.mounted_view(ready.tools.gocryptfs, ready.tools.fusermount,
                                   self.cfg.password_file, self.cfg.repository, mountpoint,
                                   self._step("encrypt")):
@@ -134,8 +159,13 @@ class Routine:
                           f"{session.address}:{session.port}, until {_utc(session.stop_at)}")
         return session
 
+    @property
+    def _mountpoint(self) -> Path:
+        return self.cfg.state_dir / "view"
+
     def _push(self, ready: preflight.Ready, view: str, session: Session,
-              eph: Ephemeral) -> transfer.TransferStats:
+              eph: Ephemeral) -> tuple[transfer.TransferStats, list[str]]:
+        """Sends the view; returns rsync's figures and the entries it sent or deleted."""
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
                                    session, io_timeout_s=self.cfg.io_timeout_s,
                                    bwlimit_kib=self.cfg.bwlimit_kib, progress=self.console.tty)
@@ -146,30 +176,53 @@ class Routine:
         stats = transfer.parse_stats(done.stdout)
         self.console.step("transfer", f"{stats.files_transferred} of {stats.files_total} files, "
                           f"{stats.bytes_sent} bytes sent in {time.monotonic() - started:.1f} s")
-        return stats
+        return stats, transfer.differing_paths(transfer.differences(done.stdout))
 
     def _verify(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
-                repair: bool = False) -> Repaired:
-        """Checks the archive copy against the view. With `repair`, what differs is resent once
-        and checked again: right after a transfer with the same flags, a difference is damage
-        on the archive that rsync's size-and-time check cannot see."""
-        found = self._differences(ready, view, session, eph)
+                sent: Sequence[str], repair: bool = False, full: bool = False) -> Verified:
+        """Checks the archive copy against the view, in the entries `verify_plan` picks (`sent`:
+        what this run's push sent; `full`: everything). With `repair`, what differs is resent
+        once and checked again: right after a transfer with the same flags, a difference is
+        damage on the archive that rsync's size-and-time check cannot see. The slices checked
+        are recorded only once the check passed."""
+        now = self.clock()
+        checked = verify_state.load_checked(self.cfg.state_dir)
+        plan = self._plan(sent, checked, now, full)
+        listing = "" if plan.everything else self._write_list(
+            eph, "verify.list", verify_state.listable(plan.paths(), self._mountpoint))
+        found = self._differences(ready, view, session, eph, listing)
         repaired = Repaired()
         if found and repair:
             repaired = self._resend(ready, view, session, eph, found)
-            found = self._differences(ready, view, session, eph)
+            found = self._differences(ready, view, session, eph, listing)
         if found:
             again = " after resending them once" if repaired.files else ""
             raise VerifyError(f"the archive copy differs from the encrypted view in "
                               f"{len(found)} entries{again}, e.g. {'; '.join(found[:3])}")
+        verify_state.save_checked(self.cfg.state_dir, verify_plan.after_check(
+            checked, plan.slices, now, self.cfg.verify_cycle_days))
         after = f" after repairing {repaired.files} files" if repaired.files else ""
-        self.console.step("verify", f"the archive copy matches the encrypted view{after}")
-        return repaired
+        self.console.step("verify", f"the archive copy matches the encrypted view{after}: "
+                          f"{plan.describe()}")
+        return Verified(plan, repaired)
+
+    def _plan(self, sent: Sequence[str], checked: list[float | None] | None, now: float,
+              full: bool) -> verify_plan.Plan:
+        try:
+            files = verify_state.survey(self._mountpoint)
+        except OSError as exc:
+            self.console.step("verify", f"cannot list the view ({exc}): checking all of it")
+            files, full = {}, True
+        verified = sealing.load_digests(self.cfg.state_dir / DIGESTS_FILE)
+        return verify_plan.make_plan(files, sent, verified, checked, now,
+                                     self.cfg.verify_cycle_days, full)
 
     def _differences(self, ready: preflight.Ready, view: str, session: Session,
-                     eph: Ephemeral) -> list[str]:
+                     eph: Ephemeral, listing: str) -> list[str]:
+        """What differs, in the listed entries (`listing`, a local list) or everywhere ("")."""
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
-                                   session, io_timeout_s=self.cfg.io_timeout_s, verify=True)
+                                   session, io_timeout_s=self.cfg.io_timeout_s, verify=True,
+                                   files_from=listing)
         done = self._until_stop(argv, session, "verification", step="verify")
         if done.returncode != 0:  # nothing was compared: not a mismatch
             raise TransferError(f"verification could not run ({_failure(done)})")
@@ -177,27 +230,32 @@ class Routine:
 
     def _resend(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
                 found: list[str]) -> Repaired:
-        paths = transfer.differing_paths(found)
+        paths = verify_state.listable(transfer.differing_paths(found), self._mountpoint)
         self.console.step("verify", f"{len(found)} entries differ from the encrypted view, e.g. "
                           f"{'; '.join(found[:3])}; resending them with checksums")
-        listing = eph.files.key.with_name("resend.list")
-        listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
-                                     for p in paths))
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
                                    session, io_timeout_s=self.cfg.io_timeout_s,
                                    bwlimit_kib=self.cfg.bwlimit_kib,
-                                   files_from=transfer.rsync_local_path(listing, sys.platform))
+                                   files_from=self._write_list(eph, "resend.list", paths))
         done = self._until_stop(argv, session, "the repair", step="verify")
         if done.returncode != 0:
             raise TransferError(f"resending the differing entries failed ({_failure(done)})")
         return Repaired(len(paths), transfer.parse_stats(done.stdout).bytes_sent)
 
+    @staticmethod
+    def _write_list(eph: Ephemeral, name: str, paths: Sequence[str]) -> str:
+        """A NUL-separated list of paths beside the session's files, as rsync names it."""
+        listing = eph.files.key.with_name(name)
+        listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
+                                     for p in paths))
+        return transfer.rsync_local_path(listing, sys.platform)
+
     def _seal(self, ready: preflight.Ready, session: Session, eph: Ephemeral) -> None:
         """Ships the manifest of the verified view beside the archive copy (sealing.py)."""
         local = self.cfg.state_dir / "seal"
-        sealed = sealing.write(self.cfg.state_dir / "view", self.cfg.repository,
+        sealed = sealing.write(self._mountpoint, self.cfg.repository,
                                self.cfg.password_file, self.cfg.host, session.window_id,
-                               self.clock(), local, self.cfg.state_dir / "manifest-digests.json")
+                               self.clock(), local, self.cfg.state_dir / DIGESTS_FILE)
         argv = sealing.push_argv(ready.tools.rsync, self._rsh(ready, session, eph),
                                  transfer.rsync_local_path(local, sys.platform), session,
                                  io_timeout_s=self.cfg.io_timeout_s)

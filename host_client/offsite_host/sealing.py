@@ -88,7 +88,7 @@ def write(view: Path, repository: Path, password_file: Path, host: str, window_i
           now: float, out_dir: Path, cache: Path) -> Manifest:
     """Seals the view as it is now into `out_dir`/manifest; `cache` keeps the digests of the
     view's files between runs, so only what changed is read again."""
-    digests = _load_digests(cache)
+    digests = load_digests(cache)
     sealed = Manifest(host, window_id, _iso(now),
                       entries_of(compare.inventory(view, digests=digests)))
     key = key_for(password_file, repository / encrypt.REVERSE_CONF)
@@ -97,7 +97,7 @@ def write(view: Path, repository: Path, password_file: Path, host: str, window_i
     return sealed
 
 
-def _load_digests(cache: Path) -> compare.Digests:
+def load_digests(cache: Path) -> compare.Digests:
     """The cached digests; an unreadable cache is only a slower run."""
     try:
         data = json.loads(cache.read_text(encoding="utf-8"))

@@ -17,14 +17,19 @@ Why these rsync flags (the archive side is `rrsync -wo <volume>`, a forced comma
   is deterministic, so unchanged plaintext blocks are unchanged ciphertext), and ciphertext does
   not compress.
 
+The push itemizes what it changes (`--itemize-changes`): those are the entries its run's
+verification must read (`verify_plan`).
+
 Verification is the same command with `--dry-run --checksum --itemize-changes`: the receiver
 checksums its files and the sender lists what it would change. That is still a push, which
-`rrsync -wo` allows, so a write-only certificate can verify.
+`rrsync -wo` allows, so a write-only certificate can verify. The nightly check reads only a
+list of entries (`--files-from`, with `--delete-missing-args` so that a listed entry the view
+no longer has but the archive still holds shows as `*deleting`); `verify --full` reads all.
 
 A repair resends exactly the entries verification listed (`--files-from`), with `--checksum`
 (a file damaged on the archive keeps its size and time, so the quick check would skip it) and
 `--delete-missing-args` (a listed entry the view no longer has is deleted on the archive);
-the list is NUL-separated (`--from0`), since a name may hold any byte but NUL.
+every list is NUL-separated (`--from0`), since a name may hold any byte but NUL.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from offsite_host.session import Session
 
 TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--delay-updates", "--delete-delay")
 VERIFY_FLAGS = ("--dry-run", "--checksum", "--itemize-changes")
-REPAIR_FLAGS = ("--checksum", "--delete-missing-args", "--from0")
+LIST_FLAGS = ("--delete-missing-args", "--from0")
+REPAIR_FLAGS = ("--checksum", *LIST_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -96,14 +102,17 @@ def rsync_argv(rsync: str, rsh: str, view: str, session: Session, *, io_timeout_
                bwlimit_kib: int = 0, progress: bool = False, verify: bool = False,
                files_from: str = "") -> list[str]:
     """The push of the encrypted view's content (`view/`) to the session's remote path; with
-    `files_from` (a local list of paths in the view), the repair of those entries only."""
+    `files_from` (a local NUL-separated list of paths in the view), the repair of those entries
+    only; with `verify`, the check of the whole view, or of the listed entries only."""
     argv = [rsync, *TRANSFER_FLAGS, f"--timeout={io_timeout_s}", "-e", rsh]
     if verify:
         argv += VERIFY_FLAGS
+        if files_from:
+            argv += [*LIST_FLAGS, f"--files-from={files_from}"]
     else:
         if files_from:
             argv += [*REPAIR_FLAGS, f"--files-from={files_from}"]
-        argv.append("--stats")
+        argv += ["--itemize-changes", "--stats"]
         if progress:
             argv.append("--info=progress2")
         if bwlimit_kib:

@@ -104,3 +104,13 @@ def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
     data = json.loads(as_json(figures))
     assert data["change"]["encrypted"]["bytes_sent"] == figures.change.encrypted.bytes_sent
     assert data["whole_file_bytes"] == figures.whole_file_bytes
+
+
+@real_tools
+def test_the_nightly_verification_reads_the_change_and_one_slice_not_everything(
+        figures: Figures) -> None:
+    assert figures.initial.verified.startswith("verified all ")  # it knew nothing yet
+    assert figures.initial.verify_s == figures.initial.verify_full_s  # one check, not two
+    change = figures.change.verified
+    assert " sent entries + " in change and "/20 (" in change
+    assert change in report(figures)

@@ -78,3 +78,15 @@ def test_help_documents_the_restore_exit_code(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "  10  the restore failed" in out and "--force-overwrite" in out
     assert "--snapshot SNAP_ID" in out
+
+
+def test_verify_full_and_deep_are_one_or_the_other(config: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as leaving:
+        main(["--config", str(config), "verify", "--full", "--deep"])
+    assert leaving.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    out = capsys.readouterr().out
+    assert "--full" in out and "verify_cycle_days" in out

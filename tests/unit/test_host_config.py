@@ -29,6 +29,7 @@ def test_minimal_configuration_takes_the_documented_defaults() -> None:
     assert cfg.state_dir == Path("/var/lib/offsite/state")
     assert (cfg.retention_days, cfg.max_wait_s, cfg.deadline_margin_s) == (20, 1800, 60)
     assert (cfg.io_timeout_s, cfg.bwlimit_kib, cfg.excludes) == (300, 0, ())
+    assert cfg.verify_cycle_days == 20  # the retention: the whole archive once per cycle
     assert cfg.tools.rdiff_backup == "rdiff-backup"
     assert cfg.tools.fusermount == "fusermount3"
 
@@ -78,6 +79,8 @@ def test_data_defaults_per_platform() -> None:
     ({"retention_days": 0}, "retention_days must be an integer >= 1"),
     ({"retention_days": True}, "retention_days must be an integer"),
     ({"max_wait_s": "60"}, "max_wait_s must be an integer"),
+    ({"verify_cycle_days": 0}, "verify_cycle_days must be an integer >= 1"),
+    ({"verify_cycle_days": 2.5}, "verify_cycle_days must be an integer"),
     ({"key_file": ""}, "key_file must be a path"),
     ({"password": "x"}, "unknown setting(s): password"),
     ({"tools": {"rsnyc": "rsync"}}, "unknown setting(s): tools.rsnyc"),
@@ -109,3 +112,8 @@ def test_load_reads_a_file(tmp_path: Path) -> None:
     assert cfg.excludes == ("**/*.tmp",)
     assert cfg.key_file == tmp_path / "host.key"
     assert cfg.tools.rdiff_backup == "/usr/local/bin/rdiff-backup"
+
+
+def test_the_verification_cycle_can_be_set() -> None:
+    assert parse(verify_cycle_days=7).verify_cycle_days == 7
+    assert parse(verify_cycle_days=1).verify_cycle_days == 1  # everything, once a day

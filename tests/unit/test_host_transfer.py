@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from offsite_host.runner import run_until
 from offsite_host.session import Session
 from offsite_host.transfer import (
     SessionFiles,
@@ -140,3 +143,44 @@ def test_a_name_that_begins_or_ends_with_spaces_is_repaired_by_that_name() -> No
     output = ("*deleting    lead\n>f+++++++++   two\n.f..t......  x\n>f+++++++++ trail \n"
               "*deleting   nl\\#012x\n")
     assert differing_paths(differences(output)) == [" lead", "  two", " x", "trail ", "nl\nx"]
+
+
+def test_the_push_itemizes_what_it_changes() -> None:
+    argv = rsync_argv("rsync", "ssh", "/v", SESSION, io_timeout_s=30, progress=True)
+    assert "--itemize-changes" in argv and "--stats" in argv and "--dry-run" not in argv
+
+
+def test_the_nightly_check_reads_only_the_listed_entries_with_checksums() -> None:
+    argv = rsync_argv("rsync", "ssh", "/v", SESSION, io_timeout_s=30, verify=True,
+                      files_from="/s/verify.list")
+    for flag in ("--dry-run", "--checksum", "--itemize-changes", "--files-from=/s/verify.list",
+                 "--from0", "--delete-missing-args"):
+        assert flag in argv
+    assert argv[-3:] == ["--", "/v/", "203.0.113.7:current/"]
+    whole = rsync_argv("rsync", "ssh", "/v", SESSION, io_timeout_s=30, verify=True)
+    assert "--dry-run" in whole and not any(a.startswith("--files-from") for a in whole)
+    assert "--delete-missing-args" not in whole
+
+
+# rsync 3.5.0's push with --itemize-changes --info=progress2 --stats, as its pipe carries it:
+# progress lines end in \r, one ends in \n before the next item; a name with a byte that is not
+# UTF-8 (\xff) escaped by rsync
+PUSH_WITH_PROGRESS = (
+    b"<f+++++++++ big2\n\r         32,768   0%    0.00kB/s    0:00:00  \r      3,000,000  49%"
+    b"  176.86MB/s    0:00:00 (xfr#1, to-chk=4/7)\n<f+++++++++ d/c\n\r      3,000,002  49%  "
+    b"176.86MB/s    0:00:00 (xfr#2, to-chk=0/7)\r<f+++++++++ odd\\#377name\n"
+    b"\r      3,000,002  49%  176.86MB/s    0:00:00 (xfr#3, to-chk=0/7)\n*deleting   gone\n"
+    b".d..t...... d/\n\nNumber of files: 7 (reg: 5, dir: 2)\nNumber of created files: 2 "
+    b"(reg: 2)\nNumber of regular files transferred: 3\nTotal bytes sent: 3,000,962\n"
+    b"sent 3,000,962 bytes  received 58 bytes  6,002,040.00 bytes/sec\n")
+
+
+def test_what_a_push_sent_is_read_from_its_output_with_progress_on_a_terminal() -> None:
+    shown: list[str] = []
+    script = f"import sys; sys.stdout.buffer.write({PUSH_WITH_PROGRESS!r})"
+    done = run_until([sys.executable, "-c", script], time.time() + 30, shown.append)
+    assert done.returncode == 0
+    assert differing_paths(differences(done.stdout)) == [
+        "big2", "d/c", "odd\udcffname", "gone"]
+    assert parse_stats(done.stdout).files_transferred == 3
+    assert any("32,768" in line for line in shown)  # the progress went to the console
