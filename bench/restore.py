@@ -235,9 +235,9 @@ class Restore:
         self.sizes = file_sizes(bench.source)
 
     def pull(self, session: Session, into: Path) -> Pulled:
-        return _pulled(transfer.pull_argv(tool("rsync"), self.rsh, session,
-                                          transfer.rsync_local_path(into, sys.platform),
-                                          io_timeout_s=600), session.remote_path)
+        return _rsync(transfer.pull_argv(tool("rsync"), self.rsh, session,
+                                         transfer.rsync_local_path(into, sys.platform),
+                                         io_timeout_s=600), session.remote_path)
 
     def plain_copy(self) -> tuple[Copied, Path]:
         into = self.work / "plain-copy"
@@ -263,9 +263,9 @@ class Restore:
         try:
             fetch = self.pull(self.session, staging)
             mark = time.monotonic()
-            _pulled(sealing.pull_argv(tool("rsync"), self.rsh, self.session,
-                                      transfer.rsync_local_path(sealed, sys.platform),
-                                      io_timeout_s=600), "the manifest")
+            _rsync(sealing.pull_argv(tool("rsync"), self.rsh, self.session,
+                                     transfer.rsync_local_path(sealed, sys.platform),
+                                     io_timeout_s=600), "the manifest")
             manifest_s, mark = _lap(mark)
             verdict = sealing.authenticate(staging, sealed, self.bench.password, HOST,
                                            self.session.window_id, True, True)
@@ -298,11 +298,12 @@ def seal(bench: Bench, view: Path) -> None:
     out.mkdir(mode=0o700, exist_ok=True)
     sealing.write(view, bench.repository, bench.password, HOST, bench.session.window_id,
                   time.time(), out, bench.work / "seal-digests.json")
-    _pulled(sealing.push_argv(tool("rsync"), bench.rsh, str(out), bench.session,
-                              io_timeout_s=600), "the manifest push")
+    _rsync(sealing.push_argv(tool("rsync"), bench.rsh, str(out), bench.session,
+                             io_timeout_s=600), "the manifest push")
 
 
-def _pulled(argv: list[str], what: str) -> Pulled:
+def _rsync(argv: list[str], what: str) -> Pulled:
+    """Runs one rsync; its wall time and `Total bytes received`."""
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     seconds = time.monotonic() - started

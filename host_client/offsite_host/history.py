@@ -14,9 +14,8 @@ so each repository gets only the patterns under its own path.
 `--no-file-statistics`: the per-file statistics (`file_statistics.<time>.data.gz`, a line for
 every file of the tree) are written anew each run under a new name, so each night they are new
 ciphertext on the wire (66 kB of a 3.4 MB nightly change at 200 MB, bench/README.md `wire`).
-rdiff-backup needs them only for `rdiff-backup calculate` and `list statistics`; restores,
-regressions and `remove increments` never read them, and the session statistics are still
-written.
+Only `rdiff-backup-statistics` reads them (its per-file figures); restores, regressions and
+`remove increments` never do, and the session statistics are still written.
 """
 
 from __future__ import annotations
