@@ -6,10 +6,11 @@ path (rdiff-backup, gocryptfs `-reverse`, rsync to a throwaway sshd on loopback 
 under a read-only (`rrsync -ro`) certificate from the same sshd:
 
 1. the restore the host client does, stage by stage and with its own functions: the fetch of the
-   ciphertext into a staging directory (`transfer.pull_argv`), the gocryptfs forward-mode,
-   read-only mount of it (`encrypt.mounted_plain`), and `rdiff-backup restore` of the newest
-   state (`unpack.restore_into`), built beside an empty target and renamed into it
-   (`unpack.place`);
+   ciphertext into a staging directory (`transfer.pull_argv`) and of its manifest
+   (`sealing.pull_argv`; the backup sealed and shipped it as a run does), the check of the copy
+   against the manifest (`sealing.authenticate`), the gocryptfs forward-mode, read-only mount of
+   it (`encrypt.mounted_plain`), and `rdiff-backup restore` of the newest state
+   (`unpack.restore_into`), built beside an empty target and renamed into it (`unpack.place`);
 2. plain rsync of the plaintext tree, same flags, into an empty directory: the baseline.
 
 Each is timed whole, with the time to its first restored file (see `FirstFile`); both copies
@@ -26,6 +27,7 @@ import filecmp
 import json
 import os
 import platform
+import re
 import stat
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from pathlib import Path
 # mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
 from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
     encrypt,
+    sealing,
     transfer,
     unpack,
 )
@@ -61,6 +64,7 @@ from bench.wire import (
 
 POLL_S = 0.005
 TIMEOUT_S = 3600.0
+HOST = "bench-restore"  # the host name the manifest is sealed for and checked against
 
 
 # ---- the time to the first file ------------------------------------------------------------
@@ -171,6 +175,9 @@ class Restored:
     the fetch."""
 
     fetch: Pulled
+    manifest_s: float
+    authenticate_s: float
+    authenticated_entries: int
     mount_s: float
     restore_s: float
     unmount_s: float
@@ -179,7 +186,13 @@ class Restored:
 
     @property
     def total_s(self) -> float:
-        return self.fetch.seconds + self.mount_s + self.restore_s + self.unmount_s
+        return (self.fetch.seconds + self.manifest_s + self.authenticate_s + self.mount_s
+                + self.restore_s + self.unmount_s)
+
+    @property
+    def decrypt_starts_at_s(self) -> float:
+        """When the mount starts: nothing is decrypted before."""
+        return self.fetch.seconds + self.manifest_s + self.authenticate_s
 
 
 @dataclass(frozen=True)
@@ -222,17 +235,9 @@ class Restore:
         self.sizes = file_sizes(bench.source)
 
     def pull(self, session: Session, into: Path) -> Pulled:
-        argv = transfer.pull_argv(tool("rsync"), self.rsh, session,
-                                  transfer.rsync_local_path(into, sys.platform),
-                                  io_timeout_s=600)
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              check=False)
-        seconds = time.monotonic() - started
-        if done.returncode != 0:
-            raise BenchError(f"rsync pull of {session.remote_path} failed ({done.returncode}): "
-                             f"{done.stderr.strip()[-400:]}")
-        return Pulled(seconds, transfer.received(done.stdout))
+        return _rsync(transfer.pull_argv(tool("rsync"), self.rsh, session,
+                                         transfer.rsync_local_path(into, sys.platform),
+                                         io_timeout_s=600), session.remote_path)
 
     def plain_copy(self) -> tuple[Copied, Path]:
         into = self.work / "plain-copy"
@@ -248,8 +253,9 @@ class Restore:
 
     def restore(self) -> tuple[Restored, Path]:
         staging, area = self.work / "staging", self.work / "restore"
-        staging.mkdir(mode=0o700)
-        area.mkdir(mode=0o700)
+        sealed = self.work / "staging.sealed"
+        for directory in (staging, area, sealed):
+            directory.mkdir(mode=0o700)
         target = area / "target"
         watch = FirstFile(area, self.sizes)  # place() builds beside the target, in `area`
         started = time.monotonic()
@@ -257,6 +263,13 @@ class Restore:
         try:
             fetch = self.pull(self.session, staging)
             mark = time.monotonic()
+            _rsync(sealing.pull_argv(tool("rsync"), self.rsh, self.session,
+                                     transfer.rsync_local_path(sealed, sys.platform),
+                                     io_timeout_s=600), "the manifest")
+            manifest_s, mark = _lap(mark)
+            verdict = sealing.authenticate(staging, sealed, self.bench.password, HOST,
+                                           self.session.window_id, True, True)
+            authenticate_s, mark = _lap(mark)
             with encrypt.mounted_plain(tool("gocryptfs"), tool("fusermount"),
                                        self.bench.password, staging, self.work / "plain",
                                        self.bench.say) as plain:
@@ -267,13 +280,43 @@ class Restore:
             unmount_s, mark = _lap(mark)
         finally:
             first = watch.stop(started)
-        return Restored(fetch, mount_s, restore_s, unmount_s, first, in_target), target
+        entries = _entries(verdict.reason)
+        return Restored(fetch, manifest_s, authenticate_s, entries, mount_s, restore_s,
+                        unmount_s, first, in_target), target
 
     def _build(self, plain: Path, tree: Path) -> None:
         """What `Restorer._unpack` does for a restore of every path: here, one."""
         repo = self.bench.repos[0]
         sel = Selection(repo.source, repo.target.name, ())
         unpack.restore_into(tool("rdiff_backup"), plain, "now", sel, tree / sel.repository)
+
+
+def seal(bench: Bench, view: Path) -> None:
+    """What a run does once its view is sent and verified: seal the view and ship the manifest
+    beside the copy (`Run`'s seal step). Untimed: it is part of the backup."""
+    out = bench.work / "seal"
+    out.mkdir(mode=0o700, exist_ok=True)
+    sealing.write(view, bench.repository, bench.password, HOST, bench.session.window_id,
+                  time.time(), out, bench.work / "seal-digests.json")
+    _rsync(sealing.push_argv(tool("rsync"), bench.rsh, str(out), bench.session,
+                             io_timeout_s=600), "the manifest push")
+
+
+def _rsync(argv: list[str], what: str) -> Pulled:
+    """Runs one rsync; its wall time and `Total bytes received`."""
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise BenchError(f"rsync of {what} failed ({done.returncode}): "
+                         f"{done.stderr.strip()[-400:]}")
+    return Pulled(seconds, transfer.received(done.stdout))
+
+
+def _entries(reason: str) -> int:
+    """The entry count `sealing.authenticate` states: '... matches its manifest (N entries'."""
+    found = re.search(r"\((\d+) entries", reason)
+    return int(found.group(1)) if found else 0
 
 
 def _lap(mark: float) -> tuple[float, float]:
@@ -290,7 +333,7 @@ def measure(size_mb: float, seed: int = SEED, quiet: bool = True) -> Figures:
         data = generate(bench.source, Shape.of(size_mb), seed)
         bench.initialise()
         bench.say("backing up through the real path, and a plain copy beside it")
-        backup = bench.run_pass()
+        backup = bench.run_pass(lambda view: seal(bench, view))
         side = Restore(bench)
         bench.say("plain rsync of the plaintext")
         plain, plain_copy = side.plain_copy()
@@ -322,22 +365,26 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def stages(f: Figures) -> str:
     r = f.restore
-    at = [0.0, r.fetch.seconds]
-    for seconds in (r.mount_s, r.restore_s):
+    at = [0.0]
+    for seconds in (r.fetch.seconds, r.manifest_s, r.authenticate_s, r.mount_s, r.restore_s):
         at.append(at[-1] + seconds)
     rows = [["fetch: rsync pull of the ciphertext (rrsync -ro)", _s(r.fetch.seconds),
              _rate(f, r.fetch.seconds), _s(at[0])],
-            ["decrypt: gocryptfs forward mount, read-only", _s(r.mount_s), "-", _s(at[1])],
+            ["fetch the manifest (rsync, same certificate)", _s(r.manifest_s), "-", _s(at[1])],
+            [f"authenticate: the copy against it ({r.authenticated_entries:,} entries)",
+             _s(r.authenticate_s), _rate(f, r.authenticate_s), _s(at[2])],
+            ["decrypt: gocryptfs forward mount, read-only", _s(r.mount_s), "-", _s(at[3])],
             ["restore: rdiff-backup restore, then the rename", _s(r.restore_s),
-             _rate(f, r.restore_s), _s(at[2])],
-            ["unmount", _s(r.unmount_s), "-", _s(at[3])],
+             _rate(f, r.restore_s), _s(at[4])],
+            ["unmount", _s(r.unmount_s), "-", _s(at[5])],
             ["whole restore", _s(r.total_s), _rate(f, r.total_s), ""]]
     return table(["stage", "s", "MB/s", "starts at s"], rows)
 
 
 def comparison(f: Figures) -> str:
     r, p = f.restore, f.plain
-    rows = [["restore (fetch, decrypt, rdiff-backup)", _s(r.total_s), _rate(f, r.total_s),
+    rows = [["restore (fetch, authenticate, decrypt, rdiff-backup)", _s(r.total_s),
+             _rate(f, r.total_s),
              _s(r.first_file_at_s), _s(r.in_target_at_s), f"{r.fetch.bytes_received:,}"],
             ["plain rsync of the plaintext", _s(p.pull.seconds), _rate(f, p.pull.seconds),
              _s(p.first_file_at_s), _s(p.first_file_at_s), f"{p.pull.bytes_received:,}"],
@@ -351,7 +398,7 @@ def comparison(f: Figures) -> str:
 def report(f: Figures) -> str:
     r = f.restore
     after_fetch = None if r.first_file_at_s is None else \
-        r.first_file_at_s - r.fetch.seconds - r.mount_s
+        r.first_file_at_s - r.decrypt_starts_at_s - r.mount_s
     return "\n".join([
         f"Offsite restore, {f.when}, {f.cpus} CPUs, Python {platform.python_version()}",
         f"data set: {f.files:,} files, {f.plaintext_bytes:,} bytes (--size-mb {f.size_mb:g}, "
@@ -373,6 +420,7 @@ def report(f: Figures) -> str:
 def as_json(f: Figures) -> str:
     data = asdict(f)
     data["restore"]["total_s"] = f.restore.total_s
+    data["restore"]["decrypt_starts_at_s"] = f.restore.decrypt_starts_at_s
     return json.dumps(data, indent=2)
 
 

@@ -10,6 +10,12 @@ admin deletes that directory.
 Excludes are rdiff-backup patterns: an absolute path or glob under one of the configured paths,
 or one starting with `**`. rdiff-backup refuses a pattern outside the source it is backing up,
 so each repository gets only the patterns under its own path.
+
+`--no-file-statistics`: the per-file statistics (`file_statistics.<time>.data.gz`, a line for
+every file of the tree) are written anew each run under a new name, so each night they are new
+ciphertext on the wire (66 kB of a 3.4 MB nightly change at 200 MB, bench/README.md `wire`).
+Only `rdiff-backup-statistics` reads them (its per-file figures); restores, regressions and
+`remove increments` never do, and the session statistics are still written.
 """
 
 from __future__ import annotations
@@ -62,8 +68,11 @@ def plan(paths: tuple[Path, ...], excludes: tuple[str, ...], repository: Path,
             for name, source in names.items()]
 
 
+BACKUP_FLAGS = ("--no-file-statistics",)
+
+
 def backup_argv(rdiff_backup: str, repo: Repository) -> list[str]:
-    argv = [rdiff_backup, "backup"]
+    argv = [rdiff_backup, "backup", *BACKUP_FLAGS]
     for pattern in repo.excludes:
         argv += ["--exclude", pattern]
     return [*argv, str(repo.source), str(repo.target)]

@@ -73,6 +73,16 @@ def test_volume_holds_only_ciphertext(two_runs: TwoRuns) -> None:
     assert plaintext_leaks(two_runs.host.volume, needles) == []
 
 
+def test_history_writes_no_per_file_statistics(two_runs: TwoRuns) -> None:
+    """Each run's file_statistics would be new ciphertext on the wire every night; the restores
+    below show that nothing a restore needs went with them."""
+    data_dirs = list((two_runs.host.root / "repository").glob("*/rdiff-backup-data"))
+    assert data_dirs
+    for data in data_dirs:
+        assert len(list(data.glob("session_statistics.*"))) == 2
+        assert list(data.glob("file_statistics.*")) == []
+
+
 def test_restore_latest_is_byte_identical(two_runs: TwoRuns, tmp_path: Path) -> None:
     restored = two_runs.host.restore(tmp_path / "latest")
     assert tree_digest(restored) == two_runs.second_tree

@@ -1,8 +1,8 @@
 """Smoke test of bench/restore on a data set of a few MB: a backup through the real path to a
-throwaway sshd, then the client's restore (fetch under `rrsync -ro`, gocryptfs forward mount,
-rdiff-backup restore) beside a plain rsync. Checked: the figures the data forces, the
-identity of both copies, the order of the times, and that nothing is left behind. No
-wall-clock speed is asserted."""
+throwaway sshd, sealed as a run seals it, then the client's restore (fetch under `rrsync -ro`,
+the manifest check, gocryptfs forward mount, rdiff-backup restore) beside a plain rsync.
+Checked: the figures the data forces, the identity of both copies, the order of the times, and
+that nothing is left behind. No wall-clock speed is asserted."""
 
 from __future__ import annotations
 
@@ -70,9 +70,21 @@ def test_the_times_come_in_the_order_the_design_forces(figures: Figures) -> None
     r, p = figures.restore, figures.plain
     assert r.first_file_at_s is not None and p.first_file_at_s is not None
     assert 0 < p.first_file_at_s <= p.pull.seconds
-    # nothing is decrypted before the whole ciphertext is fetched and mounted
-    assert r.fetch.seconds + r.mount_s <= r.first_file_at_s <= r.in_target_at_s <= r.total_s
-    assert r.total_s == pytest.approx(r.fetch.seconds + r.mount_s + r.restore_s + r.unmount_s)
+    # nothing is decrypted before the whole ciphertext is fetched, authenticated and mounted
+    assert r.decrypt_starts_at_s == pytest.approx(r.fetch.seconds + r.manifest_s
+                                                  + r.authenticate_s)
+    assert r.decrypt_starts_at_s + r.mount_s <= r.first_file_at_s <= r.in_target_at_s \
+        <= r.total_s
+    assert r.total_s == pytest.approx(r.decrypt_starts_at_s + r.mount_s + r.restore_s
+                                      + r.unmount_s)
+
+
+@real_tools
+def test_the_copy_is_authenticated_against_its_manifest_before_the_mount(
+        figures: Figures) -> None:
+    # every file and directory of the fetched ciphertext tree is in the manifest: at least the
+    # data set's files, and more (gocryptfs' and rdiff-backup's own)
+    assert figures.restore.authenticated_entries > figures.files
 
 
 @real_tools
@@ -86,6 +98,7 @@ def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
     text = report(figures)
     assert f"{figures.restored_bytes:,} bytes, identical" in text
     assert f"{figures.restore.fetch.bytes_received:,}" in text
+    assert f"({figures.restore.authenticated_entries:,} entries)" in text
     data = json.loads(as_json(figures))
     assert data["restore"]["total_s"] == figures.restore.total_s
     assert data["restored_bytes"] == figures.plaintext_bytes

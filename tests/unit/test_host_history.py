@@ -46,7 +46,8 @@ def test_plan_refuses_colliding_names_and_stray_excludes() -> None:
 def test_command_lines() -> None:
     repo = Repository(Path("/etc"), REPO / "etc", ("/etc/ssl/private",))
     assert backup_argv("rdiff-backup", repo) == [
-        "rdiff-backup", "backup", "--exclude", "/etc/ssl/private", "/etc", str(REPO / "etc")]
+        "rdiff-backup", "backup", "--no-file-statistics", "--exclude", "/etc/ssl/private",
+        "/etc", str(REPO / "etc")]
     assert remove_argv("rdiff-backup", repo, 20) == [
         "rdiff-backup", "--force", "remove", "increments", "--older-than", "20D",
         str(REPO / "etc")]
