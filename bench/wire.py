@@ -680,11 +680,16 @@ def peers(f: Figures) -> str:
     rows += [[p.version, f"{p.initial.seconds:,.1f}", f"{p.nightly.seconds:,.1f}",
               f"{p.added_bytes:,}", "repository growth"] for p in f.peers]
     missing = [kind.name for kind in PEERS if kind.name not in {p.name for p in f.peers}]
-    note = (f"not run: {', '.join(missing)} (not installed: make bench-wire installs them as "
-            "root)" if missing else "restic and borg: local repositories, no ssh")
+    notes = [f"not run: {', '.join(missing)} (not installed: make bench-wire installs them as "
+             "root)" if missing else "restic and borg: local repositories, no ssh"]
+    initial_s = f.initial.full_path_s + f.initial.verify_s
+    notes += [f"Offsite / restic: initial {_ratio(initial_s, p.initial.seconds)}, nightly "
+              f"{_ratio(f.nightly_s, p.nightly.seconds)}, storage added "
+              f"{_ratio(f.encrypted_volume_changed, p.added_bytes)} (goal of issue 12: <= 1, "
+              "<= 1, <= 0.5)" for p in f.peers if p.name == "restic"]
     return "\n".join([
         "Beside the peers, on the same data set and change, one run each (seconds):", "",
-        table(["", "initial s", "nightly s", "storage added", "counted as"], rows), "", note])
+        table(["", "initial s", "nightly s", "storage added", "counted as"], rows), "", *notes])
 
 
 def scaling(runs: Sequence[Figures]) -> str:

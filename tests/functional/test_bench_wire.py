@@ -159,6 +159,7 @@ def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
     assert f"{figures.plain_volume_changed:,}" in text
     for peer in figures.peers:
         assert peer.version in text and f"{peer.added_bytes:,}" in text
+    assert ("Offsite / restic: initial" in text) == ("restic" in {p.name for p in figures.peers})
     data = json.loads(as_json(figures, [figures]))
     assert data["change"]["encrypted"]["bytes_sent"] == figures.change.encrypted.bytes_sent
     assert data["whole_file_bytes"] == figures.whole_file_bytes
