@@ -1,4 +1,5 @@
-"""What a host's nightly run puts on the wire: `python -m bench.wire [--size-mb N] [--json]`.
+"""What a host's nightly run puts on the wire, and on the archive volume:
+`python -m bench.wire [--size-mb N] [--scaling MB,MB] [--json]`.
 
 A seeded data set (by default about 200 MB: a few large binary files, log files, several
 thousand small text and binary files) is sent, then changed (edits inside the large files,
@@ -12,8 +13,14 @@ appended logs, new files, deleted files) and sent again, three ways over the sam
 3. each changed or new file re-encrypted and sent whole, as an encrypt-then-copy setup (encfs in
    forward mode) does: counted, not sent (see `whole_file_bytes`).
 
-The sshd, its account, the FUSE mount and every file are removed at the end, also after a
-failure or Ctrl-C. See bench/README.md for how to read the figures.
+Each way writes to its own archive volume, ext4 on a loop device (bench/volumes.py): after the
+change, the 512 KiB blocks whose content changed, what the next EBS snapshot stores. restic and
+borg back up the same tree before and after the change (bench/peers.py). `--scaling` makes the
+same change on data sets of other sizes and compares the nightly run times.
+
+The sshd, its account, the FUSE mount, the volumes and their loop devices and every file are
+removed at the end, also after a failure or Ctrl-C. See bench/README.md for how to read the
+figures.
 """
 
 from __future__ import annotations
