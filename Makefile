@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-backup
+# bench-wire runs the peers a user would pick instead of Offsite beside it (bench/peers.py)
+BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest system venv bench clean \
@@ -28,7 +30,8 @@ pytest: system venv
 	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Every benchmark, one after the other (bench/README.md). bench-wire and bench-restore need
-# root: they add a Unix account for their throwaway sshd; WIRE_ARGS="--size-mb 20",
+# root: they add a Unix account for their throwaway sshd (bench-wire also loop devices, and
+# installs restic and borg); WIRE_ARGS="--size-mb 20" or "--scaling 200,2000",
 # RESTORE_ARGS="--size-mb 20" and MOTO_APP_ARGS=--quick for quick runs.
 bench: bench-window-overhead bench-moto-app bench-sessions bench-wire bench-restore bench-cost
 
@@ -42,6 +45,7 @@ bench-sessions: system venv
 	$(BIN)/python -m bench.sessions
 
 bench-wire: system venv
+	@$(MAKE) --no-print-directory system SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python -m bench.wire $(WIRE_ARGS)
 
 bench-restore: system venv

@@ -1,6 +1,6 @@
 """A month of Offsite for a scenario, every line priced: `python -m bench.cost`.
 
-By default the seed scenario (shared/seed: four hosts, 5 GiB each, 0.5 GiB changed a night
+By default the seed scenario (shared/seed: four hosts, 5 GiB each, 0.5 GiB sent a night
 between them, 20 days kept, a window a night) on t4g.small, as the per-window fleet beside the
 earlier persistent design and the fleet kept up for the whole window. Options change the
 scenario; --prices prices it with another file. See bench/README.md for how to read it.
@@ -20,7 +20,7 @@ from chalicelib.cost_report import Scenario, compare, seed_scenario
 GOAL_USD = 2.00
 OPTIONS = {  # Scenario field -> (type, help)
     "hosts": (int, "hosts"), "host_gib": (float, "GiB each host's archive holds"),
-    "changed_gib": (float, "GiB all hosts change in a night, together"),
+    "changed_gib": (float, "GiB all hosts send in a night, together"),
     "retention_days": (int, "days of snapshots kept"),
     "instance_type": (str, "the archive instances' type"),
     "volume_gib": (float, "GiB of each host's data volume"),
@@ -28,6 +28,8 @@ OPTIONS = {  # Scenario field -> (type, help)
     "uplink_mib_s": (float, "each host's upload, MiB/s"),
     "snapshot_settle_s": (float, "stop to snapshots complete, s"),
     "window_hours": (float, "the window's length (kept up)"),
+    "snapshot_bytes_per_sent_byte": (float, "snapshot bytes (changed 512 KiB blocks) per "
+                                            "byte sent, as bench/wire measures it"),
 }
 
 
@@ -61,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     usage = scenario.usage()
     print(f"A month of {args.windows} windows: {scenario.hosts} hosts of {scenario.host_gib:g}"
-          f" GiB, {scenario.changed_gib:g} GiB changed a night between them, "
-          f"{scenario.retention_days} days kept; {len(usage.shards)} shard(s) of "
+          f" GiB, {scenario.changed_gib:g} GiB sent a night between them (snapshots grow "
+          f"{scenario.snapshot_bytes_per_sent_byte:g} x that: {usage.snapshot_growth_gib:.3g} "
+          f"GiB of changed 512 KiB blocks), {scenario.retention_days} days kept; "
+          f"{len(usage.shards)} shard(s) of "
           f"{scenario.instance_type}, each up {usage.shards[0].stopped_s:.0f} s a window and "
           f"deleted {scenario.snapshot_settle_s:.0f} s later (goal: the fleet <= "
           f"${GOAL_USD:.2f})\n")

@@ -1,4 +1,5 @@
-"""What a host's nightly run puts on the wire: `python -m bench.wire [--size-mb N] [--json]`.
+"""What a host's nightly run puts on the wire, and on the archive volume:
+`python -m bench.wire [--size-mb N] [--scaling MB,MB] [--json]`.
 
 A seeded data set (by default about 200 MB: a few large binary files, log files, several
 thousand small text and binary files) is sent, then changed (edits inside the large files,
@@ -12,8 +13,14 @@ appended logs, new files, deleted files) and sent again, three ways over the sam
 3. each changed or new file re-encrypted and sent whole, as an encrypt-then-copy setup (encfs in
    forward mode) does: counted, not sent (see `whole_file_bytes`).
 
-The sshd, its account, the FUSE mount and every file are removed at the end, also after a
-failure or Ctrl-C. See bench/README.md for how to read the figures.
+Each way writes to its own archive volume, ext4 on a loop device (bench/volumes.py): after the
+change, the 512 KiB blocks whose content changed, what the next EBS snapshot stores. restic and
+borg back up the same tree before and after the change (bench/peers.py). `--scaling` makes the
+same change on data sets of other sizes and compares the nightly run times.
+
+The sshd, its account, the FUSE mount, the volumes and their loop devices and every file are
+removed at the end, also after a failure or Ctrl-C. See bench/README.md for how to read the
+figures.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
 from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
@@ -51,6 +58,8 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.exitcodes import OffsiteError  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
 
+from bench.peers import PEERS, PeerError, PeerFigures
+from bench.volumes import EBS_BLOCK, LoopVolume, VolumeError
 from local.aws import free_port
 
 SEED = 2026
@@ -58,6 +67,7 @@ TIMEOUT_S = 3600.0
 VERIFY_CYCLE_DAYS = 20  # the client's default
 BLOCK, BLOCK_OVERHEAD, HEADER = 4096, 32, 18  # gocryptfs: 16-byte nonce + 16-byte GCM tag
 ACCOUNT_PREFIX = "offsite-bw-"
+VOLUMES = ("encrypted", "plain")  # one archive volume per way, each under its remote path
 MB = 1_000_000
 T = TypeVar("T")
 
@@ -180,7 +190,11 @@ class Change:
 EDITS_PER_LARGE_FILE, EDIT_BYTES = 8, 4096
 
 
-def apply_changes(root: Path, data: DataSet, seed: int = SEED + 1) -> list[Change]:
+def apply_changes(root: Path, data: DataSet, seed: int = SEED + 1,
+                  scale: float = 1.0) -> list[Change]:
+    """The nightly change; `scale` sizes the appends and the new and deleted files (not the
+    edits, a fixed number per large file), so that `scale = 200 / 2000` on a 2 GB data set
+    makes the same change as 1 on a 200 MB one."""
     rng = random.Random(seed)
     pool = _text_lines(rng, 500)
     edited = 0
@@ -193,12 +207,14 @@ def apply_changes(root: Path, data: DataSet, seed: int = SEED + 1) -> list[Chang
     appended = 0
     for i, rel in enumerate(data.logs):
         with (root / rel).open("ab") as f:
-            appended += f.write(_log_lines(rng, (root / rel).stat().st_size // 20, 10**6 * i))
-    some = max(3, len(data.small) // 100)
+            appended += f.write(_log_lines(rng, int((root / rel).stat().st_size // 20 * scale),
+                                           10**6 * i))
+    some = max(3, int(len(data.small) * scale) // 100)
     new = [f"home/user-new/inbox/new-{i:04d}.{'txt' if i % 3 else 'bin'}" for i in range(some)]
     for rel in new:
         _write_small(root / rel, rng, pool, _small_size(rng))
-    deleted = rng.sample(data.small, k=min(len(data.small), max(2, len(data.small) // 100)))
+    deleted = rng.sample(data.small,
+                         k=min(len(data.small), max(2, int(len(data.small) * scale) // 100)))
     gone = 0
     for rel in deleted:
         gone += (root / rel).stat().st_size
@@ -335,6 +351,23 @@ class Archive:
                           "encrypted/", now + 12 * 3600, now + 12 * 3600)
         return session, transfer.SessionFiles(key, Path(f"{key}-cert.pub"), known)
 
+    def attach_volumes(self, cleanup: contextlib.ExitStack,
+                       size_mib: int) -> dict[str, LoopVolume]:
+        """An ext4 volume on a loop device at each of VOLUMES' remote paths, so that each
+        way's writes are measured alone; the account owns its root (lost+found removed, as
+        rsync --delete would try to delete it)."""
+        images = self.work / "images"
+        images.mkdir(mode=0o700)
+        volumes = {}
+        for name in VOLUMES:
+            volume = LoopVolume(images / f"{name}.img", self.volume / name, size_mib)
+            volume.attach(cleanup)
+            (volume.mount / "lost+found").rmdir()
+            os.chown(volume.mount, self.uid, 0)
+            volume.mount.chmod(0o700)
+            volumes[name] = volume
+        return volumes
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -438,6 +471,10 @@ class Figures:
     formula_files: int
     formula_predicted: int
     formula_shown: int
+    encrypted_volume_changed: int  # bytes of the 512 KiB blocks the change pass changed
+    plain_volume_changed: int
+    peers: list[PeerFigures] = field(default_factory=list)
+    change_mb: float = 0.0  # the data set size the change was made for (scaling)
     cpus: int | None = field(default_factory=os.cpu_count)
     when: str = field(default_factory=lambda: f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     work: str = ""
@@ -447,6 +484,16 @@ class Figures:
     @property
     def whole_file_bytes(self) -> int:
         return sum(c.whole_file_bytes for c in self.changes)
+
+    @property
+    def changed_plaintext_bytes(self) -> int:
+        """What the change wrote: edits, appends and new files (deletions write nothing)."""
+        return sum(c.plaintext_bytes for c in self.changes if c.kind != "deleted files")
+
+    @property
+    def nightly_s(self) -> float:
+        """The host's whole nightly run: history, view, rsync and verification."""
+        return self.change.full_path_s + self.change.verify_s
 
 
 class Bench:
@@ -557,10 +604,20 @@ def workspace(cleanup: contextlib.ExitStack, name: str) -> tuple[Path, Archive]:
     return work, archive
 
 
-def measure(size_mb: float, seed: int = SEED, quiet: bool = True) -> Figures:
-    """The whole bench; everything it made is gone when it returns or raises."""
+def volume_mib(size_mb: float) -> int:
+    """Room for the data set's ciphertext, rdiff-backup's increments and, with
+    `--delay-updates`, a second copy of every changed file until the end of the run."""
+    return 64 + math.ceil(size_mb * 2.5 * MB / 2**20)
+
+
+def measure(size_mb: float, seed: int = SEED, quiet: bool = True,
+            change_mb: float | None = None, peers: bool = True) -> Figures:
+    """The whole bench (`change_mb`: make the change that data set size gets, for the scaling
+    row; `peers`: also run restic and borg where installed); everything it made is gone when it
+    returns or raises."""
     with contextlib.ExitStack() as cleanup:
         work, archive = workspace(cleanup, "wire")
+        volumes = archive.attach_volumes(cleanup, volume_mib(size_mb))
         bench = Bench(work, archive, quiet)
         log = bench.say
         log(f"generating {size_mb:g} MB under {bench.source}")
@@ -568,13 +625,23 @@ def measure(size_mb: float, seed: int = SEED, quiet: bool = True) -> Figures:
         bench.initialise()
         log("initial send")
         initial = bench.run_pass()
-        changes = apply_changes(bench.source, data, seed + 1)
+        ran = [kind(work / "peers", bench.source) for kind in PEERS if peers and kind.installed()]
+        first = [(peer, peer.backup("initial")) for peer in ran]
+        for name, volume in volumes.items():
+            volume.copy_image(work / "images" / f"{name}-before.img")
+        change_scale = (change_mb or size_mb) / size_mb
+        changes = apply_changes(bench.source, data, seed + 1, change_scale)
         checked: list[tuple[int, int, int]] = []
         log("change")
         change = bench.run_pass(
             lambda view: checked.append(formula_check(bench.repository, view)))
+        changed = {name: volume.changed_bytes(work / "images" / f"{name}-before.img")
+                   for name, volume in volumes.items()}
+        compared = [PeerFigures(peer.name, peer.version(), run, peer.backup("nightly"))
+                    for peer, run in first]
         assert archive.process is not None
         return Figures(size_mb, seed, data.files, data.bytes, initial, change, changes, *checked[0],
+                       changed["encrypted"], changed["plain"], compared, change_mb or size_mb,
                        work=str(work), account=archive.user, sshd_pid=archive.process.pid)
     raise AssertionError("unreachable")  # for mypy: ExitStack never swallows here
 
@@ -621,7 +688,65 @@ def report(f: Figures) -> str:
         f"{f.formula_predicted:,}, shown {f.formula_shown:,} bytes: {check}",
         f"the change's run {f.change.verified}", "",
         f"Seconds per step, and MB/s of the initial send ({f.plaintext_bytes / MB:,.1f} MB of "
-        "plaintext, MB = 10^6 bytes):", "", throughput(f)])
+        "plaintext, MB = 10^6 bytes):", "", throughput(f), "", volumes(f), "", peers(f)])
+
+
+def volumes(f: Figures) -> str:
+    plain, sent = f.change.plain.bytes_sent, f.change.encrypted.bytes_sent
+
+    def row(name: str, changed: int) -> list[str]:
+        return [name, f"{changed // EBS_BLOCK:,}", f"{changed:,}", _ratio(changed, plain)]
+
+    return "\n".join([
+        "The archive volumes after the change: 512 KiB blocks whose content changed (what the "
+        "next EBS snapshot stores, at least),",
+        f"each way on its own ext4 volume on a loop device; rsync's flags: "
+        f"{' '.join(transfer.TRANSFER_FLAGS)}", "",
+        table(["", "blocks", "bytes", "/ plain rsync's bytes sent"], [
+            row("full encrypted path", f.encrypted_volume_changed),
+            row("plain rsync of the plaintext", f.plain_volume_changed)]), "",
+        f"change: encrypted path's changed blocks / plain rsync's bytes sent "
+        f"({plain:,}) = {_ratio(f.encrypted_volume_changed, plain)} (goal <= 4); "
+        f"per plaintext byte the change wrote ({f.changed_plaintext_bytes:,}): "
+        f"{_ratio(f.encrypted_volume_changed, f.changed_plaintext_bytes)}; per byte the "
+        f"encrypted path sent: {_ratio(f.encrypted_volume_changed, sent)}"])
+
+
+def peers(f: Figures) -> str:
+    rows = [["Offsite: history + view + rsync, then verify",
+             f"{f.initial.full_path_s:,.1f} + {f.initial.verify_s:,.1f}",
+             f"{f.change.full_path_s:,.1f} + {f.change.verify_s:,.1f}",
+             f"{f.encrypted_volume_changed:,}", "the volume's changed blocks"]]
+    rows += [[p.version, f"{p.initial.seconds:,.1f}", f"{p.nightly.seconds:,.1f}",
+              f"{p.added_bytes:,}", "repository growth"] for p in f.peers]
+    missing = [kind.name for kind in PEERS if kind.name not in {p.name for p in f.peers}]
+    notes = [f"not run: {', '.join(missing)} (not installed: make bench-wire installs them as "
+             "root)" if missing else "restic and borg: local repositories, no ssh"]
+    initial_s = f.initial.full_path_s + f.initial.verify_s
+    notes += [f"Offsite / restic: initial {_ratio(initial_s, p.initial.seconds)}, nightly "
+              f"{_ratio(f.nightly_s, p.nightly.seconds)}, storage added "
+              f"{_ratio(f.encrypted_volume_changed, p.added_bytes)} (goal of issue 12: <= 1, "
+              "<= 1, <= 0.5)" for p in f.peers if p.name == "restic"]
+    return "\n".join([
+        "Beside the peers, on the same data set and change, one run each (seconds):", "",
+        table(["", "initial s", "nightly s", "storage added", "counted as"], rows), "", *notes])
+
+
+def scaling(runs: Sequence[Figures]) -> str:
+    """The same change on data sets of several sizes: the nightly run should follow the
+    change, not the data."""
+    rows = [[f"{f.size_mb:g}", f"{f.files:,}", f"{f.change.encrypted.bytes_sent:,}",
+             f"{f.encrypted_volume_changed:,}", f"{f.change.history_s:,.1f}",
+             f"{f.change.encrypted.seconds:,.1f}", f"{f.change.verify_s:,.1f}",
+             f"{f.nightly_s:,.1f}"] for f in runs]
+    first, last = runs[0], runs[-1]
+    return "\n".join([
+        f"Scaling: the same change (made for {first.change_mb:g} MB) on data sets of "
+        f"{', '.join(f'{f.size_mb:g}' for f in runs)} MB:", "",
+        table(["data set MB", "files", "sent", "changed blocks", "history s", "rsync s",
+               "verify s", "nightly s"], rows), "",
+        f"nightly run time {last.size_mb:g} MB / {first.size_mb:g} MB = "
+        f"{_ratio(last.nightly_s, first.nightly_s)} (goal <= 1.3: the run follows the change)"])
 
 
 def throughput(f: Figures) -> str:
@@ -641,11 +766,22 @@ def throughput(f: Figures) -> str:
     ])
 
 
-def as_json(f: Figures) -> str:
+def as_dict(f: Figures) -> dict[str, Any]:
     data = asdict(f)
     data["whole_file_bytes"] = f.whole_file_bytes
+    data["changed_plaintext_bytes"] = f.changed_plaintext_bytes
+    data["nightly_s"] = f.nightly_s
     for name in ("initial", "change"):
         data[name]["full_path_s"] = getattr(f, name).full_path_s
+    for peer, figures in zip(data["peers"], f.peers, strict=True):
+        peer["added_bytes"] = figures.added_bytes
+    return data
+
+
+def as_json(f: Figures, scaled: Sequence[Figures] = ()) -> str:
+    data = as_dict(f)
+    if scaled:
+        data["scaling"] = [as_dict(run) for run in scaled]
     return json.dumps(data, indent=2)
 
 
@@ -670,8 +806,16 @@ def data_set_parser(prog: str, description: str | None) -> argparse.ArgumentPars
     return p
 
 
+def _size_list(text: str) -> list[float]:
+    return sorted({_size(part) for part in text.split(",") if part.strip()})
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    return data_set_parser("python -m bench.wire", __doc__).parse_args(argv)
+    parser = data_set_parser("python -m bench.wire", __doc__)
+    parser.add_argument("--scaling", type=_size_list, metavar="MB,MB",
+                        help="also make the change of --size-mb on data sets of these sizes "
+                             "(e.g. 200,2000) and compare the nightly run times")
+    return parser.parse_args(argv)
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
@@ -687,19 +831,33 @@ def run(measure_it: Callable[[], T]) -> T | int:
     except KeyboardInterrupt:
         print("interrupted; everything the bench made is removed", file=sys.stderr)
         return 130
-    except (BenchError, OffsiteError, OSError, subprocess.SubprocessError) as exc:
+    except (BenchError, OffsiteError, PeerError, VolumeError, OSError,
+            subprocess.SubprocessError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def measure_all(args: argparse.Namespace) -> tuple[Figures, list[Figures]]:
+    """The bench at --size-mb, then each other --scaling size with the same change."""
+    figures = measure(args.size_mb, args.seed, quiet=args.quiet)
+    scaled = [figures if size == args.size_mb else
+              measure(size, args.seed, args.quiet, change_mb=args.size_mb, peers=False)
+              for size in args.scaling or ()]
+    return figures, sorted(scaled, key=lambda f: f.size_mb)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = run(lambda: measure(args.size_mb, args.seed, quiet=args.quiet))
-    if isinstance(figures, int):
-        return figures
-    print(as_json(figures) if args.json else report(figures))
+    measured = run(lambda: measure_all(args))
+    if isinstance(measured, int):
+        return measured
+    figures, scaled = measured
+    if args.json:
+        print(as_json(figures, scaled))
+    else:
+        print(report(figures) + (f"\n\n{scaling(scaled)}" if scaled else ""))
     return 0
 
 

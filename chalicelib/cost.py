@@ -41,6 +41,15 @@ READS_PER_INVOCATION, WRITES_PER_INVOCATION = 3, 2  # a window handler's items (
 LAMBDA_GB = 0.5
 LAMBDA_SECONDS = 0.3  # a typical handler's billed duration
 SNAPSHOT_SETTLE_S = 600.0  # stopped -> snapshots complete, when a window did not record it
+# What a night adds to the snapshots per byte the hosts sent: EBS stores the volume's changed
+# 512 KiB blocks, not the bytes rsync sent. bench/wire measured both on its nightly change (a
+# 200 MB data set: 8 edits of 4 KiB inside each of 3 large files, logs grown 5 %, 1 % new and
+# 1 % deleted small files), with the archive volume an ext4 file system on a loop device, on
+# 2026-12-07 (bench/README.md, "wire"): with the in-place writes of issue 12 (rsync `--inplace
+# --no-whole-file`) 31,457,280 bytes of changed blocks for 3,368,825 bytes sent, 9.3 a byte;
+# with `--delay-updates`, which rewrites every changed file whole, 41.9. It depends on where the
+# changes fall: appended or new data costs about 1, a lone 4 KiB edit a whole 512 KiB block.
+SNAPSHOT_BYTES_PER_SENT_BYTE = 9.3
 
 
 class UnknownPriceError(KeyError):
@@ -94,9 +103,15 @@ class Usage:
     shards: tuple[ShardRun, ...]
     window_s: float  # open -> deadline
     stored_gib: float  # every host's archive together
-    changed_gib: float  # what the hosts changed in one window, together
+    changed_gib: float  # what the hosts sent in one window, together (rsync's bytes sent)
     volume_gib: float = 20.0  # each host's data volume
     retention_days: int = 20
+    snapshot_bytes_per_sent_byte: float = SNAPSHOT_BYTES_PER_SENT_BYTE
+
+    @property
+    def snapshot_growth_gib(self) -> float:
+        """What one window adds to the snapshots: the changed blocks of the hosts' volumes."""
+        return self.changed_gib * self.snapshot_bytes_per_sent_byte
 
     @property
     def windows_seen(self) -> int:
@@ -206,8 +221,9 @@ def _snapshots(usage: Usage, prices: Prices) -> CostLine:
     # EBS stores only the blocks changed since the snapshot a volume was made from: "Snapshot A
     # is used to create EBS volume 1. Snapshot D is created from EBS volume 1. Snapshot D is an
     # incremental snapshot of A" (EBS User Guide, "Write Amazon EBS snapshots with EBS direct
-    # APIs"), so the fleet's volumes made from last night's snapshots stay incremental.
-    gib = usage.stored_gib + usage.retention_days * usage.changed_gib
+    # APIs"), so the fleet's volumes made from last night's snapshots stay incremental; each
+    # stores the 512 KiB blocks its window changed (SNAPSHOT_BYTES_PER_SENT_BYTE).
+    gib = usage.stored_gib + usage.retention_days * usage.snapshot_growth_gib
     return CostLine("EBS snapshots", gib, "GiB-month", prices["snapshot_gib_month"])
 
 

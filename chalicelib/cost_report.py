@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chalicelib.cost import (
+    SNAPSHOT_BYTES_PER_SENT_BYTE,
     SNAPSHOT_SETTLE_S,
     MonthlyCost,
     Prices,
@@ -31,7 +32,7 @@ class Scenario:
     name: str
     hosts: int
     host_gib: float  # what each host's archive holds
-    changed_gib: float  # what all the hosts change in a night, together
+    changed_gib: float  # what all the hosts send in a night, together
     retention_days: int
     instance_type: str
     window_hours: float = 3.6
@@ -42,6 +43,7 @@ class Scenario:
     rsync_overhead_s: float = 120.0  # file list, checksum verification, report
     stop_s: float = 45.0  # StopInstances -> stopped, still billed
     snapshot_settle_s: float = SNAPSHOT_SETTLE_S  # stopped -> snapshots complete
+    snapshot_bytes_per_sent_byte: float = SNAPSHOT_BYTES_PER_SENT_BYTE  # bench/wire
 
     def shard_sizes(self) -> list[int]:
         count = -(-self.hosts // self.hosts_per_archive)
@@ -58,12 +60,13 @@ class Scenario:
         shards = tuple(ShardRun(self.name, self.instance_type, n, stopped,
                                 stopped + self.snapshot_settle_s) for n in self.shard_sizes())
         return Usage(shards, self.window_hours * 3600, self.hosts * self.host_gib,
-                     self.changed_gib, self.volume_gib, self.retention_days)
+                     self.changed_gib, self.volume_gib, self.retention_days,
+                     self.snapshot_bytes_per_sent_byte)
 
 
 def seed_scenario() -> Scenario:
     """The hand-run setup Offsite replaces (shared/seed): hosts C, H, O and L, 5 GiB each,
-    0.5 GiB changed a night between them ("our typical change set is less than 1GiB"), 20 days
+    0.5 GiB sent a night between them ("our typical change set is less than 1GiB"), 20 days
     kept, one window a night; on Graviton, Offsite's default type."""
     return Scenario("seed", hosts=4, host_gib=5.0, changed_gib=0.5, retention_days=20,
                     instance_type="t4g.small")

@@ -160,7 +160,7 @@ def _report(stack: LocalStack, window: dict[str, Any], codes: dict[str, int], sa
 
 
 def _seed_cost(say: Any) -> None:
-    say("\nThe seed scenario (4 hosts, 5 GiB each, 0.5 GiB changed a night, 20 days kept), "
+    say("\nThe seed scenario (4 hosts, 5 GiB each, 0.5 GiB sent a night, 20 days kept), "
         "priced line by line:")
     for line in compare(seed_scenario().usage(), load_prices()).splitlines():
         say(f"    {line}")

@@ -11,6 +11,7 @@ from bench import cost as bench_cost
 from chalicelib.cost import (
     GIB,
     RECONCILES_PER_MONTH,
+    SNAPSHOT_BYTES_PER_SENT_BYTE,
     Prices,
     ShardRun,
     UnknownPriceError,
@@ -33,10 +34,11 @@ PRICES = Prices("test-region", "2026-12-07", "round numbers", {
     "lambda_gb_second": 1e-5, "dynamodb_per_million_writes": 2.0,
     "dynamodb_per_million_reads": 1.0, "scheduler_per_million": 1.0,
     "api_gateway_per_million": 1.0, "eventbridge_aws_events_per_million": 0.0})
-# One window: one shard of 2 hosts, stopped after 30 min, snapshots complete 10 min later.
+# One window: one shard of 2 hosts, stopped after 30 min, snapshots complete 10 min later;
+# each byte sent changes 4 bytes of snapshot blocks.
 SHARD = ShardRun("w-1", "t.x", hosts=2, stopped_s=1800, closed_s=2400)
 USAGE = Usage((SHARD,), window_s=3600, stored_gib=10, changed_gib=1, volume_gib=5,
-              retention_days=3)
+              retention_days=3, snapshot_bytes_per_sent_byte=4)
 WINDOWS = 10
 EXISTS_H = WINDOWS * 2400 / 3600  # each instance and its volumes, launch to deletion
 
@@ -49,8 +51,18 @@ def test_fleet_lines_by_hand() -> None:
     assert cost.line("EBS root volumes (8 GiB gp3)").usd == pytest.approx(8 * EXISTS_H / 1000)
     assert cost.line("public IPv4 addresses").usd == pytest.approx(5 * 0.5)  # while running
     assert cost.line("EBS data volumes (gp3)").quantity == pytest.approx(2 * 5 * EXISTS_H / 730)
-    snapshots = cost.line("EBS snapshots")
-    assert (snapshots.quantity, snapshots.usd) == (pytest.approx(10 + 3 * 1), pytest.approx(1.3))
+    snapshots = cost.line("EBS snapshots")  # stored + 3 days of 1 GiB sent x 4
+    assert (snapshots.quantity, snapshots.usd) == (pytest.approx(10 + 3 * 4), pytest.approx(2.2))
+
+
+def test_snapshots_grow_by_the_changed_blocks_the_bench_measured_per_byte_sent() -> None:
+    assert USAGE.snapshot_growth_gib == 4
+    shipped = Usage((SHARD,), 3600, stored_gib=10, changed_gib=1, retention_days=3)
+    assert shipped.snapshot_bytes_per_sent_byte == SNAPSHOT_BYTES_PER_SENT_BYTE > 1
+    assert fleet(shipped, PRICES, WINDOWS).line("EBS snapshots").quantity == pytest.approx(
+        10 + 3 * SNAPSHOT_BYTES_PER_SENT_BYTE)
+    assert seed_scenario().usage().snapshot_growth_gib == pytest.approx(
+        0.5 * SNAPSHOT_BYTES_PER_SENT_BYTE)
 
 
 def test_requests_by_hand() -> None:
@@ -107,14 +119,14 @@ SEED_LINES = {"EC2 t4g.small", "EBS root volumes (8 GiB gp3)", "public IPv4 addr
               "EventBridge AWS events"}
 
 
-def test_the_seed_scenario_costs_under_two_dollars_a_month_as_a_fleet() -> None:
+def test_the_seed_scenario_is_its_snapshots_plus_cents_as_a_fleet() -> None:
     prices, usage = load_prices(), seed_scenario().usage()
     cost = fleet(usage, prices)
     assert {line.item for line in cost.lines} == SEED_LINES
     assert all(line.usd > 0 for line in cost.lines if line.item != "EventBridge AWS events")
-    assert 1.5 < cost.total <= 2.00
-    assert cost.line("EBS snapshots").usd == pytest.approx((20 + 20 * 0.5) * 0.05)
-    assert max(cost.lines, key=lambda line: line.usd).item == "EBS snapshots"
+    snapshots = cost.line("EBS snapshots")  # 20 GiB stored + 20 nights of changed blocks
+    assert snapshots.usd == pytest.approx((20 + 20 * 0.5 * SNAPSHOT_BYTES_PER_SENT_BYTE) * 0.05)
+    assert 0 < cost.total - snapshots.usd < 0.20
     assert cost.total < kept_up(usage, prices).total < persistent(usage, prices).total
 
 
@@ -138,7 +150,8 @@ def test_compare_prints_three_designs_and_the_fleet_line_by_line() -> None:
     for item in SEED_LINES:  # in the table and in the breakdown
         assert sum(line.startswith(item) for line in starts) == 2, item
     assert "total per month (USD)" in text and "read 2026-11-29" in text
-    assert "30 GiB-month" in text and "$0.05/GiB-month =  1.5000" in text
+    snapshots = (20 + 20 * 0.5 * SNAPSHOT_BYTES_PER_SENT_BYTE) * 0.05
+    assert f"$0.05/GiB-month = {snapshots:7.4f}" in text
 
 
 def test_the_shipped_price_file_names_its_region_date_source_and_graviton() -> None:
@@ -180,7 +193,12 @@ def test_the_bench_prints_the_seed_and_refuses_an_unpriced_type(
     assert bench_cost.main([]) == 0
     out = capsys.readouterr().out
     assert "4 hosts of 5 GiB" in out and "1 shard(s) of t4g.small" in out
+    assert f"snapshots grow {SNAPSHOT_BYTES_PER_SENT_BYTE:g} x that" in out
     total = next(line for line in out.splitlines() if line.startswith("total per month"))
-    assert total.split()[4:] == ["1.66", "8.63", "4.98"]  # fleet, persistent, kept up
+    assert total.split()[4:] == ["5.81", "12.78", "9.13"]  # fleet, persistent, kept up
+    assert bench_cost.main(["--snapshot-bytes-per-sent-byte", "1"]) == 0  # bytes sent, stored
+    total = next(line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("total per month"))
+    assert total.split()[4:] == ["1.66", "8.63", "4.98"]
     assert bench_cost.main(["--hosts", "45", "--instance-type", "x9.huge"]) == 1
     assert "no price for x9.huge" in capsys.readouterr().err
