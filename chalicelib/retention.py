@@ -12,9 +12,13 @@ snapshot starts at 00:10 is that evening's backup.
 
 Per host, retention keeps: one point for each of the `keep_days` most recent days that have a
 restorable one (the day's newest complete point, else its newest restorable one); the host's
-newest complete point, however old; every snapshot EBS is still making; and every snapshot a
-volume is being made from (`in_use`). Everything else of that host goes, snapshots that ended
-in `error` included. The caller never runs this for a window whose own snapshots failed.
+newest complete point, however old; the host's newest restorable point, complete or not, which
+the next backup window's volume is made from (a cut-off night's half-updated files are the
+basis the next run resumes from: without it, a night cut off after a complete backup of the
+same day would start again from that backup); every snapshot EBS is still making; and every
+snapshot a volume is being made from (`in_use`). Everything else of that host goes, snapshots
+that ended in `error` included. The caller never runs this for a window whose own snapshots
+failed.
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ def _host_deletions(points: list[RecoveryPoint], keep_days: int,
     last_good = newest_complete(ordered)
     if last_good is not None:
         keep.add(last_good.snapshot_id)
+    next_basis = next((p for p in ordered if p.restorable), None)
+    if next_basis is not None:
+        keep.add(next_basis.snapshot_id)
     return [Deletion(p.snapshot_id, p.host, _why(p, kept_days))
             for p in ordered
             if p.snapshot_id not in keep and p.snapshot_id not in in_use

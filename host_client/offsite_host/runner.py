@@ -4,8 +4,9 @@ when the failure was the connection's, not the data's.
 At the stop time rsync (and the ssh it started) get SIGTERM, then SIGKILL ten seconds later;
 the archive's rsync then keeps what it received (see `transfer`), so the next run resumes.
 
-Trying again is safe: a push resumes from what arrived (`--delay-updates`) and a dry run or a
-pull changes nothing on the archive. Why a connection can fail while the data is fine:
+Trying again is safe: a push resumes from what arrived (`--inplace`: the half-updated file is
+the basis of the next delta) and a dry run or a pull changes nothing on the archive. Why a
+connection can fail while the data is fine:
 - the archive cannot be reached yet: EC2 reports an instance `running` (and the window OPEN) a
   little before its sshd listens;
 - the volume is busy: `rrsync -wo` holds a lock on the volume while its rsync runs, and refuses

@@ -5,17 +5,25 @@ Why these rsync flags (the archive side is `rrsync -wo <volume>`, a forced comma
 - `-rlpt --chmod=D0700,F0600`: tree, symlinks, times; owner/group are meaningless for
   ciphertext written by a non-root account, and fixed modes keep every file readable by that
   account on the next run (rdiff-backup keeps the real metadata itself, inside the ciphertext).
-- `--delay-updates`: each finished file waits in a `.~tmp~` directory beside it, and all of them
-  are renamed into place at the very end, so a cut-off transfer leaves the last complete copy
-  as it was; a cut-off file, and every finished one, stays in `.~tmp~` and is the delta basis
-  of the next run, which therefore does not resend it. (`--partial-dir=DIR` would do the same
-  but rrsync rewrites DIR into a `/proc/self/fd/N` path, and rsync then silently discards
-  delayed files; `--delay-updates` alone names no directory and works through rrsync.)
+- `--inplace --no-whole-file`: a changed file is updated where it lies, by the delta algorithm
+  (rsync's default for a remote copy, said so because `--whole-file` would rewrite every changed
+  file whole), and rsync does not rewrite a block it matched at its own offset: the volume's
+  changed blocks, which the next EBS snapshot stores and bills, are those of the change, not the
+  whole of every changed file. gocryptfs' reverse view is deterministic, so unchanged plaintext
+  blocks are unchanged ciphertext at the same offsets.
+  The guarantee for a cut-off run is the snapshot's: such a run leaves files half updated on the
+  volume, its window's snapshot is incomplete (the host reported no `succeeded`), and the
+  host's newest *complete* recovery point is an earlier snapshot, which retention keeps and a
+  restore chooses. What arrived is not lost: the next window's volume is made from the cut-off
+  window's snapshot (retention keeps it for that), a half-updated file differs from the view's
+  in time or size, and rsync takes it as the basis of its delta, so the next run (or this run's
+  next try) does not resend what had arrived.
+  (`--delay-updates`, used before, kept the live volume's last copy whole but wrote each changed
+  file anew; the `.~tmp~` directories it may have left are not in the view, so `--delete-delay`
+  removes them, and a restore's pull excludes them.)
 - `--delete-delay`: deletions happen only after the transfer has completed.
 - `--timeout`: an I/O timeout, so a dead link ends the run instead of hanging it.
-- no `--whole-file`, no `--compress`: the delta algorithm is the point (gocryptfs' reverse view
-  is deterministic, so unchanged plaintext blocks are unchanged ciphertext), and ciphertext does
-  not compress.
+- no `--compress`: ciphertext does not compress.
 
 The push itemizes what it changes (`--itemize-changes`): those are the entries its run's
 verification must read (`verify_plan`).
@@ -40,7 +48,8 @@ from pathlib import Path, PureWindowsPath
 
 from offsite_host.session import Session
 
-TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--delay-updates", "--delete-delay")
+TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--inplace", "--no-whole-file",
+                  "--delete-delay")
 VERIFY_FLAGS = ("--dry-run", "--checksum", "--itemize-changes")
 LIST_FLAGS = ("--delete-missing-args", "--from0")
 REPAIR_FLAGS = ("--checksum", *LIST_FLAGS)
@@ -129,7 +138,8 @@ def pull_argv(rsync: str, rsh: str, session: Session, staging: str, *, io_timeou
 
     `--partial` keeps a cut-off file as the delta basis of the next attempt, and finished files
     stay, so a new attempt fetches only what is missing; `--delete` makes the staging an exact
-    copy; the `.~tmp~` directories a cut-off backup left are not part of any copy."""
+    copy; the `.~tmp~` directories a cut-off backup of an older client (`--delay-updates`) may
+    have left in an old snapshot are not part of any copy."""
     argv = [rsync, *PULL_FLAGS, f"--timeout={io_timeout_s}", "-e", rsh, "--stats"]
     if progress:
         argv.append("--info=progress2")

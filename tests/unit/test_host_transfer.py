@@ -59,15 +59,19 @@ def test_destination_brackets_ipv6() -> None:
     assert destination(v6) == "[2001:db8::7]:."
 
 
-def test_transfer_flags_keep_the_last_copy_and_resume() -> None:
+def test_the_push_writes_changed_blocks_in_place_and_resumes() -> None:
     argv = rsync_argv("rsync", "ssh -p 2222", "/state/view", SESSION, io_timeout_s=300,
                       bwlimit_kib=500, progress=True)
     assert argv[0] == "rsync"
-    for flag in ("-rlpt", "--delay-updates", "--delete-delay", "--timeout=300", "--stats",
-                 "--info=progress2", "--bwlimit=500", "--chmod=D0700,F0600"):
+    for flag in ("-rlpt", "--inplace", "--no-whole-file", "--delete-delay", "--timeout=300",
+                 "--stats", "--info=progress2", "--bwlimit=500", "--chmod=D0700,F0600"):
         assert flag in argv
-    assert not any(a.startswith(("--partial-dir", "--whole-file", "-z", "--compress"))
+    # a file written anew and renamed (--delay-updates, --partial-dir, a temp file) or whole
+    # (-W) would make every block of a changed file a changed block of the volume
+    assert not any(a.startswith(("--delay-updates", "--partial-dir", "--temp-dir", "-T",
+                                 "--whole-file", "-W", "--append", "-z", "--compress"))
                    for a in argv)
+    assert argv.index("--inplace") < argv.index("--")
     assert argv[-3:] == ["--", "/state/view/", "203.0.113.7:current/"]
     assert argv[argv.index("-e") + 1] == "ssh -p 2222"
 
@@ -75,7 +79,7 @@ def test_transfer_flags_keep_the_last_copy_and_resume() -> None:
 def test_verify_is_a_dry_run_checksum_push() -> None:
     argv = rsync_argv("rsync", "ssh", "/state/view/", SESSION, io_timeout_s=60, verify=True,
                       bwlimit_kib=5)
-    for flag in ("--dry-run", "--checksum", "--itemize-changes", "--delay-updates",
+    for flag in ("--dry-run", "--checksum", "--itemize-changes", "--inplace",
                  "--delete-delay"):
         assert flag in argv
     assert "--stats" not in argv and "--bwlimit=5" not in argv
@@ -125,6 +129,7 @@ def test_a_repair_resends_the_listed_entries_with_checksums() -> None:
     argv = rsync_argv("rsync", "ssh", "/v", SESSION, io_timeout_s=30, files_from="/s/list")
     assert "--checksum" in argv and "--files-from=/s/list" in argv
     assert "--delete-missing-args" in argv and "--from0" in argv and "--dry-run" not in argv
+    assert "--inplace" in argv and "--delay-updates" not in argv  # a repair too: blocks only
     assert argv[-3:] == ["--", "/v/", "203.0.113.7:current/"]
     assert not any(a.startswith("--files-from") for a in rsync_argv(
         "rsync", "ssh", "/v", SESSION, io_timeout_s=30))

@@ -97,3 +97,14 @@ def test_the_day_is_the_day_the_window_opened() -> None:
                          datetime(2026, 11, 29, 0, 20, tzinfo=timezone.utc), True)
     assert late.day == "2026-11-28"
     assert point("c", 0).day == "2026-11-29"  # no date in the id: the snapshot's start
+
+
+def test_a_cut_off_night_after_a_complete_one_of_the_same_day_is_kept_to_resume_from() -> None:
+    """The next window's volume is made from the host's newest restorable snapshot: a night
+    cut off after the day's complete backup stays until a newer one exists, beside the
+    complete one, which stays too (the newest complete)."""
+    complete, cut_off = settled("c", 0, hour=0), settled("c", 0, reported=False, hour=5)
+    assert deleted([complete, cut_off], 20) == set()
+    resumed = settled("c", 0, hour=9)
+    assert deleted([complete, cut_off, resumed], 20) == {complete.snapshot_id,
+                                                         cut_off.snapshot_id}
