@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from pathlib import Path
 EBS_BLOCK = 512 * 1024
 MIB = 1024 * 1024
 TIMEOUT_S = 600
+# As chalicelib/instance/boot.sh makes and mounts a blank archive volume, with the lazy
+# initialisation off: no background zeroing of inode tables and journal after the mount,
+# which would change blocks between the two images that no run wrote.
+MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0")
+MOUNT_OPTIONS = "nodev,nosuid,noexec,noatime"
 
 
 class VolumeError(Exception):
@@ -44,20 +50,19 @@ class LoopVolume:
     mount: Path
     size_mib: int
     device: str = ""
+    mkfs: tuple[str, ...] = MKFS
+    mount_options: str = MOUNT_OPTIONS
 
     def attach(self, cleanup: contextlib.ExitStack) -> None:
         """Makes, formats and mounts the volume; `cleanup` unmounts and detaches it."""
         with self.image.open("wb") as file:
             file.truncate(self.size_mib * MIB)
-        # lazy_*_init=0: no background zeroing of inode tables and journal after the mount,
-        # which would change blocks between the two images that no run wrote.
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-              str(self.image)])
+        _run([*self.mkfs, str(self.image)])
         self.device = _run(["losetup", "-f", "--show", str(self.image)]).strip()
         cleanup.callback(subprocess.run, ["losetup", "-d", self.device], capture_output=True,
                          timeout=60, check=False)
         self.mount.mkdir(parents=True, exist_ok=True)
-        _run(["mount", "-o", "nodev,nosuid,noexec,noatime", self.device, str(self.mount)])
+        _run(["mount", "-o", self.mount_options, self.device, str(self.mount)])
         cleanup.callback(subprocess.run, ["umount", "-l", str(self.mount)], capture_output=True,
                          timeout=60, check=False)
 
@@ -92,3 +97,93 @@ def changed_bytes(before: Path, after: Path, block: int = EBS_BLOCK) -> int:
                 return changed
             if a.ljust(block, b"\0") != b.ljust(block, b"\0"):
                 changed += block
+
+
+# ---- what the changed blocks are (ext4 only) ------------------------------------------------
+
+FS_BLOCK = 4096
+JOURNAL, GROUP_METADATA, SUPERBLOCK, UNOWNED = (
+    "ext4 journal", "ext4 bitmaps and inode tables", "ext4 superblocks and group descriptors",
+    "no owner now (written, then freed)")
+
+
+def changed_fs_blocks(before: Path, after: Path, block: int = FS_BLOCK) -> list[int]:
+    """The numbers of the `block`-sized blocks whose content differs between two images."""
+    changed: list[int] = []
+    index = 0
+    with before.open("rb") as old, after.open("rb") as new:
+        while True:
+            a, b = old.read(EBS_BLOCK), new.read(EBS_BLOCK)
+            if not a and not b:
+                return changed
+            if a.ljust(EBS_BLOCK, b"\0") != b.ljust(EBS_BLOCK, b"\0"):
+                a, b = a.ljust(EBS_BLOCK, b"\0"), b.ljust(EBS_BLOCK, b"\0")
+                changed += [index + i // block for i in range(0, EBS_BLOCK, block)
+                            if a[i:i + block] != b[i:i + block]]
+            index += EBS_BLOCK // block
+
+
+_RANGE = r"(\d+)(?:-(\d+))?"
+_METADATA = {SUPERBLOCK: (rf"superblock at {_RANGE}", rf"Group descriptors at {_RANGE}",
+                          rf"Reserved GDT blocks at {_RANGE}"),
+             GROUP_METADATA: (rf"Block bitmap at {_RANGE}", rf"Inode bitmap at {_RANGE}",
+                              rf"Inode table at {_RANGE}")}
+
+
+def ext4_metadata(image: Path) -> dict[int, str]:
+    """Each block of the file system's own structures, by `dumpe2fs` and the journal's inode
+    (8) by `debugfs`: its class."""
+    owner: dict[int, str] = {}
+    text = _run(["dumpe2fs", str(image)])
+    if f"Block size:               {FS_BLOCK}\n" not in text:
+        raise VolumeError(f"{image}: not an ext4 file system of {FS_BLOCK}-byte blocks")
+    for kind, patterns in _METADATA.items():
+        for pattern in patterns:
+            for match in re.finditer(pattern, text):
+                first = int(match.group(1))
+                for number in range(first, int(match.group(2) or first) + 1):
+                    owner[number] = kind
+    for number in _numbers(_run(["debugfs", "-R", "blocks <8>", str(image)])):
+        owner[number] = JOURNAL
+    return owner
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(word) for word in text.split() if word.isdigit()]
+
+
+def block_owners(image: Path, blocks: list[int]) -> dict[int, str]:
+    """Each of `blocks`' owning file, as a path from the file system's root (`debugfs`
+    icheck, then ncheck); blocks no inode owns are left out."""
+    inode_of: dict[int, int] = {}
+    for start in range(0, len(blocks), 500):
+        listing = _run(["debugfs", "-R", "icheck " + " ".join(map(str, blocks[start:start + 500])),
+                        str(image)])
+        for line in listing.splitlines()[1:]:
+            words = line.split()
+            if len(words) == 2 and words[1].isdigit():
+                inode_of[int(words[0])] = int(words[1])
+    inodes = sorted(set(inode_of.values()))
+    path_of: dict[int, str] = {}
+    for start in range(0, len(inodes), 500):
+        some = " ".join(map(str, inodes[start:start + 500]))
+        listing = _run(["debugfs", "-R", f"ncheck -c {some}", str(image)])
+        for line in listing.splitlines()[1:]:
+            number, _, path = line.partition("\t")
+            if number.strip().isdigit():
+                path_of.setdefault(int(number), "/" + path.strip().lstrip("/"))  # "//a" at the root
+    return {block: path_of.get(inode, f"<{inode}>") for block, inode in inode_of.items()}
+
+
+def attribute(changed: list[int], classify: dict[int, str]) -> dict[str, tuple[int, int, int]]:
+    """Per class: (changed fs blocks, 512 KiB blocks it touches, 512 KiB blocks it alone
+    touches). A 512 KiB block with blocks of several classes counts for each."""
+    per_ebs: dict[int, set[str]] = {}
+    counts: dict[str, int] = {}
+    for number in changed:
+        kind = classify.get(number, UNOWNED)
+        counts[kind] = counts.get(kind, 0) + 1
+        per_ebs.setdefault(number * FS_BLOCK // EBS_BLOCK, set()).add(kind)
+    return {kind: (count, sum(kind in kinds for kinds in per_ebs.values()),
+                   sum(kinds == {kind} for kinds in per_ebs.values()))
+            for kind, count in sorted(counts.items(), key=lambda item: -item[1])}
