@@ -108,8 +108,11 @@ def measure(size_mb: float, variants: Sequence[str]) -> dict[str, Any]:
         apply_changes(bench.source, data, SEED + 1)
         plaintext: dict[str, str] = {}
         change = bench.run_pass(lambda view: plaintext.update(_names(view, bench.repository)))
+        assert archive.process is not None
         result: dict[str, Any] = {"sent": {"encrypted": change.encrypted.bytes_sent,
-                                           "plain": change.plain.bytes_sent}, "volumes": {}}
+                                           "plain": change.plain.bytes_sent}, "volumes": {},
+                                  "work": str(work), "account": archive.user,
+                                  "sshd_pid": archive.process.pid}
         for name, volume in volumes.items():
             names = {} if name == "plain" else plaintext
             result["volumes"][name] = _attribute(volume, work / "images" /

@@ -26,8 +26,10 @@ MIB = 1024 * 1024
 TIMEOUT_S = 600
 # As chalicelib/instance/boot.sh makes and mounts a blank archive volume, with the lazy
 # initialisation off: no background zeroing of inode tables and journal after the mount,
-# which would change blocks between the two images that no run wrote.
-MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0")
+# which would change blocks between the two images that no run wrote. 4 KiB blocks, as
+# mke2fs gives any EBS volume (1 GiB and more), also to a small bench volume.
+MKFS = ("mkfs.ext4", "-q", "-F", "-m", "0", "-b", "4096", "-E",
+        "lazy_itable_init=0,lazy_journal_init=0")
 MOUNT_OPTIONS = "nodev,nosuid,noexec,noatime"
 
 

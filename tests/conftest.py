@@ -30,6 +30,7 @@ def aws() -> Iterator[None]:
 # local stack) run one after another on one xdist worker, as they always have; everything
 # else shares the other core (Makefile: `pytest -n 2 --dist loadgroup`).
 _ON_THE_MACHINE = ("tests/e2e/", "tests/functional/test_bench_wire.py",
+                   "tests/functional/test_bench_blocks.py",
                    "tests/functional/test_bench_restore.py",
                    "tests/integration/test_instance_boot.py",
                    "tests/integration/test_local_fleet.py")
