@@ -14,6 +14,7 @@ which tracks writes, would store.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import subprocess
@@ -91,14 +92,20 @@ class LoopVolume:
 def changed_bytes(before: Path, after: Path, block: int = EBS_BLOCK) -> int:
     """Bytes of the `block`-sized blocks whose content differs between two images (the
     shorter one read as if padded with zeros, as a grown volume's new blocks start)."""
-    changed = 0
+    return block * sum(1 for _ in _changed_chunks(before, after, block))
+
+
+def _changed_chunks(before: Path, after: Path, block: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """(index, old, new) of each `block`-sized chunk whose content differs, both padded to
+    `block` with zeros."""
     with before.open("rb") as old, after.open("rb") as new:
-        while True:
+        for index in itertools.count():
             a, b = old.read(block), new.read(block)
             if not a and not b:
-                return changed
-            if a.ljust(block, b"\0") != b.ljust(block, b"\0"):
-                changed += block
+                return
+            a, b = a.ljust(block, b"\0"), b.ljust(block, b"\0")
+            if a != b:
+                yield index, a, b
 
 
 # ---- what the changed blocks are (ext4 only) ------------------------------------------------
@@ -111,18 +118,10 @@ JOURNAL, GROUP_METADATA, SUPERBLOCK, UNOWNED = (
 
 def changed_fs_blocks(before: Path, after: Path, block: int = FS_BLOCK) -> list[int]:
     """The numbers of the `block`-sized blocks whose content differs between two images."""
-    changed: list[int] = []
-    index = 0
-    with before.open("rb") as old, after.open("rb") as new:
-        while True:
-            a, b = old.read(EBS_BLOCK), new.read(EBS_BLOCK)
-            if not a and not b:
-                return changed
-            if a.ljust(EBS_BLOCK, b"\0") != b.ljust(EBS_BLOCK, b"\0"):
-                a, b = a.ljust(EBS_BLOCK, b"\0"), b.ljust(EBS_BLOCK, b"\0")
-                changed += [index + i // block for i in range(0, EBS_BLOCK, block)
-                            if a[i:i + block] != b[i:i + block]]
-            index += EBS_BLOCK // block
+    per_chunk = EBS_BLOCK // block
+    return [index * per_chunk + i // block
+            for index, a, b in _changed_chunks(before, after, EBS_BLOCK)
+            for i in range(0, EBS_BLOCK, block) if a[i:i + block] != b[i:i + block]]
 
 
 _RANGE = r"(\d+)(?:-(\d+))?"
