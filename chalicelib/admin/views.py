@@ -129,7 +129,10 @@ def cost_text(observed: Observed, rendered: str) -> str:
         ("instances", f"{', '.join(types)}, billed {fmean(s.stopped_s for s in usage.shards):.0f}"
                       f" s a shard (at least 60 s a start) of a {usage.window_s:.0f} s window"),
         ("volumes", f"{usage.volume_gib:g} GiB a host"), ("stored", stored),
-        ("sent per window", size(round(usage.changed_gib * GIB))),
+        ("sent per window", f"{size(round(usage.changed_gib * GIB))}; snapshots grow "
+                            f"{usage.snapshot_bytes_per_sent_byte:g} x that in changed 512 KiB "
+                            f"blocks ({size(round(usage.snapshot_growth_gib * GIB))}, "
+                            "bench/wire's estimate)"),
         ("retention", f"{usage.retention_days} days")])
     return (f"{head}\n\nA month (30 windows) at this usage (fleet), beside the persistent "
             f"design and the fleet kept up for the whole window:\n{rendered}")

@@ -112,6 +112,10 @@ def test_cost_text_and_data_agree() -> None:
     assert data["designs"]["persistent"]["total_usd"] == data["persistent_total_usd"]
     text = views.cost_text(observed, compare(observed.usage, prices))
     assert "billed 600 s a shard (at least 60 s a start) of a 12960 s window" in text
+    usage = observed.usage
+    assert (f"snapshots grow {usage.snapshot_bytes_per_sent_byte:g} x that in changed 512 KiB "
+            f"blocks ({views.size(round(usage.snapshot_growth_gib * views.GIB))}"
+            in " ".join(text.split()))  # the estimate the snapshot line is priced from
     fleet, persistent, kept_up = (c.total for c in costs)
     assert (f"total per month (USD) {fleet:.2f} {persistent:.2f} {kept_up:.2f}"
             in " ".join(text.split()))
