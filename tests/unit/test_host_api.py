@@ -11,7 +11,7 @@ from offsite_host.api import Answer, prepare
 
 
 def test_prepare_signs_the_post_as_the_host() -> None:
-    key = SigningKey(bytes(range(32)))
+    key = SigningKey.generate()
     request = prepare("https://api.example.com/prod/", "/v1/sessions",
                       {"purpose": "backup", "host": "web-1"}, key, "web-1", 1_900_000_000,
                       "n0nce")
@@ -27,7 +27,7 @@ def test_prepare_signs_the_post_as_the_host() -> None:
 
 
 def test_prepare_is_deterministic_for_pinned_time_and_nonce() -> None:
-    key = SigningKey(bytes(range(32)))
+    key = SigningKey.generate()
     args = ("https://api.example.com", "/v1/reports", {"a": 1}, key, "web-1", 5, "n")
     assert prepare(*args) == prepare(*args)
     assert prepare(*args).headers != prepare(*args[:-1], "m").headers
@@ -44,7 +44,7 @@ def test_error_text_reads_the_servers_json_error() -> None:
 def test_a_get_is_signed_over_its_empty_body_and_verifies_on_the_server() -> None:
     from chalicelib.httpsig import SignedRequest, verify_request
 
-    key = SigningKey(bytes(range(32)))
+    key = SigningKey.generate()
     request = prepare("https://api.example.com/prod", "/v1/hosts/web-1/snapshots", None, key,
                       "web-1", 1_900_000_000, "n0nce")
     assert request.method == "GET" and request.body == b""

@@ -136,7 +136,7 @@ class FakeServer:
         self.now += seconds
 
     def client(self) -> ApiClient:
-        return ApiClient("https://api.example.com/prod", "web-1", SigningKey(bytes(32)), self,
+        return ApiClient("https://api.example.com/prod", "web-1", SigningKey.generate(), self,
                          clock=lambda: self.now)
 
 
