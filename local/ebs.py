@@ -49,32 +49,31 @@ class LocalEbs:
 
     def make_volume(self, volume_id: str, snapshot_id: str | None = None) -> Path:
         """The volume's directory: a copy of the snapshot's, or empty for a blank volume."""
-        target = self.volume(volume_id)
-        if target.exists():
-            return target
         if snapshot_id is None:
-            partial = _partial(target)
-            partial.mkdir(mode=0o700)
-            partial.rename(target)
-            return target
-        source = self.snapshot(snapshot_id)
-        if not source.is_dir():
-            raise EbsError(f"{volume_id}: snapshot {snapshot_id} is not on this machine")
-        with self._copying:
-            return target if target.exists() else _copy(source, target)
+            return self._make_once(self.volume(volume_id), None, "")
+        return self._make_once(self.volume(volume_id), self.snapshot(snapshot_id),
+                               f"{volume_id}: snapshot {snapshot_id} is not on this machine")
 
     def take_snapshot(self, snapshot_id: str, volume_id: str) -> Path:
         """The volume's content now. AWS: "The snapshot includes only the data that was
         written to the volume at the time the snapshot was requested"
         (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-creating-snapshot.html)."""
-        target = self.snapshot(snapshot_id)
-        if target.exists():
-            return target
-        source = self.volume(volume_id)
-        if not source.is_dir():
-            raise EbsError(f"{snapshot_id}: volume {volume_id} is not on this machine")
+        return self._make_once(self.snapshot(snapshot_id), self.volume(volume_id),
+                               f"{snapshot_id}: volume {volume_id} is not on this machine")
+
+    def _make_once(self, target: Path, source: Path | None, missing: str) -> Path:
+        """`target`, made whole once: a copy of `source`, or empty when there is none."""
         with self._copying:
-            return target if target.exists() else _copy(source, target)
+            if target.exists():
+                return target
+            if source is None:
+                partial = _partial(target)
+                partial.mkdir(mode=0o700)
+                partial.rename(target)
+                return target
+            if not source.is_dir():
+                raise EbsError(missing)
+            return _copy(source, target)
 
     def delete_volume(self, volume_id: str) -> None:
         _remove(self.volume(volume_id))
