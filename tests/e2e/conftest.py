@@ -388,6 +388,36 @@ def _handler(server: SessionServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def cut_once_arrived(client: subprocess.Popen[str], arrived: Callable[[], int], at_least: int,
+                     cut: Callable[[subprocess.Popen[str]], None],
+                     timeout: float = 60) -> tuple[int, str]:
+    """Waits while the running client has sent less than `at_least` (`arrived()`, read from
+    the volume, so no timing luck), then `cut`s it; its exit code and stderr. The client never
+    outlives this."""
+    try:
+        limit = time.monotonic() + timeout
+        while arrived() < at_least:
+            assert client.poll() is None, f"the run ended before the cut: {client.stderr}"
+            assert time.monotonic() < limit, "the transfer never got going"
+            time.sleep(0.05)
+        cut(client)
+        _, stderr = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    return client.returncode, stderr
+
+
+def kill_rsync(client: subprocess.Popen[str]) -> None:
+    """SIGKILL to the client's own rsync (the local end of the transfer)."""
+    rsyncs = [pid for pid in children_of(client.pid)
+              if Path(f"/proc/{pid}/comm").read_text().strip() == "rsync"]
+    assert rsyncs, "no rsync under the client"
+    for pid in rsyncs:
+        os.kill(pid, signal.SIGKILL)
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from local.hosts import SampleHost
 from local.stack import TERMINAL, LocalStack, StackSettings
 from local.trees import Entry, inventory
-from tests.e2e.conftest import children_of
+from tests.e2e.conftest import cut_once_arrived, kill_rsync
 from tests.e2e.test_local_stack import (
     run_window,
     sent,
@@ -107,34 +104,21 @@ def cut_window(stack: LocalStack, host: SampleHost, basis: str) -> tuple[dict[st
     try:
         window = wait_shards_open(stack, opened["window_id"])
         wait_archives_up(stack, window)
-        [shard] = window["shards"]
-        volume = stack.fleet.ebs.volume(volumes_of(stack, shard)[HOST]["VolumeId"])
-        before = volume_bytes(stack.fleet.ebs.snapshot(basis))
-        limit = time.monotonic() + 120
-        while volume_bytes(volume) < before + ARRIVED:
-            assert client.poll() is None, "the run ended before the cut"
-            assert time.monotonic() < limit, "the transfer never got going"
-            time.sleep(0.05)
-        kill_rsync(client)
-        _, stderr = client.communicate(timeout=120)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
-    assert client.returncode == 5, stderr
+    except BaseException:
+        client.kill()
+        client.communicate()
+        raise
+    [shard] = window["shards"]
+    volume = stack.fleet.ebs.volume(volumes_of(stack, shard)[HOST]["VolumeId"])
+    before = volume_bytes(stack.fleet.ebs.snapshot(basis))
+    code, stderr = cut_once_arrived(client, lambda: volume_bytes(volume), before + ARRIVED,
+                                    kill_rsync, timeout=120)
+    assert code == 5, stderr
     closed = stack.wait_for(opened["window_id"], timeout=300)
     assert closed["state"] == "CLOSED", closed["reason"]
     assert [r["status"] for r in closed["host_reports"]] == ["failed"]
     cut_snap = window_snapshots(stack, opened["window_id"])[HOST]["SnapshotId"]
     return closed, volume_bytes(stack.fleet.ebs.snapshot(cut_snap)) - before
-
-
-def kill_rsync(client: subprocess.Popen[str]) -> None:
-    rsyncs = [pid for pid in children_of(client.pid)
-              if Path(f"/proc/{pid}/comm").read_text().strip() == "rsync"]
-    assert rsyncs, "no rsync under the client"
-    for pid in rsyncs:
-        os.kill(pid, signal.SIGKILL)
 
 
 def run_window_checking_basis(stack: LocalStack, host: SampleHost,

@@ -29,11 +29,9 @@ def test_a_process_that_ends_in_time() -> None:
 
 
 def test_a_process_still_running_at_the_stop_time_is_stopped() -> None:
-    started = time.monotonic()
     done = run_until([sys.executable, "-c", "import time; time.sleep(30)"], time.time() + 0.5)
     assert done.stopped
-    assert done.returncode != 0
-    assert time.monotonic() - started < 10
+    assert done.returncode != 0  # killed: a sleep left to its end exits 0
 
 
 UNREACHABLE = ("ssh: connect to host 127.0.0.1 port 2222: Connection refused\n"
