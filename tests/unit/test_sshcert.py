@@ -237,6 +237,9 @@ def rsa_line() -> str:
         ("", MalformedKeyError),
         ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\u00e9", MalformedKeyError),  # was a ValueError
     ],
+    # the keys are made by each run (and each xdist worker): ids must not hold them
+    ids=["rsa", "ecdsa", "certificate", "not-base64", "bad-padding", "blob-cut", "rsa-blob",
+         "blob-trailing", "no-blob", "empty", "not-ascii"],
 )
 def test_only_well_formed_ed25519_keys_are_certified(line: str, error: type[SshCertError]) -> None:
     with pytest.raises(error):
@@ -262,6 +265,8 @@ def test_only_well_formed_ed25519_keys_are_certified(line: str, error: type[SshC
         CLIENT_LINE + " ssh-rsa",
         CLIENT_LINE + " ssh-ed25519-cert-v01@openssh.com",
     ],
+    ids=["lf", "crlf", "cr", "two-lines", "comment-then-line", "nul-then-line", "nul",
+         "tab", "two-keys", "comment-then-blob", "blob-piece", "rsa-word", "cert-word"],
 )
 def test_anything_but_exactly_one_key_line_is_refused(line: str) -> None:
     """Splitting on whitespace used to certify the first key of such a line silently."""
