@@ -60,7 +60,7 @@ system:
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing: $$missing"; \
+	    echo "system: installing the Debian packages $$missing (apt-get update, then install)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
 	    echo "missing system packages: $$missing (run as root, or: sudo apt-get install $$missing)" >&2; exit 1; \
@@ -70,10 +70,13 @@ venv: $(VENV)/.installed
 
 # -e .: the `offsite-admin` command (chalicelib.admin), see pyproject.toml.
 $(VENV)/.installed: requirements.txt requirements-dev.txt host_client/pyproject.toml pyproject.toml
+	@echo "venv: making $(VENV) and installing the Python dependencies (requirements*.txt, the host client, offsite-admin): a minute or two on a fresh machine"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt -e ./host_client -e .
+	set -o pipefail; $(BIN)/pip install --progress-bar off -r requirements-dev.txt -e ./host_client -e . \
+	    | { grep -E '^(Collecting|Successfully)' || true; }
 	touch $@
+	@echo "venv: ready"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache local/.run

@@ -33,6 +33,8 @@ from local.stack import TERMINAL, LocalStack, StackSettings
 from local.trees import differences, inventory
 
 RUN_DIR = Path(__file__).with_name(".run")
+KEEP_RUNS = 3  # local/.run keeps the work files of this many demos (the newest); `make clean`
+MAX_WINDOWS = 10
 PRODUCTION_WINDOW_HOURS = 3.6
 VOLUME_GIB = 20
 EC2_MINIMUM_S = 60  # EC2 bills per second, with a minimum of 60 s per start
@@ -41,11 +43,13 @@ HOSTS_PER_ARCHIVE = 2  # the four sample hosts are two shards of two
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # bad options end here, before anything is made
     if os.geteuid() != 0:
         print("make demo needs root: it creates the instance's accounts, runs sshd and mounts "
               "FUSE (run it as root, e.g. in a throwaway VM)", file=sys.stderr)
         return 2
+    for old in prune_runs(RUN_DIR, KEEP_RUNS - 1):
+        print(f"removed an earlier demo's work files: {old}", flush=True)
     root = run_dir(RUN_DIR, datetime.now())
     out = sys.stdout
     with (root / "stack.log").open("a") as log:
@@ -57,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(root, args, out, log)
         finally:
             sys.stdout = out
+
+
+def prune_runs(parent: Path, keep: int) -> list[Path]:
+    """Removes all but the newest `keep` demo work directories of `parent` (names begin with
+    their start time, so the name orders them); returns what it removed."""
+    if not parent.is_dir():
+        return []
+    runs = sorted(p for p in parent.glob("demo-*") if p.is_dir() and not p.is_symlink())
+    old = runs[:max(0, len(runs) - keep)]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def run_dir(parent: Path, started: datetime) -> Path:
@@ -72,35 +88,77 @@ def _demo(root: Path, args: argparse.Namespace, out: TextIO, log: TextIO) -> int
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
+    began = time.monotonic()
     settings = StackSettings(window_hours=args.window_minutes / 60,
                              hosts_per_archive=HOSTS_PER_ARCHIVE)
+    say(f"Offsite demo: starting the local stack (AWS on a moto server, the API, the event "
+        f"bus); work files and logs in {root}")
     with LocalStack(root / "stack", settings, log=lambda line: print(line, file=log)) as stack:
-        say(f"Offsite demo: local stack up (API {stack.api_url}); work files in {root}")
-        hosts = [SampleHost(name, root / "hosts" / name, stack.api_url) for name in SAMPLES]
-        for host in hosts:
-            host.write_config()
-            make_sample_data(host)
-            stack.enrol(host.name, host.keygen_and_init())
-            say(f"  enrolled {host.name}: {SAMPLES[host.name][0]}")
-        worst = 0
-        restored = next(h for h in hosts if h.name == RESTORED_HOST)
-        after_first = root / f"{RESTORED_HOST}-after-window-1"
-        for round_no in range(1, args.windows + 1):
-            if round_no > 1:
-                say("\nA day of changes:")
-                for host in hosts:
-                    say(f"  {host.name}: {change_sample_data(host, round_no)}")
-            worst = max(worst, _window(stack, hosts, round_no, say))
-            if round_no == 1:
-                shutil.copytree(restored.data, after_first, symlinks=True)
-        worst = max(worst, _restore_first_window(stack, restored, args.windows, after_first,
-                                                 root, say))
-        _seed_cost(say)
-        errors = stack.bus.errors if stack.bus else []
-        if errors:
-            say(f"\nthe event bus met {len(errors)} error(s); see {root / 'stack.log'}")
-            return 1
-        return worst
+        assert stack.fleet is not None
+        changes = machine_changes(stack)
+        say(f"  local stack up: API {stack.api_url}. Until it ends it changes this machine: "
+            + "; ".join(changes) + ". All of it is removed at the end.")
+        worst = _demo_windows(stack, root, args, say)
+    left = stack.leftovers()
+    if left:
+        say("\nThe stack left things behind on this machine: " + "; ".join(left))
+        worst = max(worst, 1)
+    else:
+        say("\nThe stack removed everything it made on this machine (accounts, group, "
+            "instance files, processes).")
+    _summary(time.monotonic() - began, args, worst, root, say)
+    return worst
+
+
+def machine_changes(stack: LocalStack) -> list[str]:
+    """What a running stack has made outside its work directory, in words."""
+    assert stack.fleet is not None and stack.deployment is not None
+    accounts = stack.fleet.accounts
+    return [f"the group {accounts.group} and one Unix account {accounts.prefix}<host> per host",
+            f"the archive instances' files in {stack.instance_root}",
+            f"one sshd per archive on port {stack.ssh_port} of a 127.77.x.x loopback address",
+            f"AWS (a moto server) on {stack.deployment.endpoint}"]
+
+
+def _summary(took: float, args: argparse.Namespace, worst: int, root: Path, say: Any) -> None:
+    outcome = "everything checked out" if worst == 0 else "something failed (see above)"
+    say(f"\nDemo done in {took:.0f} s: {outcome}. It showed {args.windows} backup "
+        f"window{'s' if args.windows != 1 else ''} of four hosts on two archive instances, "
+        "each ending in snapshots only, a restore checked file by file against a copy of the "
+        "data, and what a month costs.")
+    say(f"  Logs: {root / 'stack.log'} (the control plane's JSON log), each archive's sshd log "
+        f"beside it.")
+    say("  Next: `make test` runs the test suite; README.md's 'Deploying to a real AWS account' "
+        "and 'Enrolling a host' take it to your own hosts; "
+        "`make demo DEMO_ARGS=\"--windows 3 --window-minutes 10\"` runs it longer.")
+
+
+def _demo_windows(stack: LocalStack, root: Path, args: argparse.Namespace, say: Any) -> int:
+    hosts = [SampleHost(name, root / "hosts" / name, stack.api_url) for name in SAMPLES]
+    for host in hosts:
+        host.write_config()
+        make_sample_data(host)
+        stack.enrol(host.name, host.keygen_and_init())
+        say(f"  enrolled {host.name}: {SAMPLES[host.name][0]}")
+    worst = 0
+    restored = next(h for h in hosts if h.name == RESTORED_HOST)
+    after_first = root / f"{RESTORED_HOST}-after-window-1"
+    for round_no in range(1, args.windows + 1):
+        if round_no > 1:
+            say("\nA day of changes:")
+            for host in hosts:
+                say(f"  {host.name}: {change_sample_data(host, round_no)}")
+        worst = max(worst, _window(stack, hosts, round_no, say))
+        if round_no == 1:
+            shutil.copytree(restored.data, after_first, symlinks=True)
+    worst = max(worst, _restore_first_window(stack, restored, args.windows, after_first,
+                                             root, say))
+    _seed_cost(say)
+    errors = stack.bus.errors if stack.bus else []
+    if errors:
+        say(f"\nthe event bus met {len(errors)} error(s); see {root / 'stack.log'}")
+        return 1
+    return worst
 
 
 def _window(stack: LocalStack, hosts: list[SampleHost], round_no: int,
@@ -235,12 +293,36 @@ def _size(count: int) -> str:
     return str(count)
 
 
+def _windows(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= count <= MAX_WINDOWS:
+        raise argparse.ArgumentTypeError(f"{count} windows: give 1 to {MAX_WINDOWS}")
+    return count
+
+
+def _window_minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not 1 <= minutes <= PRODUCTION_WINDOW_HOURS * 60:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"{text} minutes: give 1 to {PRODUCTION_WINDOW_HOURS * 60:.0f} (a window must "
+            "last long enough for the hosts to send; production's is 216)")
+    return minutes
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--windows", type=int, default=2,
-                        help="windows to run, with a day of changes between them (default 2)")
-    parser.add_argument("--window-minutes", type=float, default=5.0,
-                        help="each window's length (production: 216 minutes)")
+    parser.add_argument("--windows", type=_windows, default=2, metavar="N",
+                        help="windows to run, with a day of changes between them, 1 to "
+                             f"{MAX_WINDOWS} (default 2)")
+    parser.add_argument("--window-minutes", type=_window_minutes, default=5.0, metavar="M",
+                        help="each window's length in minutes, 1 to 216 (default 5; "
+                             "production: 216)")
     return parser
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import shutil
+import socket
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -81,6 +84,7 @@ class LocalStack:
         self.deployment: Deployment | None = None
         self.fleet: Fleet | None = None
         self.bus: FleetBus | None = None
+        self.instance_root: Path | None = None  # under INSTANCE_ROOT, this stack's own
 
     def __enter__(self) -> LocalStack:
         try:
@@ -126,6 +130,7 @@ class LocalStack:
         INSTANCE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
         instance_root = Path(tempfile.mkdtemp(prefix="fleet-", dir=INSTANCE_ROOT))
         instance_root.chmod(0o755)  # mkdtemp makes it 0700: sshd reads in it as the account
+        self.instance_root = instance_root
         self._exit.callback(shutil.rmtree, instance_root, ignore_errors=True)
         self.fleet = Fleet.create(instance_root, aws_client("ec2", moto.endpoint), self.ssh_port,
                                   self.deployment.keys, self.settings.boot_seconds, self.log,
@@ -239,6 +244,39 @@ class LocalStack:
                 return window
             time.sleep(0.2)
         raise StackError(f"window {window_id} still {window['state']} after {timeout:.0f} s")
+
+
+    def leftovers(self) -> list[str]:
+        """What this stack made on the machine and has not removed: empty once it has ended
+        cleanly (processes, mounts, ports, accounts, group, instance files)."""
+        accounts = self.fleet.accounts if self.fleet else None
+        named = [entry.pw_name for entry in pwd.getpwall()
+                 if accounts and entry.pw_name.startswith(accounts.prefix)]
+        return leftovers(self.root, [reserved.port for reserved in self._ports],
+                         self.instance_root, named, accounts.group if accounts else None)
+
+
+def leftovers(root: Path, ports: list[int], instance: Path | None,
+              accounts: list[str] | None = None, group: str | None = None) -> list[str]:
+    """What a stack (work files in `root`, instance files in `instance`) left behind."""
+    found = [f"instance files {instance}"] if instance and instance.exists() else []
+    processes = subprocess.run(["pgrep", "-af", f"{root}|{instance}"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+    if processes:
+        found.append(f"processes: {processes}")
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if str(root) in line]
+    found += [f"mount: {m}" for m in mounts]
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                found.append(f"port {port} still listening")
+    for account in accounts or []:
+        if subprocess.run(["id", account], capture_output=True, check=False).returncode == 0:
+            found.append(f"account {account}")
+    if group and subprocess.run(["getent", "group", group], capture_output=True,
+                                check=False).returncode == 0:
+        found.append(f"group {group}")
+    return found
 
 
 def _clear_app_caches() -> None:

@@ -68,7 +68,7 @@ def held_names(stack: LocalStack) -> dict[str, Any]:
         "groups": sorted(groups),
         "ports": [stack.api_port, stack.ssh_port,
                   int(stack.deployment.endpoint.rsplit(":", 1)[1])],
-        "instance_root": str(stack.fleet.settings.root.parent),
+        "instance_root": str(stack.instance_root),
     }
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from local.aws import aws_client
 from local.hosts import SampleHost, change_sample_data, make_sample_data
-from local.stack import LocalStack, StackSettings
+from local.stack import LocalStack, StackSettings, leftovers
 from local.trees import inventory
 
 SAMPLE_HOSTS = ("c", "h", "o", "l")
@@ -84,14 +84,7 @@ def listening(address: str, port: int) -> bool:
         return probe.connect_ex((address, port)) == 0
 
 
-def fleet_root(stack: LocalStack) -> Path:
-    """The stack's fleet directory (under /var/lib/offsite-local): instances/, ebs/, mounts/,
-    restore/."""
-    assert stack.fleet is not None
-    return stack.fleet.settings.root.parent
-
-
-def window_leftovers(stack: LocalStack, window: dict[str, Any]) -> list[str]:
+def windowleftovers(stack: LocalStack, window: dict[str, Any]) -> list[str]:
     """What a closed window has left that it should not have: an instance not terminated, a
     volume (in EC2 or as a directory), an sshd listening or running, a mount point."""
     assert stack.fleet is not None
@@ -121,7 +114,7 @@ def wait_nothing_left(stack: LocalStack, window: dict[str, Any],
     """The leftovers once the terminations and deletions that follow CLOSED have had time
     (a volume still attached is the reconciler's sweep's)."""
     limit = time.monotonic() + timeout
-    while (found := window_leftovers(stack, window)) and time.monotonic() < limit:
+    while (found := windowleftovers(stack, window)) and time.monotonic() < limit:
         time.sleep(0.5)
     return found
 
@@ -271,28 +264,6 @@ def test_a_revoked_host_gets_no_session(stack: LocalStack, tmp_path: Path) -> No
     assert snapshot_tags(stack, second["window_id"]) == {"c": "true"}
 
 
-def _leftovers(root: Path, ports: list[int], instance: Path | None,
-               accounts: list[str] | None = None, group: str | None = None) -> list[str]:
-    found = [f"instance files {instance}"] if instance and instance.exists() else []
-    processes = subprocess.run(["pgrep", "-af", f"{root}|{instance}"], capture_output=True,
-                               text=True, check=False).stdout.strip()
-    if processes:
-        found.append(f"processes: {processes}")
-    mounts = [line for line in Path("/proc/mounts").read_text().splitlines() if str(root) in line]
-    found += [f"mount: {m}" for m in mounts]
-    for port in ports:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                found.append(f"port {port} still listening")
-    for account in accounts or []:
-        if subprocess.run(["id", account], capture_output=True, check=False).returncode == 0:
-            found.append(f"account {account}")
-    if group and subprocess.run(["getent", "group", group], capture_output=True,
-                                check=False).returncode == 0:
-        found.append(f"group {group}")
-    return found
-
-
 class MidWindowError(Exception):
     pass
 
@@ -306,6 +277,7 @@ def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
     group = None
     addresses: list[str] = []
     ssh_port = 0
+    ended: LocalStack | None = None
     try:
         settings = StackSettings(window_hours=0.05, hosts_per_archive=1)
         with LocalStack(root, settings, log=lambda line: None) as stack:
@@ -314,7 +286,7 @@ def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
             ports = [stack.api_port, stack.ssh_port,
                      int(stack.deployment.endpoint.rsplit(":", 1)[1])]
             ssh_port = stack.ssh_port
-            instance, group = fleet_root(stack), stack.fleet.accounts.group
+            instance, group = stack.instance_root, stack.fleet.accounts.group
             stack_id = stack.fleet.accounts.stack_id
             window = stack.fire_open_schedule()
             opened = wait_shards_open(stack, window["window_id"])
@@ -324,6 +296,9 @@ def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
             assert all(listening(a, ssh_port) for a in addresses)
             accounts = stack.fleet.accounts.accounts  # made as each archive booted
             assert sorted(accounts) == [f"{stack_id}-c", f"{stack_id}-o"]
+            held = "\n".join(stack.leftovers())  # what `make demo` checks once it has ended
+            assert all(name in held for name in (*accounts, group, str(instance))), held
+            ended = stack
             run = hosts["c"].start("run")  # with its archive up and the host's FUSE mounted
             if fail:
                 time.sleep(2)
@@ -335,5 +310,6 @@ def test_the_stack_leaves_nothing_running(tmp_path: Path, fail: bool) -> None:
         if run is not None and run.poll() is None:
             run.terminate()  # cron's run is interrupted too: it must clean up after itself
             run.communicate(timeout=60)
-    assert _leftovers(tmp_path, ports, instance, accounts, group) == []
+    assert leftovers(tmp_path, ports, instance, accounts, group) == []
+    assert ended is not None and ended.leftovers() == []
     assert [a for a in addresses if listening(a, ssh_port)] == []

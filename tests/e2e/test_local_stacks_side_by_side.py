@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from local.demo import run_dir
-from local.stack import LocalStack
+from local.stack import LocalStack, leftovers
 from tests.e2e.stack_windows import RESULT
-from tests.e2e.test_local_stack import _leftovers
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WINDOWS = 5
@@ -67,7 +66,7 @@ def test_two_stacks_side_by_side_each_run_five_windows(tmp_path: Path) -> None:
         assert not set(first[held]) & set(second[held]), (held, first[held], second[held])
     assert first["instance_root"] != second["instance_root"]
     for name, result in results.items():
-        assert _leftovers(tmp_path / name, result["ports"], Path(result["instance_root"]),
+        assert leftovers(tmp_path / name, result["ports"], Path(result["instance_root"]),
                           result["accounts"], None) == [], name
         for group in result["groups"]:
             assert subprocess.run(["getent", "group", group], capture_output=True,
