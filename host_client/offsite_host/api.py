@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +40,7 @@ class Answer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    url: str = ""  # where it came from, for the operator
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -61,7 +64,18 @@ class Answer:
 
 
 class UnreachableError(ServerError):
-    """No HTTP answer at all: DNS, connection, TLS or timeout."""
+    """No HTTP answer, for a reason that may pass: a timeout, a reset connection. Retried."""
+
+
+class WrongApiError(ServerError):
+    """`api_url` cannot be Offsite's: its name does not resolve, nothing listens there, its TLS
+    certificate is not for it, or what answers is not the Offsite API. Never retried: cron
+    would only mail the same failure every 15 s until max_wait_s."""
+
+
+# A gateway in front of the API answers these by itself (API Gateway: throttling, a Lambda
+# error or timeout) in its own `{"message": ...}` body; they pass, so they are retried.
+GATEWAY_TRANSIENT = (429, 502, 503, 504)
 
 
 Transport = Callable[[Prepared, float], Answer]
@@ -90,13 +104,48 @@ def urllib_transport(request: Prepared, timeout: float) -> Answer:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310
             return Answer(response.status, dict(response.headers.items()),
-                          response.read(MAX_ANSWER_BYTES))
+                          response.read(MAX_ANSWER_BYTES), request.url)
     except urllib.error.HTTPError as exc:
         with exc:
-            return Answer(exc.code, dict(exc.headers.items()), exc.read(MAX_ANSWER_BYTES))
+            return Answer(exc.code, dict(exc.headers.items()), exc.read(MAX_ANSWER_BYTES),
+                          request.url)
     except OSError as exc:  # URLError, timeouts, resets, TLS failures
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.gaierror, ConnectionRefusedError,
+                               ssl.SSLCertVerificationError)):
+            raise WrongApiError(f"cannot reach the Offsite API at {request.url}: "
+                                f"{_unreachable(reason)}; check api_url in host.toml") from None
         raise UnreachableError(f"cannot reach the Offsite API at {request.url}: {reason}") from None
+
+
+def _unreachable(reason: OSError) -> str:
+    if isinstance(reason, socket.gaierror):
+        return f"its name does not resolve ({reason.strerror})"
+    if isinstance(reason, ConnectionRefusedError):
+        return "the connection was refused (nothing listens there)"
+    return f"its TLS certificate does not verify ({reason})"
+
+
+def check_offsite(answer: Answer) -> Answer:
+    """The answer itself, when the Offsite API gave it: a JSON object, and for an error its
+    `{"error": code}`; a gateway's transient error passes too. Anything else (a web server's
+    page, API Gateway's "Missing Authentication Token" for a path it has no route for) means
+    `api_url` points elsewhere: WrongApiError."""
+    data = answer.json()
+    if 200 <= answer.status < 300 and isinstance(data, dict):
+        return answer
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return answer
+    if answer.status in GATEWAY_TRANSIENT:
+        return answer
+    where = answer.url or "api_url"
+    if isinstance(data, dict) and data.get("message") == "Missing Authentication Token":
+        raise WrongApiError(f"the URL is wrong: {where} has no such path (API Gateway answered "
+                            f"HTTP {answer.status}, \"Missing Authentication Token\"); check "
+                            "api_url in host.toml: it ends with the stage, e.g. /api")
+    seen = answer.body[:80].decode("utf-8", "replace").strip() or "an empty body"
+    raise WrongApiError(f"{where} is not the Offsite API: it answered HTTP {answer.status} with "
+                        f"{seen!r}; check api_url in host.toml")
 
 
 class ApiClient:
@@ -115,4 +164,4 @@ class ApiClient:
     def _send(self, path: str, payload: Mapping[str, Any] | None) -> Answer:
         request = prepare(self.api_url, path, payload, self._key, self.host,
                           int(self._clock()), secrets.token_urlsafe(16))
-        return self._transport(request, self._timeout)
+        return check_offsite(self._transport(request, self._timeout))

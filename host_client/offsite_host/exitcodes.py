@@ -54,7 +54,9 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.LOCKED: "another offsite-host run holds the lock; this one did nothing",
     ExitCode.LOCAL_FAILED: "the local stage failed (rdiff-backup or the gocryptfs view)",
     ExitCode.SERVER: "the control plane is unreachable, was still opening the window after "
-                     "max_wait_s, or answered outside the contract",
+                     "max_wait_s, or answered outside the contract; at once, without "
+                     "retrying, when api_url is wrong (its name does not resolve, nothing "
+                     "listens there, or what answers is not the Offsite API)",
     ExitCode.RESTORE_FAILED: "the restore failed (or verify --deep): the fetched copy is "
                              "damaged (not what the host sent, per its manifest; corrupted "
                              "ciphertext; a file failing rdiff-backup's hash) or could not be "

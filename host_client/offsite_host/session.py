@@ -13,7 +13,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from offsite_host.api import Answer, ApiClient, UnreachableError
+from offsite_host.api import GATEWAY_TRANSIENT, Answer, ApiClient, UnreachableError
 from offsite_host.exitcodes import ConfigError, NoWindowError, ServerError
 
 DEFAULT_RETRY_S = 15.0
@@ -50,10 +50,11 @@ class Retry:
 
 
 def parse_session_answer(answer: Answer, now: float) -> Session | Retry:
-    """201 -> the session; 503 (and a gateway's 502/504) -> wait and retry; the rest raises."""
+    """201 -> the session; 503 (and a gateway's 429/502/504) -> wait and retry; the rest
+    raises."""
     if answer.status == 201:
         return parse_session(answer.json())
-    if answer.status in (502, 503, 504):
+    if answer.status in GATEWAY_TRANSIENT:
         return Retry(retry_after(answer.header("Retry-After"), now),
                      f"HTTP {answer.status} ({answer.error_text()})")
     if answer.status == 409:
