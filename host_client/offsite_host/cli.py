@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from nacl.signing import SigningKey
 
@@ -60,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_keygen(cfg: Config, args: argparse.Namespace, console: Console) -> int:
+    if args.show:
+        print(keys.public_line(keys.load_identity(cfg.key_file), f"{cfg.host}@offsite"))
+        return ExitCode.OK
     if cfg.key_file.exists() and not args.force:
-        raise ConfigError(f"{cfg.key_file} exists; pass --force to replace it (the new key "
-                          "must then be enrolled again)")
+        raise ConfigError(f"{cfg.key_file} exists; `keygen --show` prints its public key "
+                          "again, --force replaces it (the new key must then be enrolled "
+                          "again)")
     key = SigningKey.generate()
     comment = f"{cfg.host}@offsite"
     keys.write_secret(cfg.key_file, keys.private_pem(key, comment, secrets.randbits(32)))
@@ -162,22 +167,47 @@ def _save(command: str, cfg: Config, started: float, outcome: Outcome,
         outcome.bytes_sent, outcome.files, outcome.detail))
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's help ends with its default when it has one
+    that the text does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offsite-host", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="the host.toml to use")
+                                     formatter_class=_Help)
+    config_help = ("the host.toml to use (default: "
+                   f"{default_config_path(sys.platform, dict(os.environ))})")
+    parser.add_argument("--config", type=Path, help=config_help)
+    # --config is also taken after the command (`offsite-host run --config F`); SUPPRESS
+    # leaves the one given before the command in place when it is not repeated after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    keygen = commands.add_parser("keygen", help="make this host's Ed25519 identity key and "
-                                 "print the public key to enrol")
-    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], formatter_class=_Help, **kwargs)
+
+    keygen = command("keygen", help="make this host's Ed25519 identity key and print the "
+                     "public key to enrol")
+    made = keygen.add_mutually_exclusive_group()
+    made.add_argument("--force", action="store_true", help="replace an existing key (off: an "
+                      "existing key is never overwritten)")
+    made.add_argument("--show", action="store_true", help="print the existing key's public "
+                      "line again, to enrol it (makes nothing)")
     keygen.set_defaults(handler=cmd_keygen)
-    commands.add_parser("init", help="create the local repository and its encryption "
-                        "(gocryptfs reverse) with a generated password").set_defaults(
-                            handler=cmd_init)
-    commands.add_parser("run", help="back up, encrypt, send, verify and report (for cron)",
-                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-                        ).set_defaults(handler=cmd_run)
-    verify = commands.add_parser("verify", help="check the archive copy against the encrypted "
+    command("init", help="create the local repository and its encryption (gocryptfs reverse) "
+            "with a generated password").set_defaults(handler=cmd_init)
+    command("run", help="back up, encrypt, send, verify and report (for cron)",
+            epilog=EPILOG).set_defaults(handler=cmd_run)
+    verify = command("verify", help="check the archive copy against the encrypted "
                                  "view in a new session, as a run's verification would "
                                  "(reports nothing); --full: all of it; --deep: a restore drill "
                                  "of the newest recovery point")
@@ -189,18 +219,17 @@ def _parser() -> argparse.ArgumentParser:
                      "decrypt and restore it into a temporary directory, and compare it "
                      "with the local backup it came from (reports to the restore window)")
     verify.set_defaults(handler=cmd_verify)
-    commands.add_parser("snapshots", help="list the recovery points on the archive").set_defaults(
+    command("snapshots", help="list the recovery points on the archive").set_defaults(
         handler=cmd_snapshots)
-    _restore_parser(commands)
-    commands.add_parser("status", help="summarise the last run").set_defaults(
-        handler=cmd_status)
+    _restore_parser(command)
+    command("status", help="summarise the last run").set_defaults(handler=cmd_status)
     return parser
 
 
-def _restore_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    restore = commands.add_parser(
+def _restore_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
+    restore = command(
         "restore", help="bring back a recovery point (a retained day) into a directory",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         description="Fetches the recovery point of --date (or --snapshot) over rsync, "
         "decrypts it here and runs rdiff-backup restore into --to, which must be empty or "
         "absent (and not a configured path) unless --force-overwrite is given. Nothing is "

@@ -6,6 +6,7 @@ from the configuration file's directory, and every error names the key at fault.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
@@ -190,5 +191,12 @@ def _tools(value: object, platform: str) -> Tools:
 
 def _only(data: dict[str, Any], allowed: set[str], prefix: str) -> None:
     unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(prefix + k for k in unknown)}")
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+        named.append(prefix + key + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+    settings = "setting" if len(unknown) == 1 else "settings"
+    raise ConfigError(f"unknown {settings} in host.toml: {', '.join(named)}; the settings are "
+                      f"{', '.join(prefix + k for k in sorted(allowed))}")

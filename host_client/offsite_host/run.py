@@ -50,7 +50,7 @@ from offsite_host.exitcodes import (
     VerifyError,
 )
 from offsite_host.report import Report, send_report
-from offsite_host.session import Session, open_session
+from offsite_host.session import Session, ask_session, open_session
 
 DIGESTS_FILE = "manifest-digests.json"
 """The digest cache the last seal left: the view as the last verified run saw it."""
@@ -122,18 +122,25 @@ class Routine:
                        + verified.plan.describe(), session.window_id)
 
     def _ship(self, ready: preflight.Ready, client: ApiClient) -> Outcome:
-        self.stage = "local"
-        warnings = history.back_up(ready.tools.rdiff_backup, ready.repositories,
-                                   self.cfg.retention_days, self._step("history"))
-        for warning in warnings:
-            self.console.step("history", f"warning: {warning}")
-        with self._view(ready) as view, Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
-            self.stage = "session"
-            session = self._open(client, eph)
-            self.stage = "transfer"
-            stats, sent = self._push(ready, view, session, eph)
-            verified = self._verify(ready, view, session, eph, sent, repair=True)
-            self._seal(ready, session, eph)
+        with Ephemeral(self.cfg.state_dir, self.cfg.host) as eph:
+            early = self._ask(client, eph)
+            self.stage = "local"
+            warnings = history.back_up(ready.tools.rdiff_backup, ready.repositories,
+                                       self.cfg.retention_days, self._step("history"))
+            for warning in warnings:
+                self.console.step("history", f"warning: {warning}")
+            with self._view(ready) as view:
+                self.stage = "session"
+                session = early if early and early.stop_at > self.clock() else self._open(
+                    client, eph)
+                return self._send(ready, view, session, eph, warnings)
+
+    def _send(self, ready: preflight.Ready, view: str, session: Session, eph: Ephemeral,
+              warnings: list[str]) -> Outcome:
+        self.stage = "transfer"
+        stats, sent = self._push(ready, view, session, eph)
+        verified = self._verify(ready, view, session, eph, sent, repair=True)
+        self._seal(ready, session, eph)
         repaired = verified.repaired
         notes = [f"repaired {repaired.files} files"] if repaired.files else []
         detail = "; ".join([verified.plan.describe(), *notes, *warnings])
@@ -150,9 +157,23 @@ class Routine:
             self.console.step("encrypt", f"view of {self.cfg.repository} on {mountpoint}")
             yield transfer.rsync_local_path(mountpoint, sys.platform)
 
+    def _ask(self, client: ApiClient, eph: Ephemeral) -> Session | None:
+        """One session request before the local work: with no window open the run ends here
+        (exit 3) instead of after its local stage; while the window is still opening the local
+        work runs meanwhile (None: the session is waited for after it)."""
+        self.stage = "session"
+        outcome = ask_session(client, eph.public_line, self.clock)
+        if isinstance(outcome, Session):
+            return self._opened(outcome, eph)
+        self.console.step("session", f"window not ready yet ({outcome.reason}); the local "
+                          "backup runs meanwhile")
+        return None
+
     def _open(self, client: ApiClient, eph: Ephemeral) -> Session:
-        session = open_session(client, eph.public_line, self.cfg.max_wait_s,
-                               self._step("session"), self.clock, self.sleep)
+        return self._opened(open_session(client, eph.public_line, self.cfg.max_wait_s,
+                                         self._step("session"), self.clock, self.sleep), eph)
+
+    def _opened(self, session: Session, eph: Ephemeral) -> Session:
         self.session = session
         eph.write_session(session)
         self.console.step("session", f"window {session.window_id}: {session.user}@"

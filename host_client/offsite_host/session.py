@@ -163,18 +163,24 @@ def _remote_path(value: object) -> str:
     return value
 
 
+def ask_session(client: ApiClient, ssh_public_key: str, clock: Callable[[], float] = time.time,
+                purpose: str = "backup") -> Session | Retry:
+    """One request: the session, or when to ask again; no window open raises NoWindowError."""
+    payload = {"host": client.host, "ssh_public_key": ssh_public_key, "purpose": purpose}
+    try:
+        return parse_session_answer(client.post("/v1/sessions", payload), clock())
+    except UnreachableError as exc:
+        return Retry(DEFAULT_RETRY_S, str(exc))
+
+
 def open_session(client: ApiClient, ssh_public_key: str, max_wait_s: float,
                  log: Callable[[str], None], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, purpose: str = "backup") -> Session:
     """Asks for a session, honouring `Retry-After` while the window opens, for at most
     `max_wait_s` in total; unreachable-API errors are retried within the same budget."""
     give_up_at = clock() + max_wait_s
-    payload = {"host": client.host, "ssh_public_key": ssh_public_key, "purpose": purpose}
     while True:
-        try:
-            outcome = parse_session_answer(client.post("/v1/sessions", payload), clock())
-        except UnreachableError as exc:
-            outcome = Retry(DEFAULT_RETRY_S, str(exc))
+        outcome = ask_session(client, ssh_public_key, clock, purpose)
         if isinstance(outcome, Session):
             return outcome
         wait = min(outcome.after_s, give_up_at - clock())

@@ -64,7 +64,7 @@ def test_no_configuration(tmp_path: Path) -> None:
 
 def test_configuration_errors_name_the_key(host: Host) -> None:
     host.config.write_text(host.config.read_text().replace("state_dir", "statedir"))
-    expect(host.cli("run"), 2, "unknown setting(s): statedir")
+    expect(host.cli("run"), 2, "unknown setting in host.toml: statedir (did you mean state_dir?)")
     host.write_config(retention_days=0)
     expect(host.cli("run"), 2, "retention_days must be an integer >= 1")
 
@@ -110,23 +110,28 @@ def test_missing_tools(host: Host) -> None:
     assert "cppcryptfs" in done.stderr
 
 
-@pytest.mark.parametrize("body", [
-    b"<html>gateway</html>",
-    json.dumps({"window_id": "w-1", "address": "127.0.0.1", "port": "22"}).encode(),
-    json.dumps({"window_id": "w-1", "address": "-oProxyCommand=sh", "port": 22, "user": "u",
-                "certificate": "x", "known_hosts": "x", "remote_path": "../other",
-                "not_after": 1, "deadline": 1}).encode(),
-])
-def test_malformed_session_answer(host: Host, body: bytes) -> None:
+@pytest.mark.parametrize("body, says", [
+    (b"<html>gateway</html>", "is not the Offsite API: it answered HTTP 201"),
+    (json.dumps({"window_id": "w-1", "address": "127.0.0.1", "port": "22"}).encode(),
+     "malformed session answer"),
+    (json.dumps({"window_id": "w-1", "address": "-oProxyCommand=sh", "port": 22, "user": "u",
+                 "certificate": "x", "known_hosts": "x", "remote_path": "../other",
+                 "not_after": 1, "deadline": 1}).encode(), "malformed session answer"),
+], ids=["html", "port-as-text", "hostile-fields"])
+def test_malformed_session_answer(host: Host, body: bytes, says: str) -> None:
     host.entry.script.extend([(201, {"Content-Type": "application/json"}, body)])
-    expect(host.cli("run"), 9, "malformed session answer")
+    expect(host.cli("run"), 9, says)
 
 
 def test_server_answers_map_to_exit_codes(host: Host) -> None:
     script: deque[tuple[int, dict[str, str], bytes]] = host.entry.script
     script.append((409, {}, json.dumps({"error": "no_open_window",
                                         "next_window": "2030-01-01T02:00:00Z"}).encode()))
+    repository = host.root / "repository"
+    before = sorted(p.relative_to(repository) for p in repository.rglob("*"))
     expect(host.cli("run"), 3, "no backup window is open; next window 2030-01-01T02:00:00Z")
+    after = sorted(p.relative_to(repository) for p in repository.rglob("*"))
+    assert after == before  # asked before the local work: no rdiff-backup run was spent
     script.append((403, {}, json.dumps({"error": "unknown_host",
                                         "message": "host is revoked"}).encode()))
     expect(host.cli("run"), 2, "unknown_host: host is revoked")

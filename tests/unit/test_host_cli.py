@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def test_keygen_prints_the_key_to_enrol_and_never_overwrites(
     assert printed.out == keys.public_line(key, "web-1@offsite") + "\n"
     assert "BEGIN" not in printed.out + printed.err  # the private key is never shown
     assert main(["--config", str(config), "keygen"]) == 2
-    assert "pass --force" in capsys.readouterr().err
+    assert "--force replaces it" in capsys.readouterr().err
     assert main(["--config", str(config), "keygen", "--force"]) == 0
     assert bytes(keys.load_identity(config.parent / "host.key")) != bytes(key)
 
@@ -90,3 +91,45 @@ def test_verify_full_and_deep_are_one_or_the_other(config: Path,
         main(["verify", "--help"])
     out = capsys.readouterr().out
     assert "--full" in out and "verify_cycle_days" in out
+
+
+def test_config_is_taken_after_the_command_too(config: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keygen", "--config", str(config)]) == 0
+    line = capsys.readouterr().out
+    assert main(["status", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == "no run recorded yet\n"
+    # given before the command and not repeated after it, it stays
+    assert main(["--config", str(config), "keygen", "--show"]) == 0
+    assert capsys.readouterr().out == line
+
+
+def test_keygen_show_prints_the_enrolled_key_again_and_makes_nothing(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "keygen", "--show"]) == 2
+    assert "no host key at" in capsys.readouterr().err
+    assert not (config.parent / "host.key").exists()
+    assert main(["--config", str(config), "keygen"]) == 0
+    made = capsys.readouterr().out
+    key_bytes = (config.parent / "host.key").read_bytes()
+    assert main(["--config", str(config), "keygen", "--show"]) == 0
+    assert capsys.readouterr().out == made
+    assert (config.parent / "host.key").read_bytes() == key_bytes
+    assert main(["--config", str(config), "keygen"]) == 2
+    assert "`keygen --show` prints its public key again" in capsys.readouterr().err
+
+
+def test_every_option_says_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from offsite_host.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--config CONFIG the host.toml to use (default: " in out, name
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert "default: " in action.help or f"(default: {action.default})" in out, (
+                    name, action.dest)

@@ -82,8 +82,11 @@ def test_data_defaults_per_platform() -> None:
     ({"verify_cycle_days": 0}, "verify_cycle_days must be an integer >= 1"),
     ({"verify_cycle_days": 2.5}, "verify_cycle_days must be an integer"),
     ({"key_file": ""}, "key_file must be a path"),
-    ({"password": "x"}, "unknown setting(s): password"),
-    ({"tools": {"rsnyc": "rsync"}}, "unknown setting(s): tools.rsnyc"),
+    ({"password": "x"}, "unknown setting in host.toml: password (did you mean password_file?)"),
+    ({"tools": {"rsnyc": "rsync"}},
+     "unknown setting in host.toml: tools.rsnyc (did you mean tools.rsync?)"),
+    ({"colour": "red", "statedir": "s"}, "unknown settings in host.toml: colour, statedir (did "
+     "you mean state_dir?); the settings are api_url, bwlimit_kib"),
     ({"tools": {"rsync": ""}}, "tools.rsync must be a program name or path"),
     ({"tools": "rsync"}, "[tools] must be a table"),
 ])
