@@ -42,8 +42,9 @@ TEMPLATE = "sam.json"
 BUNDLE = "deployment.zip"
 # chalice wants a region to start; the template names none (it uses AWS::Region).
 FALLBACK_REGION = "us-east-1"
-# A runtime Lambda supports until 2028 ("Lambda runtimes", Supported runtimes, AWS Lambda
-# Developer Guide); the code, its wheels and the template's Runtime all say this one.
+# Deprecated on 31 Oct 2028 (python3.11: on 30 Jun 2026): "Lambda runtimes", Supported runtimes,
+# https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html . The code, its wheels and
+# the template's Runtime all say this one.
 RUNTIME = "python3.12"
 # Per Lambda architecture: the wheels' platform tag (PEP 599) and the ELF e_machine of its
 # libraries (System V ABI: EM_AARCH64, EM_X86_64).

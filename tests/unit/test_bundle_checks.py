@@ -37,7 +37,7 @@ def function(runtime: str, architectures: list[str] | None) -> dict[str, object]
 
 
 def test_runtime_is_pinned_to_a_supported_python_not_the_workstations() -> None:
-    assert RUNTIME in ("python3.11", "python3.12")
+    assert RUNTIME == "python3.12"  # python3.11 is deprecated since 30 Jun 2026
     assert runtime_problems({"Resources": {"F": function(RUNTIME, ["arm64"]),
                                            "Table": {"Type": "AWS::DynamoDB::Table"}}},
                             "arm64") == []
