@@ -47,6 +47,7 @@ from chalicelib.adapters.compute import (
     LaunchSpec,
     VolumeSpec,
 )
+from chalicelib.admin.kms import EBS_USE, key_policy_statements
 from chalicelib.fleet import DEFAULT_IMAGES, Placement
 
 from .iam_evaluation import Request, decision, glob_matches, listed
@@ -594,3 +595,88 @@ def test_every_aws_call_in_the_code_is_in_the_table() -> None:
     tabled = {r.action for name in calls() for r in calls()[name]}
     missing = {o for o in found - ADMIN_ONLY if not AUTHORISED_ACTIONS.get(o, {o}) <= tabled}
     assert missing == set()
+
+
+# A customer managed key (`offsite-admin init --kms-key`) ----------------------------------
+KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def ebs_key_policy() -> dict[str, Any]:
+    """The template's LaunchShardEbsKeyPolicy, as CloudFormation resolves it with the key."""
+    resources = json.loads((ROOT / "deploy" / "resources.json").read_text())["Resources"]
+
+    def resolved(value: Any) -> Any:
+        if value == {"Ref": "EbsKmsKeyArn"}:
+            return KEY
+        if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+            return value["Fn::Sub"].replace("${AWS::Region}", REGION)
+        if isinstance(value, dict):
+            return {k: resolved(v) for k, v in value.items()}
+        return [resolved(v) for v in value] if isinstance(value, list) else value
+
+    return dict(resolved(resources["LaunchShardEbsKeyPolicy"]["Properties"]["PolicyDocument"]))
+
+
+def key_policy() -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": key_policy_statements(KEY)}
+
+
+def through(service: str, **context: str) -> dict[str, list[str]]:
+    return {"kms:ViaService": [f"{service}.{REGION}.amazonaws.com"],
+            "kms:CallerAccount": [ACCOUNT], **{k: [v] for k, v in context.items()}}
+
+
+def ebs_key_requests() -> Requests:
+    """What EBS asks of KMS, as the caller, when RunInstances makes a volume with the key
+    ("Requirements for Amazon EBS encryption", Permissions for users)."""
+    return [Request(a, KEY, through("ec2"), "EBS, for the launch") for a in EBS_USE] + [
+        Request("kms:CreateGrant", KEY, through("ec2", **{"kms:GrantIsForAWSResource": "true"}),
+                "EBS's grant for the volume")]
+
+
+def ssm_key_request(action: str, name: str) -> Request:
+    return Request(action, KEY, through(
+        "ssm", **{"kms:EncryptionContext:PARAMETER_ARN": parameter_arn(name)}),
+        f"SSM, for {name}")
+
+
+def test_launch_shard_uses_the_key_through_ebs_under_both_policies() -> None:
+    for request in ebs_key_requests():
+        assert decision([policy("launch_shard"), ebs_key_policy()], request) == "allow", request
+        assert decision([key_policy()], request) == "allow", request
+        assert not reference_problems(request)
+
+
+@pytest.mark.parametrize("name", [n for n in FUNCTIONS if n != "launch_shard"])
+def test_no_other_function_may_use_the_volumes_key(name: str) -> None:
+    assert {decision(documents(name), r) for r in ebs_key_requests()} == {"implicit"}
+
+
+def test_the_key_is_not_usable_directly_nor_granted_for_anything_but_ebs() -> None:
+    (grant,) = [r for r in ebs_key_requests() if r.action == "kms:CreateGrant"]
+    for_a_person = Request(grant.action, KEY, through("ec2", **{
+        "kms:GrantIsForAWSResource": "false"}))
+    direct = Request("kms:Decrypt", KEY, {"kms:CallerAccount": [ACCOUNT]})
+    other_account = Request("kms:Decrypt", KEY, {**through("ec2"),
+                                                 "kms:CallerAccount": ["210987654321"]})
+    for request in (for_a_person, direct, other_account):
+        assert decision([key_policy()], request) == "implicit", request
+    for request in (for_a_person, direct):
+        assert decision([policy("launch_shard"), ebs_key_policy()], request) == "implicit"
+
+
+@pytest.mark.parametrize(("name", "parameter"), [("api_handler", "ca-key"),
+                                                 ("instance-role", "host-key")])
+def test_secure_parameters_are_read_with_the_key_through_ssm(name: str, parameter: str) -> None:
+    request = ssm_key_request("kms:Decrypt", parameter)
+    assert decision(documents(name), request) == "allow"
+    assert decision([key_policy()], request) == "allow"
+    assert not reference_problems(request)
+
+
+def test_init_writes_offsites_parameters_with_the_key_and_nothing_else_reads_through_it() -> None:
+    assert decision([key_policy()], ssm_key_request("kms:Encrypt", "ca-key")) == "allow"
+    elsewhere = Request("kms:Decrypt", KEY, through("ssm", **{
+        "kms:EncryptionContext:PARAMETER_ARN":
+            f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/billing/db-password"}))
+    assert decision([key_policy()], elsewhere) == "implicit"
