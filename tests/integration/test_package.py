@@ -7,9 +7,10 @@ finds in its environment every setting `Settings.from_env` needs; the names the 
 the policies expect. Nothing runs between windows: the template makes no instance and no
 volume, only the launch template, security group and roles each window's archives launch with.
 
-The template does not depend on the bundle's wheels, so this packages a copy of the project
-whose requirements.txt is empty: chalice then needs no package index, and the template is the
-one `deploy/package.py` writes from the real tree (only deployment.zip differs). One test
+The template does not depend on the bundle's wheels, so the `packaged` fixture (conftest.py)
+packages a copy of the project whose requirements.txt is empty: chalice then needs no package
+index, and the template is the one `deploy/package.py` writes from the real tree (only
+deployment.zip differs). One test
 packages the real tree, wheels from the package index included, and reads the bundle's native
 libraries back as Lambda would load them: arm64 ELF objects for the pinned runtime.
 """
