@@ -29,7 +29,7 @@ from chalicelib.admin.initialise import (
     render_plan,
     table_exists,
 )
-from chalicelib.admin.kms import key_policy_statements
+from chalicelib.admin.kms import key_policy_statements, region_mismatch
 from chalicelib.admin.usage import NoUsageError, observe
 from chalicelib.cost import GIB, UnknownPriceError, load_prices
 from chalicelib.cost_report import compare, designs
@@ -92,6 +92,9 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
 def cmd_init(ctx: Context) -> int:
     args = ctx.args
     target = Target(args.stage, local=bool(args.endpoint_url), kms_key=args.kms_key)
+    mismatch = args.kms_key and region_mismatch(args.kms_key, ctx.session.region_name)
+    if mismatch and not target.local:
+        raise UsageError(mismatch)
     ssm, dynamodb = ctx.client("ssm"), ctx.client("dynamodb")
     deployer = None if target.local or args.no_deploy else _deployer(ctx, target)
     steps = plan_init(target, existing_parameters(ssm, target.keys),

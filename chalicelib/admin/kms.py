@@ -65,3 +65,13 @@ def key_policy_statements(key_arn: str, partition: str = "aws") -> list[dict[str
                                       f"arn:{partition}:ssm:{region}:{account}:parameter/"
                                       "offsite/*"}}},
     ]
+
+
+def region_mismatch(key_arn: str, region: str | None) -> str | None:
+    """Why the key cannot serve a stack in `region`, or None. EBS and Parameter Store use a key
+    of their own region only (a KMS key is regional; "Requirements for Amazon EBS encryption")."""
+    key_region, _ = key_region_and_account(key_arn)
+    if region and key_region != region:
+        return (f"the KMS key is in {key_region} and the stack in {region}: give a key of "
+                f"{region} (a multi-Region key's replica there, or a key made there)")
+    return None

@@ -11,7 +11,12 @@ import pytest
 
 from chalicelib.admin import cli
 from chalicelib.admin.initialise import Target, plan_init, put_keys
-from chalicelib.admin.kms import KeyArnError, key_policy_statements, key_region_and_account
+from chalicelib.admin.kms import (
+    KeyArnError,
+    key_policy_statements,
+    key_region_and_account,
+    region_mismatch,
+)
 from chalicelib.keys import KeyMaterial
 
 KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -77,3 +82,11 @@ def test_the_key_policy_trusts_the_account_through_ebs_and_ssm_only() -> None:
         "kms:GrantIsForAWSResource": "true"}
     assert statements["OffsiteParametersThroughSsm"]["Condition"]["StringEquals"][
         "kms:ViaService"] == "ssm.eu-west-1.amazonaws.com"
+
+
+def test_a_key_of_another_region_is_refused_before_anything_is_done() -> None:
+    assert region_mismatch(KEY, "eu-west-1") is None
+    assert region_mismatch(KEY, None) is None  # the session's default region decides later
+    assert region_mismatch(KEY, "us-east-1") == (
+        "the KMS key is in eu-west-1 and the stack in us-east-1: give a key of us-east-1 "
+        "(a multi-Region key's replica there, or a key made there)")
