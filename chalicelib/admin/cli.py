@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from chalicelib.admin import commands
 from chalicelib.admin.api import ApiError, ApiUnreachableError
+from chalicelib.admin.kms import KeyArnError, key_region_and_account
 
 REFUSED, USAGE, UNREACHABLE = 1, 2, 3
 
@@ -71,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an archive instance type, tried in the order given (repeat; "
                       "default t4g.small, t3a.small, t3.small)")
     init.add_argument("--hosts-per-archive", type=int, help="hosts per archive (default 20)")
-    init.add_argument("--kms-key-arn", help="a customer managed KMS key for the volumes "
-                      "(default: the account's EBS key)")
+    init.add_argument("--kms-key", "--kms-key-arn", dest="kms_key", type=_key_arn,
+                      help="a customer managed KMS key (its ARN) for the SSM SecureStrings and "
+                      "the window volumes (default: the account's aws/ssm and EBS keys); "
+                      "init prints the statements its key policy needs")
     init.add_argument("--alert-email", help="subscribed to the window notifications")
 
     host = command(sub, "host", "enrol, revoke and list hosts").add_subparsers(
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 10)")
     cost.add_argument("--prices", help="a price file (default $OFFSITE_PRICES or the shipped)")
     return parser
+
+
+def _key_arn(text: str) -> str:
+    try:
+        key_region_and_account(text)
+    except KeyArnError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from chalicelib.admin.initialise import (
     render_plan,
     table_exists,
 )
+from chalicelib.admin.kms import key_policy_statements, region_mismatch
 from chalicelib.admin.usage import NoUsageError, observe
 from chalicelib.cost import GIB, UnknownPriceError, load_prices
 from chalicelib.cost_report import compare, designs
@@ -90,7 +91,10 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
 # init ------------------------------------------------------------------------------------------
 def cmd_init(ctx: Context) -> int:
     args = ctx.args
-    target = Target(args.stage, local=bool(args.endpoint_url))
+    target = Target(args.stage, local=bool(args.endpoint_url), kms_key=args.kms_key)
+    mismatch = args.kms_key and region_mismatch(args.kms_key, ctx.session.region_name)
+    if mismatch and not target.local:
+        raise UsageError(mismatch)
     ssm, dynamodb = ctx.client("ssm"), ctx.client("dynamodb")
     deployer = None if target.local or args.no_deploy else _deployer(ctx, target)
     steps = plan_init(target, existing_parameters(ssm, target.keys),
@@ -99,6 +103,10 @@ def cmd_init(ctx: Context) -> int:
     where = (f"AWS at {args.endpoint_url} (the local stack)" if target.local
              else f"region {ctx.session.region_name or '(default)'}")
     print(render_plan(target, steps, where), file=sys.stderr)
+    if target.kms_key:
+        print(f"the key {target.kms_key} needs these statements in its key policy "
+              "(README, Deploying):\n"
+              + json.dumps(key_policy_statements(target.kms_key), indent=2), file=sys.stderr)
     if not any(s.does_something for s in steps):
         print("nothing to do: already initialised", file=sys.stderr)
         return ctx.show(_steps_data(steps), "initialised")
@@ -117,7 +125,7 @@ def _deployer(ctx: Context, target: Target) -> Deployer:
     inputs = StackInputs(vpc_id=args.vpc_id, subnet_ids=tuple(args.subnet_ids),
                          ssh_cidrs=tuple(args.ssh_cidr), alert_email=args.alert_email,
                          instance_types=tuple(args.instance_types),
-                         ssh_address=args.ssh_address, kms_key_arn=args.kms_key_arn,
+                         ssh_address=args.ssh_address, kms_key_arn=args.kms_key,
                          hosts_per_archive=args.hosts_per_archive)
     return Deployer(ctx.client("cloudformation"), ctx.client("s3"), target.stage,
                     target.stack_name, args.artifact_bucket, inputs,

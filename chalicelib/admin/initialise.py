@@ -30,6 +30,7 @@ class Target:
 
     stage: str
     local: bool
+    kms_key: str | None = None  # a customer managed key's ARN; None: the account's aws/ssm
 
     @property
     def table(self) -> str:
@@ -74,7 +75,8 @@ def plan_init(target: Target, existing: set[str], table_exists: bool,
             raise InitError(f"{there} exists without its other half; init will not replace "
                             "half a key pair: delete it or restore the other half by hand")
         action = "keep" if present else "create"
-        note = "exists; never overwritten" if present else f"the {what}"
+        encrypted = f", encrypted with {target.kms_key}" if target.kms_key else ""
+        note = "exists; never overwritten" if present else f"the {what}{encrypted}"
         steps += [Step(action, "SSM SecureString", private, note),
                   Step(action, "SSM String", public, note if present else "its public half")]
     if target.local:
@@ -125,8 +127,12 @@ def put_keys(ssm: Any, target: Target, steps: Sequence[Step],
     keys, material = target.keys, make(f"offsite-{target.stage}")
     for name, value, kind in material.parameters(keys):
         if name in created:
+            # A SecureString without KeyId is encrypted with the account's aws/ssm key
+            # (PutParameter, KeyId, Systems Manager API Reference).
+            key = {"KeyId": target.kms_key} if kind == "SecureString" and target.kms_key else {}
             ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=False,
-                              Description=f"offsite {target.stage}: made by offsite-admin init")
+                              Description=f"offsite {target.stage}: made by offsite-admin init",
+                              **key)
 
 
 def apply_init(target: Target, steps: Sequence[Step], ssm: Any, dynamodb: Any,

@@ -7,16 +7,19 @@ finds in its environment every setting `Settings.from_env` needs; the names the 
 the policies expect. Nothing runs between windows: the template makes no instance and no
 volume, only the launch template, security group and roles each window's archives launch with.
 
-The template does not depend on the bundle's wheels, so this packages a copy of the project
-whose requirements.txt is empty: chalice then needs no package index, and the template is the
-one `deploy/package.py` writes from the real tree (only deployment.zip differs).
+The template does not depend on the bundle's wheels, so the `packaged` fixture (conftest.py)
+packages a copy of the project whose requirements.txt is empty: chalice then needs no package
+index, and the template is the one `deploy/package.py` writes from the real tree (only
+deployment.zip differs). One test
+packages the real tree, wheels from the package index included, and reads the bundle's native
+libraries back as Lambda would load them: arm64 ELF objects for the pinned runtime.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from cfnlint.api import ManualArgs, lint_file
 
 from chalicelib.fleet import DEFAULT_HOSTS_PER_ARCHIVE, DEFAULT_IMAGES, DEFAULT_INSTANCE_TYPES
 from chalicelib.settings import Settings
-from deploy.package import package
+from deploy.package import RUNTIME, package, requirements
 
 from .test_policies import (
     ARCHIVE_ROLE,
@@ -46,21 +49,6 @@ ROOT = Path(__file__).parents[2]
 STAGES = ("dev", "prod")
 ACCOUNT, REGION = "123456789012", "eu-west-1"
 PSEUDO = {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"}
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    project = tmp_path_factory.mktemp("project")
-    for part in ("app.py", "chalicelib", "policies", ".chalice/config.json"):
-        source, target = ROOT / part, project / part
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
-    (project / "requirements.txt").write_text("")
-    out = tmp_path_factory.mktemp("out")
-    return {stage: package(stage, out / stage, project_dir=project) for stage in STAGES}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -125,6 +113,40 @@ def test_the_packaged_templates_pass_cfn_lint(packaged: dict[str, Path]) -> None
 def test_the_template_is_pinned_to_its_stage(packaged: dict[str, Path], stage: str) -> None:
     parameter = load(packaged[stage])["Parameters"]["Stage"]
     assert (parameter["AllowedValues"], parameter["Default"]) == ([stage], stage)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_function_runs_the_pinned_runtime_on_graviton(packaged: dict[str, Path],
+                                                             stage: str) -> None:
+    """Not the workstation's Python: the runtime the bundle's wheels were chosen for."""
+    template = load(packaged[stage])
+    assert RUNTIME == "python3.12"
+    for logical_id, function in functions(template).items():
+        properties = function["Properties"]
+        assert (properties["Runtime"], properties["Architectures"]) == (RUNTIME, ["arm64"]), (
+            logical_id)
+
+
+def test_the_bundle_carries_pynacl_built_for_the_runtime_and_arm64(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The real requirements, from the package index: nacl's libsodium binding and cffi's
+    backend are aarch64 ELF objects (e_machine 183), cffi's for the pinned CPython."""
+    out = tmp_path_factory.mktemp("bundle") / "dev"
+    package("dev", out)
+    with zipfile.ZipFile(out / "deployment.zip") as bundle:
+        names = bundle.namelist()
+        heads = {n: bundle.open(n).read(20) for n in names if n.endswith(".so")}
+    version = RUNTIME.removeprefix("python").replace(".", "")
+    sodium = [n for n in heads if n.startswith("nacl/_sodium")]
+    backend = [n for n in heads if n.startswith("_cffi_backend.")]
+    assert sodium == ["nacl/_sodium.abi3.so"]
+    assert backend == [f"_cffi_backend.cpython-{version}-aarch64-linux-gnu.so"]
+    for name in sodium + backend:
+        head = heads[name]
+        assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183, name
+    pynacl = dict(requirements(ROOT / "requirements.txt"))["pynacl"]
+    assert f"pynacl-{pynacl}.dist-info/METADATA" in names
+    assert "app.py" in names and "chalicelib/sshcert.py" in names
 
 
 @pytest.mark.parametrize("stage", STAGES)
