@@ -30,8 +30,9 @@ from chalicelib.admin.initialise import (
     render_plan,
     table_exists,
 )
-from chalicelib.admin.smoke import Smoke, SmokeSettings, default_host_command
+from chalicelib.admin.smoke import Smoke, SmokeSettings
 from chalicelib.admin.smoke_cleanup import Cleanup
+from chalicelib.admin.smoke_host import default_host_command
 from chalicelib.admin.smoke_report import render, summary_data
 from chalicelib.admin.usage import NoUsageError, observe
 from chalicelib.cost import GIB, UnknownPriceError, load_prices

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from chalicelib.adapters.compute import TAG_HOST, TAG_WINDOW
 from chalicelib.admin.deploy import describe_stack
@@ -131,8 +131,13 @@ def apply_destroy(stage: Stage, plan: Plan, cloudformation: Any, dynamodb: Any, 
     if stage.stack:
         log(f"deleting stack {target.stack_name} (takes minutes)")
         cloudformation.delete_stack(StackName=target.stack_name)
-        cloudformation.get_waiter("stack_delete_complete").wait(
-            StackName=target.stack_name, WaiterConfig={"Delay": 10, "MaxAttempts": 180})
+        try:
+            cloudformation.get_waiter("stack_delete_complete").wait(
+                StackName=target.stack_name, WaiterConfig={"Delay": 10, "MaxAttempts": 180})
+        except WaiterError as exc:  # DELETE_FAILED: the table and keys stay with the stack
+            raise DestroyError(f"the stack {target.stack_name} was not deleted ({exc}); its "
+                               "events in the CloudFormation console say why; the table and "
+                               "keys are left as they were") from exc
     if stage.table:
         # WindowTable has "DeletionPolicy": "Retain" (deploy/resources.json): deleting the
         # stack keeps it ("resources that are retained continue to exist and continue to incur

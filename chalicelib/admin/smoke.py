@@ -11,12 +11,8 @@ and the windows are its own: nothing another host has is read, changed or delete
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +22,7 @@ from typing import Any
 
 from chalicelib.admin.api import AdminApi, ApiError, ApiUnreachableError
 from chalicelib.admin.smoke_cleanup import TERMINAL, Cleanup, Made
+from chalicelib.admin.smoke_host import last_line, make_data, run_host, write_config
 from chalicelib.admin.smoke_report import (
     Leftovers,
     StepFailedError,
@@ -38,7 +35,6 @@ from chalicelib.admin.views import ACTIVE_STATES
 from chalicelib.cost import CostLine, Prices
 
 VOLUME_GIB = 1  # the smallest volume a host may have: the data set is a few MiB
-TAIL_LINES = 6
 Say = Callable[[str], None]
 
 
@@ -50,14 +46,6 @@ class SmokeSettings:
     poll_s: float = 1.0
     size_mib: float = 1.0
     work_parent: Path | None = None
-
-
-def default_host_command() -> tuple[str, ...]:
-    """The offsite-host installed beside this offsite-admin (the same virtualenv), else the
-    one on PATH, else the module run by this Python."""
-    beside = Path(sys.executable).with_name("offsite-host")
-    found = str(beside) if beside.exists() else shutil.which("offsite-host")
-    return (found,) if found else (sys.executable, "-m", "offsite_host")
 
 
 @dataclass
@@ -155,9 +143,10 @@ class Smoke:
         return f"{files} files in {work / 'data'}; key and repository in {work}", []
 
     def _enrol(self, run: _Run) -> tuple[str, list[CostLine]]:
+        # Before the call: an enrolment whose answer is lost is still cleaned up.
+        run.made.public_key = " ".join(run.public_key.split()[:2])  # as the API stores it
         self.api.call("PUT", f"/v1/hosts/{run.made.host}",
                       {"public_key": run.public_key, "size_gib": VOLUME_GIB})
-        run.made.public_key = " ".join(run.public_key.split()[:2])  # as the API stores it
         return f"enrolled {run.made.host} ({VOLUME_GIB} GiB volume)", []
 
     def _open(self, run: _Run) -> tuple[str, list[CostLine]]:
@@ -175,7 +164,7 @@ class Smoke:
 
     def _backup(self, run: _Run) -> tuple[str, list[CostLine]]:
         done = self._host("run", run=run, timeout=self.settings.window_hours * 3600 + 300)
-        return _last_line(done.stderr) or "offsite-host run exited 0", []
+        return last_line(done.stderr) or "offsite-host run exited 0", []
 
     def _snapshot(self, run: _Run) -> tuple[str, list[CostLine]]:
         assert run.window_id is not None
@@ -224,17 +213,8 @@ class Smoke:
     # helpers ---------------------------------------------------------------------------------
     def _host(self, *args: str, run: _Run,
               timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """The real offsite-host, as cron would run it on a host; fails the step unless it
-        exits 0, with its exit code and the last lines it wrote."""
-        argv = [*self.settings.host_command, "--config", str(run.config), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-        if done.returncode != 0:
-            tail = "\n         ".join((done.stderr or done.stdout).strip().splitlines()
-                                      [-TAIL_LINES:])
-            raise StepFailedError(f"offsite-host {args[0]} exited {done.returncode}:\n"
-                                  f"         {tail}")
-        return done
+        assert run.config is not None
+        return run_host(self.settings.host_command, run.config, args, timeout)
 
     def _wait(self, window_id: str, states: Sequence[str], what: str) -> dict[str, Any]:
         limit = self.clock() + self.settings.wait_s
@@ -249,36 +229,3 @@ class Smoke:
                 raise StepFailedError(f"waited {self.settings.wait_s:.0f} s for {what}; "
                                       f"window {window_id} is still {state}")
             self.sleep(self.settings.poll_s)
-
-
-def make_data(root: Path, size: int) -> int:
-    """A small data set with what a restore must bring back: text, random bytes, a non-ASCII
-    name, a private file, a symlink and an empty directory. The number of files."""
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "motd").write_text("offsite smoke test\n")
-    (root / "data.bin").write_bytes(os.urandom(size))
-    (root / "Ünïcødé-名前.txt").write_text("non-ASCII names survive\n", "utf-8")
-    secret = root / "etc" / "private.conf"
-    secret.write_text("mode 0600\n")
-    secret.chmod(0o600)
-    (root / "motd").symlink_to("etc/motd")
-    (root / "empty").mkdir()
-    return 4
-
-
-def write_config(work: Path, api_url: str, host: str, window_hours: float) -> Path:
-    """The throwaway host's host.toml; its key, password, repository and state beside it."""
-    settings: dict[str, Any] = {
-        "api_url": api_url, "host": host, "paths": [str(work / "data")],
-        "key_file": "host.key", "password_file": "gocryptfs.pass",
-        "repository": "repository", "state_dir": "state", "max_wait_s": 600,
-        "deadline_margin_s": max(5, min(60, round(window_hours * 3600 / 20)))}
-    config = work / "host.toml"
-    config.write_text("".join(f"{key} = {json.dumps(value)}\n"
-                              for key, value in settings.items()), "utf-8")
-    return config
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.adapters.compute import TAG_HOST, TAG_WINDOW
 from chalicelib.admin.api import AdminApi, ApiError, ApiUnreachableError
@@ -49,19 +49,28 @@ class Cleanup:
 
     def __call__(self, made: Made) -> Leftovers:
         left = Leftovers()
-        windows = self._end_windows(made.host, left) if made.public_key else set()
-        host_gone = self._remove_host(made, left) if made.public_key else True
+        try:
+            if made.public_key is not None:  # enrolled: there is something in AWS
+                self._remove_from_aws(made.host, made.public_key, left)
+        except (ClientError, BotoCoreError) as exc:  # e.g. AccessDenied: say so, go on
+            left.kept.append(f"what is left of {made.host} in AWS (the cleanup stopped: {exc})")
+        finally:
+            if made.work_dir is not None:
+                self._remove_work_dir(made.work_dir, left)
+        return left
+
+    def _remove_from_aws(self, host: str, public_key: str, left: Leftovers) -> None:
+        windows = self._end_windows(host, left)
         if windows:
             self._wait_instances_gone(windows, left)
-        if host_gone and windows:
-            self._remove_snapshots(made.host, windows, left)
-            self._remove_volumes(made.host, windows, left)
-        elif windows:
-            left.kept.append(f"the snapshots of {made.host}: the host is still enrolled, so "
-                             "its newest recovery point stays")
-        if made.work_dir is not None:
-            self._remove_work_dir(made.work_dir, left)
-        return left
+        if not self._remove_host(host, public_key, left):
+            if windows:
+                left.kept.append(f"the snapshots of {host}: the host is still enrolled, so "
+                                 "its newest recovery point stays")
+            return
+        if windows:
+            self._remove_snapshots(host, windows, left)
+            self._remove_volumes(host, windows, left)
 
     # windows -------------------------------------------------------------------------------
     def _end_windows(self, host: str, left: Leftovers) -> set[str]:
@@ -125,24 +134,29 @@ class Cleanup:
             self.sleep(self.poll_s)
 
     # the host ------------------------------------------------------------------------------
-    def _remove_host(self, made: Made, left: Leftovers) -> bool:
+    def _remove_host(self, host: str, public_key: str, left: Leftovers) -> bool:
         """Revokes it (the API), then deletes its record, only if it still holds the key this
         run enrolled: a host of the same name enrolled meanwhile by someone else stays."""
         try:
-            self.api.call("DELETE", f"/v1/hosts/{made.host}")
-        except (ApiError, ApiUnreachableError) as exc:
-            left.kept.append(f"host {made.host}: revoking it failed ({exc})")
+            self.api.call("DELETE", f"/v1/hosts/{host}")
+        except ApiError as exc:
+            if exc.status == 404:  # the enrolment never happened: nothing to remove
+                return True
+            left.kept.append(f"host {host}: revoking it failed ({exc})")
+            return False
+        except ApiUnreachableError as exc:
+            left.kept.append(f"host {host}: revoking it failed ({exc})")
             return False
         try:
             self.dynamodb.delete_item(
-                TableName=self.table, Key={"pk": {"S": "HOST"}, "sk": {"S": made.host}},
+                TableName=self.table, Key={"pk": {"S": "HOST"}, "sk": {"S": host}},
                 ConditionExpression="public_key = :key",
-                ExpressionAttributeValues={":key": {"S": made.public_key}})
+                ExpressionAttributeValues={":key": {"S": public_key}})
         except ClientError as exc:
-            left.kept.append(f"host {made.host} (revoked): its record in {self.table} stays "
+            left.kept.append(f"host {host} (revoked): its record in {self.table} stays "
                              f"({_code(exc)})")
             return False
-        left.removed.append(f"host {made.host} (revoked, its record deleted)")
+        left.removed.append(f"host {host} (revoked, its record deleted)")
         return True
 
     # EBS -----------------------------------------------------------------------------------

@@ -38,7 +38,10 @@ class Api:
         if method == "GET":
             return self.windows[path.rsplit("/", 1)[1]]
         if method == "DELETE":
-            return {"name": path.rsplit("/", 1)[1], "enabled": False}
+            name = path.rsplit("/", 1)[1]
+            if not host_exists(name):
+                raise ApiError(404, "unknown_host", f"no host {name}")
+            return {"name": name, "enabled": False}
         raise AssertionError(path)
 
 
@@ -134,3 +137,11 @@ def test_nothing_in_aws_is_touched_before_the_host_was_enrolled(world: dict[str,
     assert world["api"].calls == [] and host_exists("smoke-1")
     assert world["ours"] | world["theirs"] <= snapshot_ids() | volume_ids()
     assert not world["work"].exists() and left.kept == []
+
+
+def test_an_enrolment_that_never_happened_leaves_nothing_to_report(
+        world: dict[str, Any]) -> None:
+    left = cleanup(world)(Made("smoke-2", KEY, world["work"]))  # refused, or its answer lost
+    assert ("DELETE", "/v1/hosts/smoke-2") in world["api"].calls
+    assert left.kept == [] and host_exists("smoke-1")
+    assert world["ours"] | world["theirs"] <= snapshot_ids() | volume_ids()
