@@ -21,7 +21,9 @@ from chalicelib.admin.deploy import describe_stack
 from chalicelib.admin.initialise import Target, existing_parameters, table_exists
 
 ENROL_WINDOW_SUFFIX = "-enrol"  # hosts.HostService._adopt: an adopted volume's snapshot
-FILTER_VALUES = 200  # values per DescribeSnapshots filter: asked in batches
+# Host names per DescribeSnapshots filter: a bound of our own (the EC2 API Reference, "Filter",
+# sets none on Values), so that a stage of many hosts is asked in requests of a modest size.
+FILTER_VALUES = 200
 Log = Callable[[str], None]
 
 
@@ -146,13 +148,18 @@ def apply_destroy(stage: Stage, plan: Plan, cloudformation: Any, dynamodb: Any, 
         dynamodb.get_waiter("table_not_exists").wait(TableName=target.table)
         log(f"deleted table {target.table}")
     if stage.parameters:
+        # At most 10 names a call (SSM API Reference, DeleteParameters): the stage has 4.
+        # "After deleting a parameter, wait for at least 30 seconds to create a parameter
+        # with the same name" (ibid.): an init of the same stage right after may be refused.
         ssm.delete_parameters(Names=list(stage.parameters))
         log(f"deleted {len(stage.parameters)} SSM parameter(s) under {target.keys.prefix}")
     if plan.snapshots_deleted:
         for snapshot in stage.snapshots:
             try:
                 ec2.delete_snapshot(SnapshotId=snapshot.snapshot_id)
-            except ClientError as exc:  # InvalidSnapshot.InUse: an AMI or a volume being made
+            # "You cannot delete a snapshot of the root device of an EBS volume used by a
+            # registered AMI" (EC2 API Reference, DeleteSnapshot): reported, the rest go on.
+            except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 failed.append(f"snapshot {snapshot.snapshot_id} of {snapshot.host} ({code})")
         log(f"deleted {len(stage.snapshots) - len(failed)} snapshot(s)")

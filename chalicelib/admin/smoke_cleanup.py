@@ -147,7 +147,7 @@ class Cleanup:
         except ApiUnreachableError as exc:
             left.kept.append(f"host {host}: revoking it failed ({exc})")
             return False
-        try:
+        try:  # conditional on the key: a same-named host enrolled since by someone else stays
             self.dynamodb.delete_item(
                 TableName=self.table, Key={"pk": {"S": "HOST"}, "sk": {"S": host}},
                 ConditionExpression="public_key = :key",
@@ -170,7 +170,7 @@ class Cleanup:
             snapshot_id = snapshot["SnapshotId"]
             try:
                 self.ec2.delete_snapshot(SnapshotId=snapshot_id)
-            except ClientError as exc:  # e.g. InvalidSnapshot.InUse: a volume is being made
+            except ClientError as exc:  # reported; the others are still deleted
                 left.kept.append(f"snapshot {snapshot_id} of {host} ({_code(exc)})")
                 continue
             left.removed.append(f"snapshot {snapshot_id} of {host}")
@@ -183,6 +183,8 @@ class Cleanup:
             {"Name": f"tag:{TAG_WINDOW}", "Values": sorted(windows)}])["Volumes"]
         for volume in found:
             volume_id = volume["VolumeId"]
+            # DeleteVolume: "The volume must be in the available state (not attached to an
+            # instance)" (EC2 API Reference); an attached one goes with its window's end.
             if volume["State"] != "available":
                 left.kept.append(f"volume {volume_id} of {host} ({volume['State']})")
                 continue
