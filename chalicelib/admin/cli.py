@@ -127,6 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop to snapshots complete, for windows that did not record it "
                            "(default 10)")
     cost.add_argument("--prices", help="a price file (default $OFFSITE_PRICES or the shipped)")
+
+    smoke = command(sub, "smoke", "prove the deployment end to end: a throwaway host (this "
+                    "workstation) is enrolled, backed up by the real offsite-host, its snapshot "
+                    "restored and compared byte for byte, then all it made is removed; run "
+                    "after init and after each upgrade")
+    smoke.add_argument("--window-hours", type=float, default=0.5,
+                       help="the smoke window's length: the longest its archive can run "
+                            "(default 0.5)")
+    smoke.add_argument("--wait-minutes", type=float, default=20.0,
+                       help="the longest each wait lasts: the archive, the snapshot, the "
+                            "restore (default 20)")
+    smoke.add_argument("--size-mib", type=float, default=1.0,
+                       help="the generated data set's size (default 1 MiB)")
+    smoke.add_argument("--host-command", help="the offsite-host to run (default: the one "
+                       "installed beside offsite-admin, else on PATH)")
+    smoke.add_argument("--work-dir", help="where to make its temporary directory (default: "
+                       "the system's temporary directory)")
+    smoke.add_argument("--prices", help="a price file (default $OFFSITE_PRICES or the shipped)")
+
+    destroy = command(sub, "destroy", "remove a stage: its stack, table and keys; its "
+                      "snapshots are kept unless --no-keep-snapshots")
+    destroy.add_argument("--yes", action="store_true",
+                         help="do not ask (with --no-keep-snapshots: not even the second time)")
+    destroy.add_argument("--keep-snapshots", action=argparse.BooleanOptionalAction,
+                         default=True, help="keep the stage's snapshots, the last good copies "
+                         "(default); --no-keep-snapshots deletes them too, after asking again")
     return parser
 
 

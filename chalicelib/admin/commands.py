@@ -20,6 +20,7 @@ from botocore.exceptions import NoCredentialsError
 from chalicelib.admin import views
 from chalicelib.admin.api import AdminApi, region_of
 from chalicelib.admin.deploy import Deployer, DeployError, StackInputs, stack_outputs
+from chalicelib.admin.destroy import DestroyError, apply_destroy, find_stage, plan_destroy
 from chalicelib.admin.initialise import (
     InitError,
     Target,
@@ -30,6 +31,10 @@ from chalicelib.admin.initialise import (
     table_exists,
 )
 from chalicelib.admin.kms import key_policy_statements, region_mismatch
+from chalicelib.admin.smoke import Smoke, SmokeSettings
+from chalicelib.admin.smoke_cleanup import Cleanup
+from chalicelib.admin.smoke_host import default_host_command
+from chalicelib.admin.smoke_report import render, summary_data
 from chalicelib.admin.usage import NoUsageError, observe
 from chalicelib.cost import GIB, UnknownPriceError, load_prices
 from chalicelib.cost_report import compare, designs
@@ -45,7 +50,7 @@ class UsageError(Exception):
     pass
 
 
-EXPECTED = (AdminError, InitError, DeployError, NoUsageError, UnknownPriceError)
+EXPECTED = (AdminError, InitError, DeployError, DestroyError, NoUsageError, UnknownPriceError)
 
 
 @dataclasses.dataclass
@@ -132,10 +137,10 @@ def _deployer(ctx: Context, target: Target) -> Deployer:
                     lambda line: print(line, file=sys.stderr))
 
 
-def _confirmed() -> bool:
+def _confirmed(question: str = "Go ahead?") -> bool:
     if not sys.stdin.isatty():
         raise AdminError("not a terminal: add --yes to go ahead without being asked")
-    return input("Go ahead? [y/N] ").strip().lower() in ("y", "yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def _steps_data(steps: list[Any]) -> dict[str, Any]:
@@ -246,6 +251,46 @@ def cmd_cost(ctx: Context) -> int:
                     views.cost_text(observed, compare(observed.usage, prices)))
 
 
+# smoke and destroy --------------------------------------------------------------------------
+def cmd_smoke(ctx: Context) -> int:
+    args, api = ctx.args, ctx.api()
+    prices = load_prices(Path(args.prices) if args.prices else None)
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)
+    settings = SmokeSettings(
+        host_command=(args.host_command,) if args.host_command else default_host_command(),
+        window_hours=args.window_hours, wait_s=args.wait_minutes * 60,
+        size_mib=args.size_mib, work_parent=Path(args.work_dir) if args.work_dir else None)
+    cleanup = Cleanup(api, ctx.client("ec2"), ctx.client("dynamodb"),
+                      Target(args.stage, local=bool(args.endpoint_url)).table,
+                      wait_s=settings.wait_s, poll_s=settings.poll_s)
+    steps, leftovers = Smoke(api, cleanup, settings, prices, say)()
+    data = summary_data(steps, leftovers)
+    ctx.show(data, render(steps, leftovers, prices))
+    return 0 if data["ok"] else 1
+
+
+def cmd_destroy(ctx: Context) -> int:
+    args = ctx.args
+    target = Target(args.stage, local=bool(args.endpoint_url))
+    clients = (ctx.client("cloudformation"), ctx.client("dynamodb"), ctx.client("ssm"),
+               ctx.client("ec2"))
+    stage = find_stage(target, *clients)
+    plan = plan_destroy(stage, args.keep_snapshots)
+    print(plan.text(), file=sys.stderr)
+    if not args.yes and not _confirmed(f"Destroy stage {target.stage}?"):
+        raise AdminError("nothing done")
+    if plan.snapshots_deleted and not args.yes and not _confirmed(
+            f"Delete {len(stage.snapshots)} snapshot(s), "
+            f"{sum(s.gib for s in stage.snapshots):g} GiB of volumes, for good?"):
+        raise AdminError("nothing done")
+    failed = apply_destroy(stage, plan, *clients, lambda line: print(line, file=sys.stderr))
+    data = {"stage": target.stage, "plan": list(plan.lines), "not_removed": failed}
+    if failed:
+        ctx.show(data, "could not remove:\n  " + "\n  ".join(failed))
+        return 1
+    return ctx.show(data, f"destroyed stage {target.stage}")
+
+
 def _segment(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
@@ -257,4 +302,5 @@ HANDLERS: dict[tuple[str, str | None], Callable[[Context], int]] = {
     ("window", "open"): cmd_window_open, ("window", "close"): cmd_window_close,
     ("window", "status"): cmd_window_status, ("window", "history"): cmd_window_history,
     ("snapshots", None): cmd_snapshots, ("cost", None): cmd_cost,
+    ("smoke", None): cmd_smoke, ("destroy", None): cmd_destroy,
 }
