@@ -23,7 +23,7 @@ from chalicelib.composition import (
     session_service,
     window_service,
 )
-from chalicelib.events import instance_state_change, snapshot_results
+from chalicelib.events import SNAPSHOT_COMPLETIONS, instance_state_change, snapshot_results
 from chalicelib.hosts import host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
@@ -206,9 +206,7 @@ def instance_state(event: CloudWatchEvent) -> None:
     window_service().on_instance_state(instance_id, state)
 
 
-@app.on_cw_event({"source": ["aws.ec2"], "detail-type": [
-    "EBS Snapshot Notification", "EBS Multi-Volume Snapshots Completion Status"]},
-    name="snapshot_state")
+@app.on_cw_event(SNAPSHOT_COMPLETIONS, name="snapshot_state")
 def snapshot_state(event: CloudWatchEvent) -> None:
     window_service().on_snapshots_settled(snapshot_results(event.to_dict()))
 
