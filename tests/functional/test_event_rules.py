@@ -4,6 +4,7 @@ EventPattern), evaluated as EventBridge evaluates them, on events in the shapes 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,12 @@ def test_the_instance_rule_takes_state_changes(name: str) -> None:
     assert not matches(rule("instance_state"), load("ebs-snapshot-notification.json"))
 
 
-def test_snapshots_that_are_not_ours_are_ignored(app_rig: AppRig) -> None:
+def test_snapshots_that_are_not_ours_are_ignored(app_rig: AppRig,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     """While a window snapshots its volumes: the completion of a snapshot somebody else made in
     the account, the copy and the share of one of ours, reach the handler and change nothing
-    (no error for Lambda to retry, no tag written); our own completions then close the window."""
+    (no error for Lambda to retry, no tag written, one debug line each); our own completions
+    then close the window."""
     answer = app_rig.post("/v1/windows", {})
     window_id = str(answer.json_body["window_id"])
     app_rig.boot(window_id)
@@ -95,9 +98,16 @@ def test_snapshots_that_are_not_ours_are_ignored(app_rig: AppRig) -> None:
                        source=f"arn:aws:ec2::us-east-1:snapshot/{ours}")
     shared = aws_event("ebs-share-snapshot.json",
                        snapshot_id=f"arn:aws:ec2::us-east-1:snapshot/{ours}")
+    for module in ("events", "windows"):  # powertools gives each child logger its own level
+        caplog.set_level(logging.DEBUG, logger=f"offsite.chalicelib.{module}")
+    caplog.clear()
     for event in (snapshot_event(theirs, volume), copied, shared,
                   snapshot_event("snap-0000000000000dead", volume)):
         app_rig.client.lambda_.invoke("snapshot_state", event)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name.startswith("offsite")] == [
+        ("DEBUG", "snapshot not awaited"), ("DEBUG", "not a snapshot completion; ignored"),
+        ("DEBUG", "not a snapshot completion; ignored"), ("DEBUG", "snapshot not awaited")]
     assert app_rig.window(window_id)["state"] == "SNAPSHOTTING"
     assert ec2.describe_snapshots(SnapshotIds=[theirs])["Snapshots"][0].get("Tags", []) == []
     app_rig.settle_snapshots(window_id=window_id)
