@@ -10,7 +10,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from aws_lambda_powertools import Logger
 from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Request, Response
@@ -23,7 +23,8 @@ from chalicelib.composition import (
     session_service,
     window_service,
 )
-from chalicelib.events import instance_state_change, snapshot_results
+from chalicelib.events import SNAPSHOT_COMPLETIONS, instance_state_change, snapshot_results
+from chalicelib.host_auth import requested_path
 from chalicelib.hosts import host_view, parse_enrolment
 from chalicelib.http_errors import describe_error, from_chalice_error
 from chalicelib.httpsig import SignedRequest
@@ -92,22 +93,12 @@ def _body() -> dict[str, Any]:
 def _signer() -> str:
     """The host that signed this request (RFC 9421), or NotAuthenticated/HostNotAllowed."""
     request = _request()
-    path = request.to_original_event().get("path") or _resolved(request)
     query = urlencode(request.query_params) if request.query_params else ""
     body = request.raw_body or b""
     return authenticator().authenticate(SignedRequest(
-        method=request.method, authority=request.headers.get("host", ""), path=path,
-        query=query, headers=dict(request.headers),
+        method=request.method, authority=request.headers.get("host", ""),
+        path=requested_path(request.context), query=query, headers=dict(request.headers),
         body=body.encode() if isinstance(body, str) else body))
-
-
-def _resolved(request: Request) -> str:
-    """The path requested, from the route's template and its parameters (chalice's local
-    server gives only the template; API Gateway gives the path itself)."""
-    path = request.path
-    for name, value in (request.uri_params or {}).items():
-        path = path.replace(f"{{{name}}}", quote(value, safe=""))
-    return path
 
 
 def _request_id() -> str:
@@ -206,9 +197,7 @@ def instance_state(event: CloudWatchEvent) -> None:
     window_service().on_instance_state(instance_id, state)
 
 
-@app.on_cw_event({"source": ["aws.ec2"], "detail-type": [
-    "EBS Snapshot Notification", "EBS Multi-Volume Snapshots Completion Status"]},
-    name="snapshot_state")
+@app.on_cw_event(SNAPSHOT_COMPLETIONS, name="snapshot_state")
 def snapshot_state(event: CloudWatchEvent) -> None:
     window_service().on_snapshots_settled(snapshot_results(event.to_dict()))
 

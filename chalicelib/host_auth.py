@@ -3,7 +3,8 @@ remembered so the same request cannot be played twice."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -14,6 +15,21 @@ from chalicelib.sshcert import SshCertError, parse_ed25519_public_key
 
 logger = Logger(service="offsite", child=True)
 NONCE_TTL_SECONDS = 900  # longer than the skew window on either side of `created`
+
+
+def requested_path(request_context: Mapping[str, Any] | None) -> str:
+    """The path the client requested, which it signed as `@path`: the Lambda proxy event's
+    `requestContext.path`, API Gateway's `$context.path`: "The request path. For example, for
+    a non-proxy request URL of https://{rest-api-id}.execute-api.{region}.amazonaws.com/
+    {stage}/root/child, the $context.path value is /{stage}/root/child" (API Gateway developer
+    guide, REST API `$context` variables: https://docs.aws.amazon.com/apigateway/latest/
+    developerguide/api-gateway-mapping-template-reference.html#context-variable-reference).
+    Behind a custom domain it is the path on that domain, base path included
+    (`/offsite/v1/sessions`). The event's top-level `path` will not do: it drops the stage on
+    the default endpoint but keeps a custom domain's base path, so it is neither what chalice
+    routes (the resource path) nor what the client sent. Missing, it is "", which no signature
+    verifies."""
+    return str((request_context or {}).get("path") or "")
 
 
 class NotAuthenticatedError(Exception):

@@ -3,10 +3,11 @@
 The host client signs ("@method" "@authority" "@path" "@query" "content-type" "content-digest")
 with `created`, `nonce`, `keyid` (the host name) and `alg="ed25519"`; see
 `offsite_host.httpsig` for why those. The server requires all six: a signature that covers
-fewer is refused, even if it verifies. The verifier is handed the request *as the application
-sees it*: `path` is the routed path without the API Gateway stage prefix (`/v1/sessions`, not
-`/api/v1/sessions`), `authority` the `Host` header, `query` the raw query string (empty on every
-host route). It parses `Signature-Input` and `Signature` (the RFC 8941 subset they need),
+fewer is refused, even if it verifies. The verifier is handed the request as the client made it:
+`path` is the path requested, with whatever API Gateway puts before the routes (the stage,
+`/api/v1/sessions`, or a custom domain's base path, `/offsite/v1/sessions`: host_auth's
+`requested_path`), `authority` the `Host` header, `query` the raw query string (empty on
+every host route). It parses `Signature-Input` and `Signature` (the RFC 8941 subset they need),
 rebuilds the signature base (RFC 9421 section 2.5), checks the policy, the time, the key, the
 signature and then `Content-Digest` (RFC 9530) against the body.
 
@@ -60,7 +61,7 @@ class SignatureError(Exception):
 
 @dataclass(frozen=True)
 class SignedRequest:
-    """A request as the application routes it; `query` has no leading `?`."""
+    """A request as the client made it; `path` is the path requested, `query` has no `?`."""
 
     method: str
     authority: str

@@ -61,6 +61,7 @@
 #                                                  (ebsnvme-id, nvme): tests put stubs there
 #   OFFSITE_GROUP            offsite
 #   OFFSITE_RRSYNC           /usr/bin/rrsync       the path certificates' force-command runs
+#   OFFSITE_DOC_DIR          /usr/share/doc        where packages' documentation is installed
 #   OFFSITE_DEVICE_WAIT      60                    seconds, in all, to wait for volumes
 #   OFFSITE_HOST_KEY_COMMAND sh command printing the host private key; $1 = parameter, $2 =
 #                            region; default: aws ssm get-parameter --with-decryption
@@ -80,6 +81,7 @@ RESTORE_ROOT=${OFFSITE_RESTORE_ROOT:-/srv/offsite-restore}
 DEV_DIR=${OFFSITE_DEV_DIR:-/dev}
 GROUP=${OFFSITE_GROUP:-offsite}
 RRSYNC=${OFFSITE_RRSYNC:-/usr/bin/rrsync}
+DOC_DIR=${OFFSITE_DOC_DIR:-/usr/share/doc}
 DEVICE_WAIT=${OFFSITE_DEVICE_WAIT:-60}
 # shellcheck disable=SC2016  # $1 and $2 are expanded by the sh that runs the command
 FETCH_FROM_SSM='aws ssm get-parameter --with-decryption --name "$1" --region "$2"'
@@ -313,27 +315,71 @@ ensure_group() {
   getent group "$GROUP" >/dev/null || groupadd "$GROUP"
 }
 
+# rsync and rrsync. On Amazon Linux 2023 one package gives both: its package list has `rsync`
+# and `rsync-daemon` (both built from the rsync 3.2.6 source) and no `rsync-rrsync` (a later
+# Fedora split): "All packages" in Release-Notes-Amazon-Linux-2023.1.20230809.md and
+# al2023-support-statements/support_info.xml at github.com/amazonlinux/amazon-linux-2023. There
+# rrsync is among the package's documentation files ($DOC_DIR/rsync*/support/rrsync), which
+# an image installed without docs (dnf's tsflags=nodocs) leaves out: then the same package is
+# installed again with docs. Debian's rsync puts it at /usr/bin/rrsync, older ones gzipped
+# under scripts/. rrsync is a Python script (rsync 3.2.4 on): without the interpreter its
+# first line names, every certificate's forced command fails, so boot fails here instead.
 ensure_rrsync() {
-  [[ -x $RRSYNC ]] && return
-  if ! command -v rsync >/dev/null; then
-    if command -v dnf >/dev/null; then
-      dnf -y install rsync
-    elif command -v apt-get >/dev/null; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y rsync
+  command -v rsync >/dev/null || install_rsync
+  if [[ ! -x $RRSYNC ]]; then
+    if ! copy_rrsync_from_docs; then
+      reinstall_rsync_with_docs
+      copy_rrsync_from_docs || {
+        log "no rrsync: not at $RRSYNC, nor among the rsync package's documentation" \
+          "($DOC_DIR/rsync*/support/rrsync*, $DOC_DIR/rsync*/scripts/rrsync*)"
+        return 1
+      }
     fi
   fi
-  [[ -x $RRSYNC ]] && return
+  check_rrsync_interpreter
+}
+
+install_rsync() {
+  if command -v dnf >/dev/null; then
+    dnf -y install rsync
+  elif command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y rsync
+  fi
+}
+
+# tsflags is dnf's list of rpm transaction flags (dnf.conf(5)); set empty, it drops nodocs.
+reinstall_rsync_with_docs() {
+  command -v dnf >/dev/null || return 0
+  dnf -y --setopt=tsflags= reinstall rsync || log "reinstalling rsync with its docs failed"
+}
+
+copy_rrsync_from_docs() {
   local source
-  for source in /usr/share/doc/rsync*/scripts/rrsync* /usr/share/doc/rsync*/support/rrsync*; do
+  for source in "$DOC_DIR"/rsync*/support/rrsync* "$DOC_DIR"/rsync*/scripts/rrsync*; do
     mkdir -p "${RRSYNC%/*}"
     case $source in
       *.gz) gzip -dc "$source" | put_file "$RRSYNC" 0755 ;;
       *) put_file "$RRSYNC" 0755 <"$source" ;;
     esac
-    return
+    return 0
   done
-  log "no rrsync found in the rsync package"
   return 1
+}
+
+check_rrsync_interpreter() {
+  local shebang interpreter words=()
+  IFS= read -r shebang <"$RRSYNC" || true
+  [[ $shebang == '#!'* ]] || return 0
+  read -r -a words <<<"${shebang#??}"
+  interpreter=${words[0]-}
+  if [[ ${interpreter##*/} == env ]]; then
+    interpreter=${words[1]-}
+  fi
+  if ! command -v "$interpreter" >/dev/null; then
+    log "rrsync ($RRSYNC) is a script run by '$interpreter', which this image lacks:" \
+      "install python3 (dnf -y install python3)"
+    return 1
+  fi
 }
 
 # The host private key lives in SSM Parameter Store, readable by the instance role only; it is

@@ -90,7 +90,7 @@ def prepare(api_url: str, path: str, payload: Mapping[str, Any] | None, key: Sig
     method = "GET" if payload is None else "POST"
     body = b"" if payload is None else json.dumps(payload, separators=(",", ":"),
                                                    sort_keys=True).encode("utf-8")
-    headers = sign_request(method, url, body, key, host, created, nonce, base_url=api_url)
+    headers = sign_request(method, url, body, key, host, created, nonce)
     headers["Accept"] = "application/json"
     headers["User-Agent"] = USER_AGENT
     return Prepared(url, body, headers, method)

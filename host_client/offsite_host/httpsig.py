@@ -6,16 +6,17 @@ The body is bound by `Content-Digest` (RFC 9530, sha-256). The signature covers
 
 with the parameters `created`, `nonce`, `keyid` (the host name) and `alg="ed25519"`. These are
 the components the Lambda behind API Gateway can rebuild byte for byte: the method, the `Host`
-header, the path it routes, the query string (always empty on the host routes, so `@query` is
+header, the path requested, the query string (always empty on the host routes, so `@query` is
 the bare `?` and a query added in transit breaks the signature), and two fields it receives
-untouched. `@target-uri` and `content-length` are left out: the scheme and the stage prefix do
-not reach the Lambda, and a proxy may re-frame the body.
+untouched. `@target-uri` and `content-length` are left out: the scheme does not reach the
+Lambda, and a proxy may re-frame the body.
 
-`@path` is the path the server-side application routes, not the path on the wire. API Gateway
-REST stages are addressed as `https://<api>/<stage>/v1/sessions` but the Lambda sees
-`/v1/sessions`; pass the API's base URL as `base_url` and the signed `@path` is the request
-URL's path relative to it. With a custom domain mapped at the root, `base_url` is empty and
-`@path` is the URL's path. `@authority` is the URL's host, lowercase, without a default port.
+`@path` is the path of the URL requested, as RFC 9421 section 2.2.6 defines it, whatever API
+Gateway puts in front of the routes: the stage of the default endpoint
+(`https://<api>.execute-api.<region>.amazonaws.com/api/v1/sessions`) or the base path of a
+custom domain's mapping (`https://backup.example.com/offsite/v1/sessions`). The Lambda reads
+that path from the event's `requestContext.path` (chalicelib/httpsig.py says why not `path`).
+`@authority` is the URL's host, lowercase, without a default port.
 
 Time and randomness come in as arguments (`created=int(time.time())`,
 `nonce=secrets.token_urlsafe(16)`), so the function is pure and a test can pin its output.
@@ -52,19 +53,17 @@ def sign_request(
     created: int,
     nonce: str,
     *,
-    base_url: str = "",
     content_type: str = "application/json",
     label: str = "offsite",
 ) -> dict[str, str]:
     """The headers to add to the request: `Content-Type`, `Content-Digest`, `Signature-Input`
-    and `Signature` (RFC 9421 sections 3.1 and 4). `url` is the URL actually requested;
-    `base_url`, if given, is the API's base URL, which `url` must start with."""
+    and `Signature` (RFC 9421 sections 3.1 and 4). `url` is the URL actually requested."""
     parts = urlsplit(url)
     fields = {"content-type": _field_value(content_type), "content-digest": content_digest(body)}
     values = {
         "@method": method.upper(),
         "@authority": authority(parts),
-        "@path": app_path(url, base_url),
+        "@path": parts.path or "/",
         "@query": f"?{parts.query}",
         **fields,
     }
@@ -87,20 +86,6 @@ def authority(parts: SplitResult) -> str:
     if not host:
         raise ValueError("the request URL has no host")
     return host
-
-
-def app_path(url: str, base_url: str = "") -> str:
-    """The path the application routes: `url`'s path with `base_url`'s path taken off."""
-    parts = urlsplit(url)
-    path = parts.path or "/"
-    if not base_url:
-        return path
-    base = urlsplit(base_url)
-    prefix = base.path.rstrip("/")
-    same_origin = (parts.scheme.lower(), authority(parts)) == (base.scheme.lower(), authority(base))
-    if not same_origin or not (path == prefix or path.startswith(prefix + "/")):
-        raise ValueError("the request URL is not under the API's base URL")
-    return path[len(prefix):] or "/"
 
 
 def signature_params(covered: tuple[str, ...], *, created: int, nonce: str, keyid: str) -> str:

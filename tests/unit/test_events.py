@@ -41,7 +41,16 @@ def test_multi_volume_completion() -> None:
                                        ("snap-0bbbbbbbbbbbbbbb2", False)]
 
 
-@pytest.mark.parametrize("event", [{}, {"detail": "x"}, {"detail": {"event": "copySnapshot"}}])
-def test_unexpected_events_are_refused(event: dict[str, Any]) -> None:
+@pytest.mark.parametrize("event", [
+    {}, {"detail": "x"}, {"detail": {"event": "createSnapshot"}},
+    {"detail": {"event": "createSnapshots", "snapshots": [{"status": "completed"}]}}])
+def test_malformed_events_are_refused(event: dict[str, Any]) -> None:
     with pytest.raises(UnexpectedEventError):
         snapshot_results(event)
+
+
+@pytest.mark.parametrize("name", ["ebs-copy-snapshot.json", "ebs-share-snapshot.json",
+                                  "ebs-lock-snapshot.json"])
+def test_other_snapshot_events_report_nothing(name: str) -> None:
+    """Not a completion of ours: nothing to settle, and nothing raised for Lambda to retry."""
+    assert snapshot_results(load(name)) == []

@@ -48,7 +48,7 @@ def test_a_get_is_signed_over_its_empty_body_and_verifies_on_the_server() -> Non
     request = prepare("https://api.example.com/prod", "/v1/hosts/web-1/snapshots", None, key,
                       "web-1", 1_900_000_000, "n0nce")
     assert request.method == "GET" and request.body == b""
-    signed = SignedRequest("GET", "api.example.com", "/v1/hosts/web-1/snapshots", "",
+    signed = SignedRequest("GET", "api.example.com", "/prod/v1/hosts/web-1/snapshots", "",
                            request.headers, b"")
     verified = verify_request(signed, now=1_900_000_000,
                               lookup=lambda keyid: bytes(key.verify_key))
