@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from datetime import date
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from chalicelib.admin import commands
 from chalicelib.admin.api import ApiError, ApiUnreachableError
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     host = command(sub, "host", "enrol, revoke and list hosts").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     add = command(host, "add", "enrol a host (or re-enrol it with a new key)")
-    add.add_argument("name")
+    add.add_argument("name", help="the host's name, as its host.toml says (letters, digits, "
+                     "dots, dashes)")
     key = add.add_mutually_exclusive_group(required=True)
     key.add_argument("--public-key", help="the host's 'ssh-ed25519 AAAA...' line")
     key.add_argument("--public-key-file", help="a file holding that line")
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(vol-...): it is snapshotted once, and that snapshot is the host's "
                           "first recovery point and its first window's volume (stop writing "
                           "to it first); the volume itself is left as it is")
-    command(host, "revoke", "revoke a host (its next request is refused)").add_argument("name")
+    command(host, "revoke", "revoke a host (its next request is refused)").add_argument(
+        "name", help="the host's name")
     command(host, "list", "enrolled hosts")
 
     window = command(sub, "window", "open, close and follow backup windows").add_subparsers(
@@ -102,18 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     opening.add_argument("--hours", type=float, help="its length (default: the stage's)")
     opening.add_argument("--host", action="append", dest="hosts",
                          help="expect only this host (repeat); default every enabled host")
-    command(window, "close", "close a window now").add_argument("window_id")
+    command(window, "close", "close a window now").add_argument(
+        "window_id", help="as `window history` lists it")
     command(window, "status", "one window (default: the current one)").add_argument(
-        "window_id", nargs="?")
+        "window_id", nargs="?", help="as `window history` lists it (default: the current one)")
     history = command(window, "history", "recent windows, newest first")
-    history.add_argument("--limit", type=int, default=10)
+    history.add_argument("--limit", type=int, default=10, help="how many (default 10)")
 
     snapshots = command(sub, "snapshots", "a host's recovery points")
-    snapshots.add_argument("--host", required=True)
+    snapshots.add_argument("--host", required=True, help="the host's name")
+
+    restore = command(sub, "restore", "open a restore window for a host: its own archive, "
+                      "made from one recovery point, which the host then fetches with "
+                      "`offsite-host restore` (a host can also open one itself)")
+    restore.add_argument("--host", required=True, help="the host's name")
+    point = restore.add_mutually_exclusive_group(required=True)
+    point.add_argument("--date", type=_day, metavar="YYYY-MM-DD",
+                       help="the day's newest complete recovery point")
+    point.add_argument("--snapshot", metavar="SNAP_ID", help="one recovery point by its id "
+                       "(as `snapshots --host` lists them)")
+    restore.add_argument("--allow-incomplete", action="store_true",
+                         help="allow a point whose backup did not finish (off)")
 
     cost = command(sub, "cost", "a month's cost at recent usage (the per-window fleet), beside "
                    "the persistent design and the fleet kept up for the whole window")
-    cost.add_argument("--windows", type=int, default=7, help="recent windows to average")
+    cost.add_argument("--windows", type=int, default=7,
+                      help="recent windows to average (default 7)")
     cost.add_argument("--instance-type",
                       help="price every shard as this type (default: the type each recorded)")
     cost.add_argument("--window-hours", type=float,
@@ -122,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="GiB of each host's data volume (default 20)")
     cost.add_argument("--stored-gib", type=float,
                       help="what the volumes hold (default: estimated from the reports)")
-    cost.add_argument("--retention-days", type=int, default=20)
+    cost.add_argument("--retention-days", type=int, default=20,
+                      help="days of snapshots kept (default 20)")
     cost.add_argument("--snapshot-settle-minutes", type=float, default=10.0,
                       help="stop to snapshots complete, for windows that did not record it "
                            "(default 10)")
@@ -156,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _day(text: str) -> str:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+    return text
+
+
 def _key_arn(text: str) -> str:
     try:
         key_region_and_account(text)
@@ -177,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiUnreachableError as exc:
         _fail(str(exc))
         return UNREACHABLE
+    except NoRegionError:
+        _fail("no AWS region is set: pass --region REGION (or set AWS_REGION, or region in "
+              "~/.aws/config)")
+        return USAGE
     except NoCredentialsError:
         _fail("no AWS credentials found (set AWS_PROFILE, or run aws configure / sso login)")
         return REFUSED

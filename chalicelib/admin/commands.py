@@ -160,8 +160,17 @@ def public_key_from(args: argparse.Namespace) -> str:
                          "(what `offsite-host keygen` printed), never its private key")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
-        raise AdminError("the public key must be one 'ssh-ed25519 AAAA...' line")
+        raise AdminError(f"the public key must be one 'ssh-ed25519 AAAA...' line, not "
+                         f"{_count(len(lines), 'line')}")
+    kind = lines[0].split(maxsplit=1)[0]
+    if kind != "ssh-ed25519" and (kind.startswith(("ssh-", "ecdsa-", "sk-"))):
+        raise AdminError(f"only ssh-ed25519 keys are accepted, and this is an {kind} key: "
+                         "give the line `offsite-host keygen` printed on the host")
     return lines[0]
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
 def cmd_host_add(ctx: Context) -> int:
@@ -227,6 +236,28 @@ def cmd_window_history(ctx: Context) -> int:
 
 
 # snapshots and cost ----------------------------------------------------------------------------
+def cmd_restore(ctx: Context) -> int:
+    """`POST /v1/restores`: a restore window on the host's own single-host archive, made from
+    the chosen recovery point; the host then fetches it with `offsite-host restore`."""
+    args = ctx.args
+    body: dict[str, Any] = {"host": args.host}
+    if args.snapshot:
+        body["snapshot_id"] = args.snapshot
+    else:
+        body["day"] = args.date
+    if args.allow_incomplete:
+        body["allow_incomplete"] = True
+    answer = ctx.api().call("POST", "/v1/restores", body)
+    which = (f"--snapshot {answer.get('snapshot_id')}" if args.snapshot
+             else f"--date {answer.get('day')}")
+    text = (f"restore window {answer.get('window_id')} opening for {args.host}: recovery point "
+            f"{answer.get('snapshot_id')} of {answer.get('day')}"
+            f"{'' if answer.get('complete') else ' (INCOMPLETE: its backup did not finish)'}, "
+            f"until {answer.get('deadline')}.\nOn the host run: offsite-host restore {which} "
+            "--to DIR   (it waits while the archive starts)")
+    return ctx.show(answer, text)
+
+
 def cmd_snapshots(ctx: Context) -> int:
     answer = ctx.api().call("GET", "/v1/snapshots", query={"host": ctx.args.host})
     return ctx.show(answer, views.snapshots_table(answer))
@@ -301,6 +332,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[Context], int]] = {
     ("host", "list"): cmd_host_list,
     ("window", "open"): cmd_window_open, ("window", "close"): cmd_window_close,
     ("window", "status"): cmd_window_status, ("window", "history"): cmd_window_history,
-    ("snapshots", None): cmd_snapshots, ("cost", None): cmd_cost,
+    ("snapshots", None): cmd_snapshots, ("restore", None): cmd_restore,
+    ("cost", None): cmd_cost,
     ("smoke", None): cmd_smoke, ("destroy", None): cmd_destroy,
 }

@@ -153,6 +153,14 @@ def test_init_enrol_open_close_snapshots_cost(stack: LocalStack, admin: Admin,
     assert snapshot["window_id"] == window_id and snapshot["complete"] is False
     assert snapshot["snapshot_id"] in admin("snapshots", "--host", "c").stdout
 
+    refused = admin("restore", "--host", "c", "--snapshot", snapshot["snapshot_id"], ok=False)
+    assert refused.returncode == 1 and "incomplete_snapshot" in refused.stderr
+    opened = admin.json("restore", "--host", "c", "--snapshot", snapshot["snapshot_id"],
+                        "--allow-incomplete")
+    assert opened["snapshot_id"] == snapshot["snapshot_id"] and opened["complete"] is False
+    restore = stack.window(opened["window_id"])
+    assert restore["purpose"] == "restore" and restore["expected"] == ["c"]
+
     cost = admin.json("cost")
     assert cost["windows"] == [window_id]
     assert cost["usage"]["hosts"] == 2 and cost["usage"]["volume_gib"] == 40

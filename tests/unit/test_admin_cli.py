@@ -186,3 +186,82 @@ def test_host_revoke_says_the_snapshots_stay(monkeypatch: pytest.MonkeyPatch) ->
     api = FakeApi({("DELETE", "/v1/hosts/o"): {**HOST, "enabled": False}})
     [line] = run_with(monkeypatch, api, "host", "revoke", "o")
     assert line == "revoked o: its next request is refused; its snapshots stay"
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ o@x", "ssh-rsa"),
+    ("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY o@x", "ecdsa-sha2-nistp256"),
+    ("sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t o@x",
+     "sk-ssh-ed25519@openssh.com"),
+])
+def test_another_kind_of_key_is_named_and_refused(line: str, kind: str) -> None:
+    with pytest.raises(commands.AdminError, match=f"only ssh-ed25519 keys are accepted, and "
+                                                  f"this is an {kind} key"):
+        commands.public_key_from(parse("host", "add", "o", "--public-key", line))
+
+
+def test_two_lines_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY}\n{KEY}\n")
+    with pytest.raises(commands.AdminError, match="line, not 2 lines"):
+        commands.public_key_from(parse("host", "add", "o", "--public-key-file", str(path)))
+
+
+def test_restore_opens_a_restore_window_and_says_what_the_host_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = {"window_id": "r-1", "snapshot_id": "snap-0123456789abcdef0",
+              "day": "2026-12-01", "complete": True, "deadline": "2026-12-01T05:36:00+00:00"}
+    api = FakeApi({("POST", "/v1/restores"): opened})
+    [text] = run_with(monkeypatch, api, "restore", "--host", "o", "--date", "2026-12-01")
+    assert api.calls == [("POST", "/v1/restores", {"host": "o", "day": "2026-12-01"})]
+    assert "restore window r-1 opening for o: recovery point snap-0123456789abcdef0" in text
+    assert "offsite-host restore --date 2026-12-01 --to DIR" in text
+    api = FakeApi({("POST", "/v1/restores"): {**opened, "complete": False}})
+    [text] = run_with(monkeypatch, api, "restore", "--host", "o", "--snapshot",
+                      "snap-0123456789abcdef0", "--allow-incomplete")
+    assert api.calls == [("POST", "/v1/restores", {"host": "o", "allow_incomplete": True,
+                                                   "snapshot_id": "snap-0123456789abcdef0"})]
+    assert "INCOMPLETE" in text and "--snapshot snap-0123456789abcdef0" in text
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["restore", "--host", "o"], "one of the arguments --date --snapshot is required"),
+    (["restore", "--host", "o", "--date", "2026-02-30"], "'2026-02-30' is not a day"),
+    (["restore", "--host", "o", "--date", "2026-12-01", "--snapshot", "snap-1"],
+     "not allowed with argument"),
+])
+def test_restore_arguments_are_checked(argv: list[str], says: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_no_region_is_named_with_the_option_to_give_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "OFFSITE_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert cli.main(["host", "list"]) == cli.USAGE
+    assert "no AWS region is set: pass --region REGION" in capsys.readouterr().err
+
+
+def test_every_option_and_argument_has_help() -> None:
+    def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        found = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += parsers(sub)
+        return found
+
+    for parser in parsers(cli.build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, (parser.prog, action.dest)
+            if action.default not in (None, False, [], argparse.SUPPRESS) and \
+                    action.option_strings and action.dest != "stage":
+                assert "default" in action.help, (parser.prog, action.dest)
