@@ -19,8 +19,9 @@ SUBSTITUTES = {
     "rdiff_backup": "Linux: the rdiff-backup package; macOS: `brew install rdiff-backup`; "
                     "Windows: rdiff-backup's Windows build (rdiff-backup.exe)",
     "gocryptfs": "Linux: the gocryptfs package (with fuse3); macOS: gocryptfs with macFUSE; "
-                 "Windows: cppcryptfs behind a gocryptfs-compatible wrapper",
-    "fusermount": "Linux: fusermount3 (the fuse3 package); macOS: umount",
+                 "Windows: cppcryptfs with offsite-host's wrapper, offsite-gocryptfs-cppcryptfs",
+    "fusermount": "Linux: fusermount3 (the fuse3 package); macOS: umount; Windows: "
+                  "offsite-host's offsite-unmount-cppcryptfs",
 }
 
 

@@ -2,8 +2,8 @@
 line CreateProcess receives, the Task Scheduler entry, and the check that the secrets'
 ACLs keep other accounts out.
 
-Everything but `path_style` and `check_private` is pure, so Linux tests pin it with Windows
-path semantics (`PureWindowsPath`, `subprocess.list2cmdline`).
+Everything but `path_style`, `saved_sddl` and `main` is pure, so Linux tests pin it with
+Windows path semantics (`PureWindowsPath`, `subprocess.list2cmdline`).
 
 - rsync on Windows is a Cygwin program (cwRsync, Cygwin) or an MSYS2 one. Neither takes
   `C:\\x`: rsync reads a colon before the first slash as `host:path`. Cygwin names the drive
@@ -34,7 +34,7 @@ CYGDRIVE = "cygdrive"
 MSYS2 = "msys2"
 MSYS2_RUNTIME = "msys-2.0.dll"
 TASK_NAME = r"Offsite\offsite-host run"
-SCHTASKS_TR_MAX = 261  # schtasks /TR: "The task run ... cannot exceed 261 characters"
+SCHTASKS_TR_MAX = 261  # schtasks: "The value for /TR option cannot be more than 261 character(s)"
 
 # Well-known SIDs (SDDL aliases and their S-1-... forms) that stand for many accounts: none of
 # them may read the host key or the gocryptfs password.
@@ -78,7 +78,7 @@ def schtasks_argv(program: str, config: str, start: str = "01:30",
     """`schtasks /Create` for a nightly `offsite-host --config CONFIG run` as SYSTEM: a new
     task replaces an older one of that name (`/F`), and its command (`/TR`) is a command line
     of its own, quoted for CreateProcess.
-    https://learn.microsoft.com/en-us/windows-server/administration/windows-commands/schtasks-create
+    https://learn.microsoft.com/en-us/windows/win32/taskschd/schtasks (/RU "SYSTEM")
     """
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", start):
         raise ValueError(f"start must be HH:MM (24 h), not {start!r}")
