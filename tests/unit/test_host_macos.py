@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from offsite_host import macos, tools
-from offsite_host.cli import _parser, cmd_run
+from offsite_host.cli import _parser, cmd_run, main
 from offsite_host.exitcodes import ConfigError
 
 HOST_CLIENT = Path(__file__).parents[2] / "host_client"
@@ -86,3 +86,30 @@ def test_this_machines_rsync_is_accepted() -> None:
     rsync = shutil.which("rsync")  # a system package of `make test` (Makefile)
     assert rsync is not None
     tools.check_rsync(rsync)
+
+
+def test_run_with_apples_rsync_stops_before_any_work(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Everything else is in place (key, password, initialised repository); the run stops at
+    the rsync check with exit 2, before rdiff-backup (a program that would leave a mark)."""
+    openrsync = tmp_path / "rsync"
+    openrsync.write_text("#!/bin/sh\necho 'openrsync: protocol version 29'\n"
+                         "echo 'rsync version 2.6.9 compatible'\n")
+    marker = tmp_path / "rdiff-backup-ran"
+    rdiff = tmp_path / "rdiff-backup"
+    rdiff.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    for program in (openrsync, rdiff):
+        program.chmod(0o755)
+    (tmp_path / "repository").mkdir()
+    (tmp_path / "repository" / ".gocryptfs.reverse.conf").write_text("{}")
+    (tmp_path / "gocryptfs.pass").write_text("pw\n")
+    config = tmp_path / "host.toml"
+    config.write_text(f'api_url = "https://api.example.com"\nhost = "mac-1"\n'
+                      f'paths = ["{tmp_path}"]\nrepository = "repository"\nstate_dir = "state"\n'
+                      f'[tools]\nrsync = "{openrsync}"\nssh = "true"\nrdiff_backup = "{rdiff}"\n'
+                      'gocryptfs = "true"\nfusermount = "true"\n')
+    assert main(["--config", str(config), "keygen"]) == 0
+    assert main(["--config", str(config), "run"]) == 2
+    err = capsys.readouterr().err
+    assert "it is openrsync" in err and "brew install rsync" in err
+    assert not marker.exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path, PureWindowsPath
 
 import pytest
-from offsite_host import tomlsubset, windows
+from offsite_host import preflight, tomlsubset, windows
 from offsite_host.config import (
     default_config_path,
     default_data_dir,
@@ -16,6 +16,7 @@ from offsite_host.config import (
 )
 from offsite_host.exitcodes import ConfigError
 from offsite_host.session import Session
+from offsite_host.tools import ResolvedTools
 from offsite_host.transfer import SessionFiles, rsh_command, rsync_local_path, ssh_argv
 
 README = Path(__file__).parents[2] / "host_client" / "README.md"
@@ -219,3 +220,16 @@ def test_the_readmes_windows_configuration_is_valid() -> None:
     # POSIX paths, where C:\ is not absolute)
     cfg = parse_config({**data, "paths": ["/"]}, Path("/etc/offsite"), "win32", {})
     assert cfg.tools.fusermount == tools["fusermount"] and cfg.host == "win-1"
+
+
+def test_every_run_checks_the_acls_of_the_key_and_password_on_windows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[list[Path]] = []
+    monkeypatch.setattr(preflight.sys, "platform", "win32")
+    monkeypatch.setattr(preflight.windows, "check_private", checked.append)
+    monkeypatch.setattr(preflight.tools, "check_rsync", lambda rsync: None)
+    cfg = parse_config({"api_url": "https://api.example.com", "host": "win-1", "paths": ["/"]},
+                       tmp_path, "win32", {})
+    resolved = ResolvedTools("rsync", "ssh", "rdiff-backup", "gocryptfs", "umount")
+    preflight.check_platform(cfg, resolved)
+    assert checked == [[tmp_path, tmp_path / "host.key", tmp_path / "gocryptfs.pass"]]
