@@ -57,8 +57,7 @@ class Config:
 def default_config_path(platform: str, environ: dict[str, str]) -> PurePath:
     """Where `host.toml` lives when `--config` is not given."""
     if platform == "win32":
-        return PureWindowsPath(environ.get("ProgramData", r"C:\ProgramData"), "Offsite",
-                               "host.toml")
+        return PureWindowsPath(program_data(environ), "Offsite", "host.toml")
     if platform == "darwin":
         return PurePosixPath("/Library/Application Support/Offsite/host.toml")
     return PurePosixPath("/etc/offsite/host.toml")
@@ -67,10 +66,17 @@ def default_config_path(platform: str, environ: dict[str, str]) -> PurePath:
 def default_data_dir(platform: str, environ: dict[str, str]) -> PurePath:
     """Where the local repository and the state live unless configured."""
     if platform == "win32":
-        return PureWindowsPath(environ.get("ProgramData", r"C:\ProgramData"), "Offsite")
+        return PureWindowsPath(program_data(environ), "Offsite")
     if platform == "darwin":
         return PurePosixPath("/Library/Application Support/Offsite")
     return PurePosixPath("/var/lib/offsite")
+
+
+def program_data(environ: dict[str, str]) -> str:
+    """%ProgramData%: Windows' variable names ignore case, and Python there spells the keys of
+    os.environ in capitals (PROGRAMDATA)."""
+    found = {key.upper(): value for key, value in environ.items()}.get("PROGRAMDATA")
+    return found or r"C:\ProgramData"
 
 
 def default_tools(platform: str) -> dict[str, str]:
@@ -78,6 +84,9 @@ def default_tools(platform: str) -> dict[str, str]:
              "gocryptfs": "gocryptfs", "fusermount": "fusermount3"}
     if platform == "darwin":
         names["fusermount"] = "umount"
+    if platform == "win32":  # cppcryptfs behind the wrappers offsite-host installs there
+        names["gocryptfs"] = "offsite-gocryptfs-cppcryptfs"
+        names["fusermount"] = "offsite-unmount-cppcryptfs"
     return names
 
 

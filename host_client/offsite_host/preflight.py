@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from offsite_host import encrypt, history, keys, tools
+from offsite_host import encrypt, history, keys, tools, windows
 from offsite_host.config import Config
 from offsite_host.exitcodes import ConfigError
 
@@ -34,6 +35,7 @@ def check(cfg: Config, needs_history: bool = True) -> Ready:
     if not (cfg.repository / encrypt.REVERSE_CONF).is_file():
         raise ConfigError(f"{cfg.repository} is not initialised (no {encrypt.REVERSE_CONF}): "
                           "run `offsite-host init`")
+    check_platform(cfg, resolved)
     return Ready(resolved, identity, repos)
 
 
@@ -70,4 +72,13 @@ def check_restore(cfg: Config, needs_repository: bool = False) -> Ready:
     if needs_repository and not (cfg.repository / encrypt.REVERSE_CONF).is_file():
         raise ConfigError(f"{cfg.repository} is not initialised (no {encrypt.REVERSE_CONF}): "
                           "there is no local backup to compare with")
+    check_platform(cfg, resolved)
     return Ready(resolved, identity, repos)
+
+
+def check_platform(cfg: Config, resolved: tools.ResolvedTools) -> None:
+    """rsync 3.1+ (macOS' own rsync is not), and on Windows the ACLs that keep the host key
+    and the password to SYSTEM and Administrators (`windows.check_private`)."""
+    tools.check_rsync(resolved.rsync)
+    if sys.platform == "win32":
+        windows.check_private([cfg.key_file.parent, cfg.key_file, cfg.password_file])

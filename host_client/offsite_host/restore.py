@@ -153,7 +153,8 @@ class Restorer:
                               f"{session.user}@{session.address}:{session.port}")
             rsh = transfer.rsh_command(transfer.ssh_argv(ready_tools.ssh, eph.files, session))
             argv = transfer.pull_argv(ready_tools.rsync, rsh, session,
-                                      transfer.rsync_local_path(staging, sys.platform),
+                                      transfer.rsync_local_path(staging, sys.platform,
+                                                               ready_tools.rsync),
                                       io_timeout_s=self.cfg.io_timeout_s,
                                       bwlimit_kib=self.cfg.bwlimit_kib,
                                       progress=self.console.tty)
@@ -169,7 +170,7 @@ class Restorer:
         """Fetches the point's manifest into the directory `sealed`; a point without one
         leaves none."""
         argv = sealing.pull_argv(ready_tools.rsync, rsh, session,
-                                 transfer.rsync_local_path(sealed, sys.platform),
+                                 transfer.rsync_local_path(sealed, sys.platform, ready_tools.rsync),
                                  io_timeout_s=self.cfg.io_timeout_s)
         stop_at = session.stop_at - self.cfg.deadline_margin_s
         done = runner.run_until_reachable(argv, stop_at, self.cfg.connect_wait_s,

@@ -155,7 +155,7 @@ class Routine:
                                   self.cfg.password_file, self.cfg.repository, mountpoint,
                                   self._step("encrypt")):
             self.console.step("encrypt", f"view of {self.cfg.repository} on {mountpoint}")
-            yield transfer.rsync_local_path(mountpoint, sys.platform)
+            yield transfer.rsync_local_path(mountpoint, sys.platform, ready.tools.rsync)
 
     def _ask(self, client: ApiClient, eph: Ephemeral) -> Session | None:
         """One session request before the local work: with no window open the run ends here
@@ -210,7 +210,8 @@ class Routine:
         checked = verify_state.load_checked(self.cfg.state_dir)
         plan = self._plan(sent, checked, now, full)
         listing = "" if plan.everything else self._write_list(
-            eph, "verify.list", verify_state.listable(plan.paths(), self._mountpoint))
+            eph, "verify.list", verify_state.listable(plan.paths(), self._mountpoint),
+            ready.tools.rsync)
         found = self._differences(ready, view, session, eph, listing)
         repaired = Repaired()
         if found and repair:
@@ -257,19 +258,20 @@ class Routine:
         argv = transfer.rsync_argv(ready.tools.rsync, self._rsh(ready, session, eph), view,
                                    session, io_timeout_s=self.cfg.io_timeout_s,
                                    bwlimit_kib=self.cfg.bwlimit_kib,
-                                   files_from=self._write_list(eph, "resend.list", paths))
+                                   files_from=self._write_list(eph, "resend.list", paths,
+                                                                     ready.tools.rsync))
         done = self._until_stop(argv, session, "the repair", step="verify")
         if done.returncode != 0:
             raise TransferError(f"resending the differing entries failed ({_failure(done)})")
         return Repaired(len(paths), transfer.parse_stats(done.stdout).bytes_sent)
 
     @staticmethod
-    def _write_list(eph: Ephemeral, name: str, paths: Sequence[str]) -> str:
+    def _write_list(eph: Ephemeral, name: str, paths: Sequence[str], rsync: str) -> str:
         """A NUL-separated list of paths beside the session's files, as rsync names it."""
         listing = eph.files.key.with_name(name)
         listing.write_bytes(b"".join(p.encode("utf-8", "surrogateescape") + b"\0"
                                      for p in paths))
-        return transfer.rsync_local_path(listing, sys.platform)
+        return transfer.rsync_local_path(listing, sys.platform, rsync)
 
     def _seal(self, ready: preflight.Ready, session: Session, eph: Ephemeral) -> None:
         """Ships the manifest of the verified view beside the archive copy (sealing.py)."""
@@ -278,7 +280,8 @@ class Routine:
                                self.cfg.password_file, self.cfg.host, session.window_id,
                                self.clock(), local, self.cfg.state_dir / DIGESTS_FILE)
         argv = sealing.push_argv(ready.tools.rsync, self._rsh(ready, session, eph),
-                                 transfer.rsync_local_path(local, sys.platform), session,
+                                 transfer.rsync_local_path(local, sys.platform, ready.tools.rsync),
+                                 session,
                                  io_timeout_s=self.cfg.io_timeout_s)
         done = self._until_stop(argv, session, "the manifest", step="seal")
         if done.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ SUBSTITUTES = {
     "rdiff_backup": "Linux: the rdiff-backup package; macOS: `brew install rdiff-backup`; "
                     "Windows: rdiff-backup's Windows build (rdiff-backup.exe)",
     "gocryptfs": "Linux: the gocryptfs package (with fuse3); macOS: gocryptfs with macFUSE; "
-                 "Windows: cppcryptfs behind a gocryptfs-compatible wrapper",
-    "fusermount": "Linux: fusermount3 (the fuse3 package); macOS: umount",
+                 "Windows: cppcryptfs with offsite-host's wrapper, offsite-gocryptfs-cppcryptfs",
+    "fusermount": "Linux: fusermount3 (the fuse3 package); macOS: umount; Windows: "
+                  "offsite-host's offsite-unmount-cppcryptfs",
 }
 
 
@@ -74,6 +76,35 @@ def run(argv: list[str], timeout: float, cwd: Path | None = None) -> Completed:
     except OSError as exc:
         raise ConfigError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
     return Completed(done.returncode, _text(done.stdout), _text(done.stderr))
+
+
+MIN_RSYNC = (3, 1)
+"""`--info=progress2`, `--delete-missing-args` (3.1.0) and the itemized output `transfer.py`
+reads; Apple's rsync 2.6.9 (up to macOS 14) and openrsync (macOS 15) lack them."""
+
+
+def rsync_version_problem(version_output: str) -> str | None:
+    """What is wrong with the rsync whose `--version` printed this, or None for 3.1+."""
+    first = version_output.strip().splitlines()[0] if version_output.strip() else ""
+    if "openrsync" in first.lower():
+        return "it is openrsync (macOS' /usr/bin/rsync since macOS 15)"
+    match = re.match(r"rsync\s+version\s+v?(\d+)\.(\d+)", first)
+    if not match:
+        return f"it does not answer --version like rsync ({first[:60]!r})"
+    version = (int(match.group(1)), int(match.group(2)))
+    if version < MIN_RSYNC:
+        return f"it is rsync {version[0]}.{version[1]} (macOS' /usr/bin/rsync is 2.6.9)"
+    return None
+
+
+def check_rsync(rsync: str) -> None:
+    """Refuses an rsync older than 3.1 before anything runs, naming the fix."""
+    done = run([rsync, "--version"], timeout=30)
+    problem = rsync_version_problem(done.stdout + done.stderr)
+    if problem:
+        raise ConfigError(f"{rsync} cannot be used: {problem}; offsite-host needs rsync 3.1 or "
+                          "later (macOS: `brew install rsync`, then set tools.rsync to "
+                          "/opt/homebrew/bin/rsync, or /usr/local/bin/rsync on Intel)")
 
 
 def tail(text: str, lines: int = 3) -> str:

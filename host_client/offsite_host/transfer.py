@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
+from offsite_host import windows
 from offsite_host.session import Session
 
 TRANSFER_FLAGS = ("-rlpt", "--chmod=D0700,F0600", "--inplace", "--no-whole-file",
@@ -154,16 +155,13 @@ def received(stdout: str) -> int:
     return int(re.sub(r"\D", "", match.group(1)) or 0) if match else 0
 
 
-def rsync_local_path(path: Path, platform: str) -> str:
+def rsync_local_path(path: Path, platform: str, rsync: str = "") -> str:
     """How rsync names a local directory: as is, except Windows drive paths, which the
-    Cygwin-based rsync builds (cwRsync, Cygwin) take as /cygdrive/<drive>/..."""
+    Cygwin-based rsync builds (cwRsync, Cygwin) take as /cygdrive/<drive>/... and MSYS2's
+    (told by the `rsync` it runs) as /<drive>/..."""
     if platform != "win32":
         return str(path)
-    win = PureWindowsPath(path)
-    if not win.drive or not win.drive.endswith(":"):
-        return win.as_posix()
-    rest = "/".join(win.parts[1:])
-    return f"/cygdrive/{win.drive[0].lower()}/{rest}"
+    return windows.rsync_path(path, windows.path_style(rsync) if rsync else windows.CYGDRIVE)
 
 
 @dataclass(frozen=True)
