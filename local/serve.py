@@ -112,24 +112,29 @@ def _serve(root: Path, out: TextIO, log: TextIO) -> int:
                        log=lambda line: print(line, file=log, flush=True))
     try:
         with stack:
-            say("  it changes this machine until it ends: " + "; ".join(machine_changes(stack))
-                + ". All of it is removed at the end.")
-            say("\nIn another terminal, point offsite-admin and offsite-host at it:\n")
-            say("\n".join(export_lines(stack)))
-            say("\nthen try, in a directory of your own (README.md: 'Try it on `make serve`'). "
-                "No schedule opens windows here: you open each with `offsite-admin window "
-                "open`, as the daily schedule would on AWS.\n")
-            say(WALKTHROUGH)
-            say(f"The control plane's log: {root / 'stack.log'}.")
-            say(READY)
-            _wait_for_stop()
-            _ignore(signal.SIGINT, signal.SIGTERM)  # a second Ctrl-C must not cut the cleanup
-            say("\nStopping: ending the archives, removing the accounts, the group and the "
-                "instance files.")
+            try:
+                _announce(stack, root, say)
+                while True:
+                    signal.pause()
+            except KeyboardInterrupt:  # the first Ctrl-C or SIGTERM (_Stopper)
+                say("\nStopping: ending the archives, removing the accounts, the group and "
+                    "the instance files.")
     except KeyboardInterrupt:  # while it was starting
-        _ignore(signal.SIGINT, signal.SIGTERM)
         say("\nInterrupted while starting.")
     return _check_left(stack, root, say)
+
+
+def _announce(stack: LocalStack, root: Path, say: Callable[[str], None]) -> None:
+    say("  it changes this machine until it ends: " + "; ".join(machine_changes(stack))
+        + ". All of it is removed at the end.")
+    say("\nIn another terminal, point offsite-admin and offsite-host at it:\n")
+    say("\n".join(export_lines(stack)))
+    say("\nthen try, in a directory of your own (README.md: 'Try it on `make serve`'). "
+        "No schedule opens windows here: you open each with `offsite-admin window open`, "
+        "as the daily schedule would on AWS.\n")
+    say(WALKTHROUGH)
+    say(f"The control plane's log: {root / 'stack.log'}.")
+    say(READY)
 
 
 def export_lines(stack: LocalStack) -> list[str]:
@@ -161,28 +166,25 @@ def _check_left(stack: LocalStack, root: Path, say: Callable[[str], None]) -> in
     return 1 if errors else 0
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _Stopper:
+    """Ctrl-C and SIGTERM end the stack the same way (also when started with SIGINT ignored,
+    as a background job of a non-interactive shell is). Only the first signal interrupts:
+    a second one, or one pending beside it, must not cut the cleanup short."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
 
 
 def _stop_on(*signals: signal.Signals) -> None:
-    """Ctrl-C and SIGTERM end the stack the same way (also when started with SIGINT ignored,
-    as a background job of a non-interactive shell is)."""
+    stopper = _Stopper()
     for number in signals:
-        signal.signal(number, _stop)
-
-
-def _ignore(*signals: signal.Signals) -> None:
-    for number in signals:
-        signal.signal(number, signal.SIG_IGN)
-
-
-def _wait_for_stop() -> None:
-    try:
-        while True:
-            signal.pause()
-    except KeyboardInterrupt:
-        return
+        signal.signal(number, stopper)
 
 
 if __name__ == "__main__":

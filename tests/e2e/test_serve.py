@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class Served:
     def wait_ready(self) -> None:
         self.ready.wait(STARTUP_S)
         assert READY in self.output, f"serve did not come up:\n{self.output}"
+
+    def wait_for(self, text: str) -> None:
+        limit = time.monotonic() + STARTUP_S
+        while text not in self.output and self.process.poll() is None:
+            assert time.monotonic() < limit, f"{text!r} not said:\n{self.output}"
+            time.sleep(0.05)
+        assert text in self.output, self.output
 
     def interrupt(self) -> int:
         """Ctrl-C, then its exit status once it has removed what it made."""
@@ -142,3 +150,17 @@ def test_serve_walkthrough_end_to_end_then_nothing_left(served: Served, tmp_path
     assert leftovers(served.work / "stack", [api_port, moto_port, ssh_port], instance,
                      [f"{prefix}web-1"], group) == []
     assert not (home / "web-1" / "state" / "view").is_mount()
+
+
+def test_sigterm_ends_it_and_a_second_signal_does_not_cut_the_cleanup(served: Served) -> None:
+    served.wait_ready()
+    group, prefix = served.found(
+        r"the group (offsite-\S+) and one Unix account (\S+)<host>").groups()
+    instance = Path(served.found(r"the archive instances' files in (\S+);")[1])
+    served.process.send_signal(signal.SIGTERM)
+    served.wait_for("Stopping:")
+    served.process.send_signal(signal.SIGINT)  # while it removes what it made
+    assert served.process.wait(timeout=STARTUP_S) == 0, served.output
+    assert "Stopped: the stack removed everything it made on this machine" in served.output
+    assert leftovers(served.work / "stack", [], instance, [], group) == []
+    assert not [e for e in pwd.getpwall() if e.pw_name.startswith(prefix)]

@@ -8,6 +8,8 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from local import demo, serve
 
 README = Path(__file__).parents[2] / "README.md"
@@ -56,3 +58,11 @@ def test_serve_runs_are_pruned_apart_from_demo_runs(tmp_path: Path) -> None:
     assert [p.name[:15] for p in removed] == ["serve-20261201T", "serve-20261202T"]
     assert sorted(p.name[:5] for p in tmp_path.iterdir()) == ["demo-"] * 3 + ["serve"]
     assert all(p.exists() == (p not in removed) for p in made)
+
+
+def test_only_the_first_signal_interrupts() -> None:
+    stopper = serve._Stopper()
+    with pytest.raises(KeyboardInterrupt):
+        stopper(15, None)
+    stopper(2, None)  # a second one (Ctrl-C during the cleanup) is let pass
+    stopper(15, None)
