@@ -10,11 +10,16 @@ SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-bac
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest system venv bench clean \
+.PHONY: demo serve test lint typecheck pytest system venv bench clean \
 	bench-window-overhead bench-moto-app bench-sessions bench-wire bench-restore bench-cost
 
 demo: system venv
 	$(BIN)/python -m local.demo $(DEMO_ARGS)
+
+# The local stack up until Ctrl-C: prints the export lines and the commands to try (README.md,
+# "Try it on `make serve`").
+serve: system venv
+	$(BIN)/python -m local.serve
 
 test: system venv lint typecheck pytest
 

@@ -63,23 +63,25 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = out
 
 
-def prune_runs(parent: Path, keep: int) -> list[Path]:
-    """Removes all but the newest `keep` demo work directories of `parent` (names begin with
-    their start time, so the name orders them); returns what it removed."""
+def prune_runs(parent: Path, keep: int, kind: str = "demo") -> list[Path]:
+    """Removes all but the newest `keep` work directories of `parent` made by `run_dir` for
+    `kind` (names begin with their start time, so the name orders them); returns what it
+    removed."""
     if not parent.is_dir():
         return []
-    runs = sorted(p for p in parent.glob("demo-*") if p.is_dir() and not p.is_symlink())
+    runs = sorted(p for p in parent.glob(f"{kind}-*") if p.is_dir() and not p.is_symlink())
     old = runs[:max(0, len(runs) - keep)]
     for path in old:
         shutil.rmtree(path)
     return old
 
 
-def run_dir(parent: Path, started: datetime) -> Path:
-    """This run's own work directory, named by its start time: two demos started in the same
+def run_dir(parent: Path, started: datetime, kind: str = "demo") -> Path:
+    """This run's own work directory, named by its start time: two runs started in the same
     second still get one each (mkdtemp adds a part of its own)."""
     parent.mkdir(parents=True, exist_ok=True)
-    made = Path(tempfile.mkdtemp(prefix=started.strftime("demo-%Y%m%dT%H%M%S-"), dir=parent))
+    made = Path(tempfile.mkdtemp(prefix=started.strftime(f"{kind}-%Y%m%dT%H%M%S-"),
+                                 dir=parent))
     made.chmod(0o755)
     return made
 
