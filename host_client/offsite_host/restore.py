@@ -9,9 +9,10 @@
    cannot see a file cut at a block boundary, missing, added, swapped or rolled back;
 4. decrypt: gocryptfs forward mode, read-only; a block that fails authentication is an I/O
    error, which fails the restore (exit 10), never wrong data;
-5. restore: `rdiff-backup restore --at` into a temporary directory beside the target, renamed
-   into place only once complete, so a failure leaves the target as it was; rdiff-backup checks
-   each restored file against its recorded SHA-1, and a mismatch fails the restore;
+5. restore: into a temporary directory beside the target, renamed into place only once
+   complete, so a failure leaves the target as it was: the newest state is copied from the
+   mirror (mirror.py), an older one by `rdiff-backup restore --at`; either way each restored
+   file is checked against the SHA-1 rdiff-backup recorded, and a mismatch fails the restore;
 6. report: the restore window always hears how it ended, which closes it.
 """
 
@@ -199,17 +200,19 @@ class Restorer:
 
     def _unpack(self, ready: preflight.Ready, staging: Path, request: RestoreRequest,
                 selections: list[Selection], choice: Choice) -> Outcome:
+        checked: list[str] = []
         with self.plain(ready, staging) as plain:
             def build(tree: Path) -> None:
                 for sel in selections:
-                    restore_into(ready.tools.rdiff_backup, plain, request.at, sel,
-                                 tree if request.path else tree / sel.repository)
+                    checked.append(restore_into(ready.tools.rdiff_backup, plain, request.at,
+                                                sel, tree if request.path else
+                                                tree / sel.repository))
 
             placed = place(request.target, request.overwrite, build,
                            (request.path.name or "root") if request.path else None)
         what = str(request.path) if request.path else ", ".join(str(s.path) for s in selections)
         detail = (f"restored {what} of {choice.point.day} ({choice.point.snapshot_id}) at "
-                  f"{request.at} into {placed}")
+                  f"{request.at} into {placed} ({'; '.join(checked)})")
         self.console.step("restore", detail)
         return Outcome(ExitCode.OK, "restored", detail)
 
