@@ -19,7 +19,8 @@ import errno
 import gzip
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,10 @@ IO_DAMAGE = ("input/output error reading the decrypted copy: its ciphertext is d
 
 @dataclass(frozen=True)
 class Plan:
-    """The newest state of one repository, to copy; or the reason it cannot be."""
+    """The newest state of one repository, to copy: its metadata snapshot; or the reason it
+    cannot be copied."""
 
-    entries: list[Entry]
+    metadata: Path | None
     refused: str | None
 
 
@@ -55,51 +57,104 @@ class Copied:
 
 
 def plan(repo: Path) -> Plan:
-    """Reads the newest metadata of the decrypted repository `repo`, if it can be copied."""
+    """Whether the newest state of the decrypted repository `repo` can be copied: one pass over
+    its metadata, record by record."""
     data = repo / DATA_DIR
     try:
         names = [p.name for p in data.iterdir()]
         refused = mirror_meta.refusal(names, _read(data / "chars_to_quote"),
                                       _read(data / "special_escapes"))
         if refused:
-            return Plan([], refused)
+            return Plan(None, refused)
         when = mirror_meta.newest_time(names)
         assert when is not None  # refusal() checked it
-        with gzip.open(data / mirror_meta.snapshot_name(when), "rb") as f:
-            entries = mirror_meta.parse(f.read())
+        metadata = data / mirror_meta.snapshot_name(when)
+        with gzip.open(metadata, "rb") as f:
+            return Plan(metadata, mirror_meta.refusal(names, b"", b"", mirror_meta.records(f)))
     except (OSError, EOFError, mirror_meta.MetadataError) as exc:
-        raise RestoreError(f"cannot read rdiff-backup's metadata in {data}: {_why(exc)}; the "
-                           "copy is damaged") from None
-    return Plan(entries, mirror_meta.refusal(names, b"", b"", entries))
+        raise _unreadable(data, exc) from None
 
 
-def copy(repo: Path, entries: list[Entry], inner: tuple[str, ...], out: Path,
-         label: str) -> Copied:
+def copy(repo: Path, metadata: Path, inner: tuple[str, ...], out: Path, label: str) -> Copied:
     """Copies the entries at or below `inner` of the mirror `repo` to `out` (which must not
-    exist), checking each file; a path (`label`) absent from the newest backup is a
-    ConfigError."""
-    chosen = mirror_meta.below(entries, tuple(os.fsencode(part) for part in inner))
-    if not chosen or chosen[0].path != ():
-        raise ConfigError(f"{label} is not in the backup at now: nothing to restore")
-    source = repo.joinpath(*inner)
-    files = [e for e in chosen if e.kind == "reg"]
-    for entry in chosen:
-        if entry.kind == "dir":
-            _at(out, entry).mkdir(mode=0o700)
-        elif entry.kind == "sym":
-            assert entry.link is not None
-            os.symlink(entry.link, _at(out, entry))
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
-        bad = [p for p in pool.map(lambda e: _copy_file(source, out, e),
-                                   sorted(files, key=lambda e: -(e.size or 0))) if p]
-    if bad:
-        raise RestoreError(f"{len(bad)} restored files fail rdiff-backup's recorded SHA-1 check"
-                           f" (the copy is damaged), e.g. {bad[0]}; nothing was written to "
-                           "the target")
+    exist), reading `metadata` record by record and checking each file; a path (`label`)
+    absent from the newest backup is a ConfigError. Directories get their attributes last,
+    once their content is written."""
+    chosen = tuple(os.fsencode(part) for part in inner)
     owners = _owners() if _is_root() else None
-    for entry in reversed(chosen):  # a directory's content before the directory itself
+    files = _Files(repo.joinpath(*inner), out, owners)
+    directories: list[Entry] = []
+    try:
+        with gzip.open(metadata, "rb") as f:
+            for entry in mirror_meta.below(mirror_meta.records(f), chosen):
+                if not directories and not files.count and entry.path != ():
+                    break  # (the chosen path's own record comes first)
+                if entry.kind == "dir":
+                    _at(out, entry).mkdir(mode=0o700)
+                    directories.append(entry)
+                elif entry.kind == "sym":
+                    assert entry.link is not None
+                    os.symlink(entry.link, _at(out, entry))
+                    _set_attributes(_at(out, entry), entry, owners)
+                else:
+                    files.add(entry)
+            files.finish()
+    except (EOFError, mirror_meta.MetadataError) as exc:
+        raise _unreadable(metadata.parent, exc) from None
+    finally:
+        files.close()
+    if not directories and not files.count and not (out.exists() or out.is_symlink()):
+        raise ConfigError(f"{label} is not in the backup at now: nothing to restore")
+    if files.bad:
+        raise RestoreError(f"{len(files.bad)} restored files fail rdiff-backup's recorded "
+                           f"SHA-1 check (the copy is damaged), e.g. {files.bad[0]}; nothing "
+                           "was written to the target")
+    for entry in reversed(directories):  # a directory's content before the directory itself
         _set_attributes(_at(out, entry), entry, owners)
-    return Copied(len(files), sum(e.size or 0 for e in files))
+    return Copied(files.count, files.bytes)
+
+
+class _Files:
+    """The regular files being copied: `COPY_THREADS` at a time, at most `_AHEAD` queued."""
+
+    _AHEAD = 64 * COPY_THREADS
+
+    def __init__(self, source: Path, out: Path, owners: _Owners | None) -> None:
+        self.source, self.out, self.owners = source, out, owners
+        self.pool = ThreadPoolExecutor(COPY_THREADS)
+        self.pending: deque[Future[str | None]] = deque()
+        self.bad: list[str] = []
+        self.count = self.bytes = 0
+
+    def add(self, entry: Entry) -> None:
+        self.count += 1
+        self.bytes += entry.size or 0
+        self.pending.append(self.pool.submit(self._copy, entry))
+        while len(self.pending) > self._AHEAD:
+            self._collect()
+
+    def finish(self) -> None:
+        while self.pending:
+            self._collect()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _collect(self) -> None:
+        problem = self.pending.popleft().result()  # a RestoreError in a thread is raised here
+        if problem:
+            self.bad.append(problem)
+
+    def _copy(self, entry: Entry) -> str | None:
+        problem = _copy_file(self.source, self.out, entry)
+        if problem is None:
+            _set_attributes(_at(self.out, entry), entry, self.owners)
+        return problem
+
+
+def _unreadable(where: Path, exc: BaseException) -> RestoreError:
+    return RestoreError(f"cannot read rdiff-backup's metadata in {where}: {_why(exc)}; the "
+                        "copy is damaged")
 
 
 def _copy_file(source: Path, out: Path, entry: Entry) -> str | None:

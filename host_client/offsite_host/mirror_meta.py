@@ -19,13 +19,13 @@ let rdiff-backup restore the tree (`refusal`), never a guess.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 DATA_DIR = "rdiff-backup-data"
-_RECORD = re.compile(rb"(?:\n|^)File (.*?)\n")
-_FIELD = re.compile(rb"^ *([A-Za-z0-9]+) (.+)$", re.M)
+_FIELD = re.compile(rb"^ *([A-Za-z0-9]+) (.+)$")
 _UNQUOTE = re.compile(rb"\\n|\\\\")
 _MIRROR = re.compile(r"current_mirror\.(.+)\.data")
 _INTEGER = ("Size", "NumHardLinks", "ModTime", "Uid", "Gid", "Permissions")
@@ -41,7 +41,7 @@ class MetadataError(ValueError):
     """The metadata cannot be read as rdiff-backup writes it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One entry of the newest backup. `path` is relative to the repository, in bytes as the
     file system names it, `()` for the repository's root."""
@@ -67,21 +67,38 @@ def unquote(quoted: bytes) -> bytes:
 
 def parse(data: bytes) -> list[Entry]:
     """Every record of a `mirror_metadata` file, in its order (a parent before its entries)."""
-    heads = list(_RECORD.finditer(data))
-    if data.strip() and not heads:
-        raise MetadataError("no 'File' record")
-    entries = []
-    for i, head in enumerate(heads):
-        end = heads[i + 1].start() if i + 1 < len(heads) else len(data)
-        entries.append(_entry(head.group(1), data[head.end():end]))
-    return entries
+    return list(records(io.BytesIO(data)))
 
 
-def _entry(name: bytes, body: bytes) -> Entry:
+def records(stream: Iterable[bytes]) -> Iterator[Entry]:
+    """The records of a `mirror_metadata` stream one by one, so that a tree of millions of
+    files is never held in memory: a record is its `File` line and the field lines after it,
+    one field a line (a newline in a name is quoted)."""
+    name: bytes | None = None
+    fields: list[bytes] = []
+    for line in stream:
+        line = line.rstrip(b"\n")
+        if line.startswith(b"File "):
+            if name is not None:
+                yield _entry(name, fields)
+            name, fields = line[5:], []
+        elif name is not None:
+            fields.append(line)
+        elif line.strip():
+            raise MetadataError("no 'File' record")
+    if name is not None:
+        yield _entry(name, fields)
+
+
+def _entry(name: bytes, lines: list[bytes]) -> Entry:
     path = () if name == b"." else tuple(unquote(name).split(b"/"))
     values: dict[str, object] = {}
     unsupported = []
-    for field, raw in _FIELD.findall(body):
+    for line in lines:
+        found = _FIELD.match(line)
+        if found is None:
+            continue
+        field, raw = found.groups()
         key = field.decode("ascii")
         if key in _INTEGER:
             values[key] = int(raw)
@@ -164,7 +181,7 @@ def _entry_refusal(entry: Entry) -> str | None:
     return None
 
 
-def below(entries: Iterable[Entry], inner: tuple[bytes, ...]) -> list[Entry]:
+def below(entries: Iterable[Entry], inner: tuple[bytes, ...]) -> Iterator[Entry]:
     """The entries at or below `inner`, their paths made relative to it."""
     n = len(inner)
-    return [dataclasses.replace(e, path=e.path[n:]) for e in entries if e.path[:n] == inner]
+    return (dataclasses.replace(e, path=e.path[n:]) for e in entries if e.path[:n] == inner)

@@ -54,9 +54,8 @@ def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: P
                           f"repository {sel.repository}")
     if at == "now":
         newest = mirror.plan(repo)
-        if newest.refused is None:
-            return mirror.copy(repo, newest.entries, sel.inner, out,
-                               str(sel.path)).describe()
+        if newest.metadata is not None and newest.refused is None:
+            return mirror.copy(repo, newest.metadata, sel.inner, out, str(sel.path)).describe()
         how = f"rdiff-backup restore (not a plain copy: {newest.refused})"
     else:
         how = f"rdiff-backup restore --at {at}"

@@ -3,8 +3,18 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
-from offsite_host.mirror_meta import Entry, MetadataError, below, parse, refusal, unquote
+from offsite_host.mirror_meta import (
+    Entry,
+    MetadataError,
+    below,
+    parse,
+    records,
+    refusal,
+    unquote,
+)
 
 WHEN = "2030-03-17T01:30:00Z"
 NAMES = ["chars_to_quote", f"current_mirror.{WHEN}.data", "increments",
@@ -94,5 +104,12 @@ def test_below_re_roots_the_chosen_path() -> None:
     entries = parse(METADATA)
     assert [e.path for e in below(entries, (b"d",))] == [(), (b"link",), (b"new\nline",)]
     assert [e.path for e in below(entries, (b"empty",))] == [()]
-    assert below(entries, (b"nope",)) == []
-    assert below(entries, ()) == entries
+    assert list(below(entries, (b"nope",))) == []
+    assert list(below(entries, ())) == entries
+
+
+def test_records_stream_one_at_a_time() -> None:
+    stream = io.BytesIO(METADATA)
+    first = next(records(stream))
+    assert first.path == () and stream.tell() < len(METADATA)  # the rest is not read yet
+    assert [e.path for e in records(io.BytesIO(METADATA))] == [e.path for e in parse(METADATA)]
