@@ -27,14 +27,13 @@ from pathlib import Path
 from offsite_host import mirror_meta
 from offsite_host.exitcodes import ConfigError, RestoreError
 from offsite_host.mirror_meta import DATA_DIR, Entry
+from offsite_host.restore_plan import IO_DAMAGE
 
 # Reading the 200 MB bench set through the gocryptfs mount (2 cores): 1 thread 4.9 s, 2 3.8 s,
 # 4 2.9 s, 8 3.1 s: the FUSE daemon answers requests in parallel, and a thread waiting on one
 # costs no CPU.
 COPY_THREADS = 4
 CHUNK = 1 << 20
-IO_DAMAGE = ("input/output error reading the decrypted copy: its ciphertext is damaged (a block "
-             "failed gocryptfs' authentication)")
 
 
 @dataclass(frozen=True)
