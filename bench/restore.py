@@ -8,7 +8,8 @@ under a read-only (`rrsync -ro`) certificate from the same sshd:
 1. the restore the host client does, stage by stage and with its own functions: the fetch of the
    ciphertext into a staging directory (`transfer.pull_argv`) and of its manifest
    (`sealing.pull_argv`; the backup sealed and shipped it as a run does), the check of the copy
-   against the manifest (`sealing.authenticate`), the gocryptfs forward-mode, read-only mount of
+   against the manifest (`sealing.authenticate`, with what `compare.Prehash` hashed during the
+   fetch), the gocryptfs forward-mode, read-only mount of
    it (`encrypt.mounted_plain`), and the restore of the newest state (`unpack.restore_into`:
    the mirror copied out and checked against rdiff-backup's metadata, or `rdiff-backup
    restore` where the copy cannot reproduce the tree), built beside an empty target and renamed
@@ -44,6 +45,7 @@ from pathlib import Path
 
 # mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
 from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
+    compare,
     encrypt,
     restore_plan,
     sealing,
@@ -273,14 +275,19 @@ class Restore:
         started = time.monotonic()
         watch.start()
         try:
-            fetch = self.pull(self.session, staging)
+            prehash = compare.Prehash(staging)  # as Restorer._fetch: hashing behind the fetch
+            prehash.start()
+            try:
+                fetch = self.pull(self.session, staging)
+            finally:
+                digests = prehash.stop()
             mark = time.monotonic()
             _rsync(sealing.pull_argv(tool("rsync"), self.rsh, self.session,
                                      transfer.rsync_local_path(sealed, sys.platform),
                                      io_timeout_s=600), "the manifest")
             manifest_s, mark = _lap(mark)
             verdict = sealing.authenticate(staging, sealed, self.bench.password, HOST,
-                                           self.session.window_id, True, True)
+                                           self.session.window_id, True, True, digests)
             authenticate_s, mark = _lap(mark)
             with encrypt.mounted_plain(tool("gocryptfs"), tool("fusermount"),
                                        self.bench.password, staging, self.work / "plain",

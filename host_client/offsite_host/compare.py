@@ -9,9 +9,11 @@ changed file, so its inode and ctime change even when its size and mtime do not)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +57,52 @@ def inventory(root: Path, skip: tuple[str, ...] = (),
         digests.clear()
         digests.update(fresh)
     return found
+
+
+class Prehash(threading.Thread):
+    """Hashes the files of a tree while it is still being written (a restore's fetch), so that
+    `inventory(root, digests=prehash.stop())` afterwards reads only what changed since. A file
+    is taken from the cache only with the same size, times and inode it had when it was hashed;
+    anything written to it after that changes its ctime, and it is read again. rsync's
+    temporary files (dot names; gocryptfs' ciphertext names never start with a dot) are left
+    alone: they are renamed, or deleted, before the fetch ends."""
+
+    def __init__(self, root: Path, pause_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.root, self.pause_s = root, pause_s
+        self.digests: Digests = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.sweep()
+            self._done.wait(self.pause_s)
+
+    def stop(self) -> Digests:
+        self._done.set()
+        if self.ident is not None:  # started
+            self.join()
+        return self.digests
+
+    def sweep(self) -> None:
+        """One pass over the tree: hashes every file not hashed as it is now."""
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if self._done.is_set():
+                    return
+                if not name.startswith("."):
+                    with contextlib.suppress(OSError):  # renamed or deleted meanwhile
+                        self._hash(Path(dirpath, name))
+
+    def _hash(self, path: Path) -> None:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return
+        relative = path.relative_to(self.root).as_posix()
+        key = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        known = self.digests.get(relative)
+        if known is None or known[:4] != key:
+            self.digests[relative] = (*key, _sha256(path))
 
 
 def differences(expected: dict[str, Entry], actual: dict[str, Entry]) -> list[str]:
