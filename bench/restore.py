@@ -8,9 +8,14 @@ under a read-only (`rrsync -ro`) certificate from the same sshd:
 1. the restore the host client does, stage by stage and with its own functions: the fetch of the
    ciphertext into a staging directory (`transfer.pull_argv`) and of its manifest
    (`sealing.pull_argv`; the backup sealed and shipped it as a run does), the check of the copy
-   against the manifest (`sealing.authenticate`), the gocryptfs forward-mode, read-only mount of
-   it (`encrypt.mounted_plain`), and `rdiff-backup restore` of the newest state
-   (`unpack.restore_into`), built beside an empty target and renamed into it (`unpack.place`);
+   against the manifest (`sealing.authenticate`, with what `compare.Prehash` hashed during the
+   fetch), the gocryptfs forward-mode, read-only mount of
+   it (`encrypt.mounted_plain`), and the restore of the newest state (`unpack.restore_into`:
+   the mirror copied out and checked against rdiff-backup's metadata, or `rdiff-backup
+   restore` where the copy cannot reproduce the tree), built beside an empty target and renamed
+   into it (`unpack.place`); then, on the same mount and untimed in the total, `rdiff-backup
+   restore --at now` into another directory: the way every restore went before, for the
+   before/after figures of one run;
 2. plain rsync of the plaintext tree, same flags, into an empty directory: the baseline.
 
 Each is timed whole, with the time to its first restored file (see `FirstFile`); both copies
@@ -40,7 +45,9 @@ from pathlib import Path
 
 # mypy cannot follow setuptools' editable-install finder to offsite_host (see bench/sessions.py)
 from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
+    compare,
     encrypt,
+    restore_plan,
     sealing,
     transfer,
     unpack,
@@ -183,6 +190,13 @@ class Restored:
     unmount_s: float
     first_file_at_s: float | None
     in_target_at_s: float
+    how: str = ""  # what unpack.restore_into said it did
+    rdiff_backup_s: float = 0.0  # `rdiff-backup restore --at now` of the same mount
+
+    @property
+    def total_by_rdiff_backup_s(self) -> float:
+        """The whole restore as it was when every restore went through rdiff-backup."""
+        return self.total_s - self.restore_s + self.rdiff_backup_s
 
     @property
     def total_s(self) -> float:
@@ -261,34 +275,59 @@ class Restore:
         started = time.monotonic()
         watch.start()
         try:
-            fetch = self.pull(self.session, staging)
+            prehash = compare.Prehash(staging)  # as Restorer._fetch: hashing behind the fetch
+            prehash.start()
+            try:
+                fetch = self.pull(self.session, staging)
+            finally:
+                digests = prehash.stop()
             mark = time.monotonic()
             _rsync(sealing.pull_argv(tool("rsync"), self.rsh, self.session,
                                      transfer.rsync_local_path(sealed, sys.platform),
                                      io_timeout_s=600), "the manifest")
             manifest_s, mark = _lap(mark)
             verdict = sealing.authenticate(staging, sealed, self.bench.password, HOST,
-                                           self.session.window_id, True, True)
+                                           self.session.window_id, True, True, digests)
             authenticate_s, mark = _lap(mark)
             with encrypt.mounted_plain(tool("gocryptfs"), tool("fusermount"),
                                        self.bench.password, staging, self.work / "plain",
                                        self.bench.say) as plain:
                 mount_s, mark = _lap(mark)
-                unpack.place(target, False, lambda tree: self._build(plain, tree), None)
+                how: list[str] = []
+                unpack.place(target, False, lambda tree: how.append(self._build(plain, tree)),
+                             None)
                 restore_s, mark = _lap(mark)
                 in_target = mark - started
+                rdiff_backup_s = self._by_rdiff_backup(plain)
+                mark = time.monotonic()
             unmount_s, mark = _lap(mark)
         finally:
             first = watch.stop(started)
         entries = _entries(verdict.reason)
         return Restored(fetch, manifest_s, authenticate_s, entries, mount_s, restore_s,
-                        unmount_s, first, in_target), target
+                        unmount_s, first, in_target, how[0], rdiff_backup_s), target
 
-    def _build(self, plain: Path, tree: Path) -> None:
+    def _build(self, plain: Path, tree: Path) -> str:
         """What `Restorer._unpack` does for a restore of every path: here, one."""
         repo = self.bench.repos[0]
         sel = Selection(repo.source, repo.target.name, ())
-        unpack.restore_into(tool("rdiff_backup"), plain, "now", sel, tree / sel.repository)
+        return unpack.restore_into(tool("rdiff_backup"), plain, "now", sel,
+                                   tree / sel.repository)
+
+    def _by_rdiff_backup(self, plain: Path) -> float:
+        """`rdiff-backup restore --at now` of the same mount, checked as a restore checks it;
+        its seconds."""
+        out = self.work / "by-rdiff-backup"
+        started = time.monotonic()
+        done = subprocess.run(restore_plan.restore_argv(
+            tool("rdiff_backup"), "now", plain / self.bench.repos[0].target.name, out),
+            capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        seconds = time.monotonic() - started
+        problem = restore_plan.restore_problem(done.returncode, done.stderr)
+        if problem:
+            raise BenchError(f"rdiff-backup restore of the same mount: {problem}")
+        checked(self.bench.source, out, "rdiff-backup's restore")
+        return seconds
 
 
 def seal(bench: Bench, view: Path) -> None:
@@ -374,16 +413,25 @@ def stages(f: Figures) -> str:
             [f"authenticate: the copy against it ({r.authenticated_entries:,} entries)",
              _s(r.authenticate_s), _rate(f, r.authenticate_s), _s(at[2])],
             ["decrypt: gocryptfs forward mount, read-only", _s(r.mount_s), "-", _s(at[3])],
-            ["restore: rdiff-backup restore, then the rename", _s(r.restore_s),
+            [f"restore: {_short(r.how)}, then the rename", _s(r.restore_s),
              _rate(f, r.restore_s), _s(at[4])],
             ["unmount", _s(r.unmount_s), "-", _s(at[5])],
-            ["whole restore", _s(r.total_s), _rate(f, r.total_s), ""]]
+            ["whole restore", _s(r.total_s), _rate(f, r.total_s), ""],
+            ["before: rdiff-backup restore --at now, same mount", _s(r.rdiff_backup_s),
+             _rate(f, r.rdiff_backup_s), "-"],
+            ["before: whole restore with it", _s(r.total_by_rdiff_backup_s),
+             _rate(f, r.total_by_rdiff_backup_s), ""]]
     return table(["stage", "s", "MB/s", "starts at s"], rows)
+
+
+def _short(how: str) -> str:
+    return "copy of the newest mirror" if how.startswith("copied") else \
+        how.split(" (")[0] or "rdiff-backup restore"
 
 
 def comparison(f: Figures) -> str:
     r, p = f.restore, f.plain
-    rows = [["restore (fetch, authenticate, decrypt, rdiff-backup)", _s(r.total_s),
+    rows = [["restore (fetch, authenticate, decrypt, copy)", _s(r.total_s),
              _rate(f, r.total_s),
              _s(r.first_file_at_s), _s(r.in_target_at_s), f"{r.fetch.bytes_received:,}"],
             ["plain rsync of the plaintext", _s(p.pull.seconds), _rate(f, p.pull.seconds),
@@ -391,7 +439,10 @@ def comparison(f: Figures) -> str:
             ["restore / plain rsync", _ratio(r.total_s, p.pull.seconds),
              _ratio(p.pull.seconds, r.total_s), _ratio(r.first_file_at_s, p.first_file_at_s),
              _ratio(r.in_target_at_s, p.first_file_at_s),
-             _ratio(r.fetch.bytes_received, p.pull.bytes_received)]]
+             _ratio(r.fetch.bytes_received, p.pull.bytes_received)],
+            ["before: restore with rdiff-backup / plain rsync",
+             _ratio(r.total_by_rdiff_backup_s, p.pull.seconds),
+             _ratio(p.pull.seconds, r.total_by_rdiff_backup_s), "-", "-", "-"]]
     return table(["", "total s", "MB/s", "first file s", "in target s", "bytes received"], rows)
 
 
@@ -414,13 +465,15 @@ def report(f: Figures) -> str:
         f"(a poll every {f.poll_s * 1000:g} ms);",
         "  the restore's is in the directory that unpack.place() builds beside the target, "
         f"{_s(after_fetch)} s after the mount;",
-        "  in target s: when the restored tree is renamed into the target, all at once"])
+        "  in target s: when the restored tree is renamed into the target, all at once",
+        f"the restore said: {r.how}"])
 
 
 def as_json(f: Figures) -> str:
     data = asdict(f)
     data["restore"]["total_s"] = f.restore.total_s
     data["restore"]["decrypt_starts_at_s"] = f.restore.decrypt_starts_at_s
+    data["restore"]["total_by_rdiff_backup_s"] = f.restore.total_by_rdiff_backup_s
     return json.dumps(data, indent=2)
 
 

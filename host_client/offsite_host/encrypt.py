@@ -40,8 +40,9 @@ def mount_argv(gocryptfs: str, password_file: Path, repository: Path,
 
 def plain_mount_argv(gocryptfs: str, password_file: Path, cipherdir: Path,
                      mountpoint: Path) -> list[str]:
-    """Forward mode over a fetched copy, read-only: every block is authenticated (AES-GCM), and
-    one that fails is an I/O error (EIO), never wrong bytes."""
+    """Forward mode over a fetched copy, read-only: every block is authenticated (AES-SIV, the
+    content cipher the reverse view was made with), and one that fails is an I/O error (EIO),
+    never wrong bytes."""
     return [gocryptfs, "-ro", "-q", "-passfile", str(password_file), str(cipherdir),
             str(mountpoint)]
 

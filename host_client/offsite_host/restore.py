@@ -6,12 +6,15 @@
 3. fetch: rsync the ciphertext down into `<state_dir>/restore/<snapshot>`, resumable (a cut-off
    fetch is kept, and the next attempt fetches only what is missing), and its manifest beside it;
    the copy must match the manifest before anything is decrypted (sealing.py), since gocryptfs
-   cannot see a file cut at a block boundary, missing, added, swapped or rolled back;
+   cannot see a file cut at a block boundary, missing, added, swapped or rolled back; the
+   ciphertext is hashed while it arrives (compare.Prehash), so the check after the fetch reads
+   only what was written since;
 4. decrypt: gocryptfs forward mode, read-only; a block that fails authentication is an I/O
    error, which fails the restore (exit 10), never wrong data;
-5. restore: `rdiff-backup restore --at` into a temporary directory beside the target, renamed
-   into place only once complete, so a failure leaves the target as it was; rdiff-backup checks
-   each restored file against its recorded SHA-1, and a mismatch fails the restore;
+5. restore: into a temporary directory beside the target, renamed into place only once
+   complete, so a failure leaves the target as it was: the newest state is copied from the
+   mirror (mirror.py), an older one by `rdiff-backup restore --at`; either way each restored
+   file is checked against the SHA-1 rdiff-backup recorded, and a mismatch fails the restore;
 6. report: the restore window always hears how it ended, which closes it.
 """
 
@@ -26,7 +29,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from offsite_host import encrypt, preflight, restore_plan, runner, sealing, tools, transfer
+from offsite_host import (
+    compare,
+    encrypt,
+    preflight,
+    restore_plan,
+    runner,
+    sealing,
+    tools,
+    transfer,
+)
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
@@ -77,6 +89,7 @@ class Restorer:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg, self.console, self.transport = cfg, console, transport
         self.clock, self.sleep = clock, sleep
+        self._prehashed: dict[Path, compare.Digests] = {}  # hashed during each fetch
 
     def client(self, ready: preflight.Ready) -> ApiClient:
         return ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
@@ -129,7 +142,8 @@ class Restorer:
         verdict = sealing.authenticate(
             staging, _sealed(staging), self.cfg.password_file, self.cfg.host,
             choice.point.window_id, choice.point.complete,
-            sealing.required_for(self.cfg.state_dir, choice.point.started_at))
+            sealing.required_for(self.cfg.state_dir, choice.point.started_at),
+            self._prehashed.pop(staging, None))
         self.console.step("authenticate", verdict.reason)
         for note in verdict.notes:
             if note != verdict.reason:
@@ -159,7 +173,12 @@ class Restorer:
                                       bwlimit_kib=self.cfg.bwlimit_kib,
                                       progress=self.console.tty)
             started = time.monotonic()
-            done = self._until_stop(argv, session)
+            prehash = compare.Prehash(staging)  # the check's hashing, behind the fetch
+            prehash.start()
+            try:
+                done = self._until_stop(argv, session)
+            finally:
+                self._prehashed[staging] = prehash.stop()
             self._fetch_manifest(ready_tools, rsh, session, _sealed(staging))
         self.console.step("fetch", f"{transfer.received(done.stdout)} bytes received in "
                           f"{time.monotonic() - started:.1f} s into {staging}")
@@ -200,17 +219,19 @@ class Restorer:
 
     def _unpack(self, ready: preflight.Ready, staging: Path, request: RestoreRequest,
                 selections: list[Selection], choice: Choice) -> Outcome:
+        checked: list[str] = []
         with self.plain(ready, staging) as plain:
             def build(tree: Path) -> None:
                 for sel in selections:
-                    restore_into(ready.tools.rdiff_backup, plain, request.at, sel,
-                                 tree if request.path else tree / sel.repository)
+                    checked.append(restore_into(ready.tools.rdiff_backup, plain, request.at,
+                                                sel, tree if request.path else
+                                                tree / sel.repository))
 
             placed = place(request.target, request.overwrite, build,
                            (request.path.name or "root") if request.path else None)
         what = str(request.path) if request.path else ", ".join(str(s.path) for s in selections)
         detail = (f"restored {what} of {choice.point.day} ({choice.point.snapshot_id}) at "
-                  f"{request.at} into {placed}")
+                  f"{request.at} into {placed} ({'; '.join(checked)})")
         self.console.step("restore", detail)
         return Outcome(ExitCode.OK, "restored", detail)
 

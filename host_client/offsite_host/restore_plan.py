@@ -22,6 +22,8 @@ _AT = re.compile(
     r"|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:\d{2})?)?"  # w3 datetime / date
     r"|\d{1,2}/\d{1,2}/\d{4}")                      # MM/DD/YYYY
 _NOISE = ("Unable to open logfile", "emitted warnings", "syslog")
+IO_DAMAGE = ("input/output error reading the decrypted copy: its ciphertext is damaged (a block "
+             "failed gocryptfs' authentication)")
 _IO_ERROR = re.compile(r"Errno 5\b|Input/output error", re.I)
 # rdiff-backup checks each restored file against the SHA-1 its metadata recorded, but only
 # warns (exit 0) when it differs or is missing: that is wrong or unverifiable data.
@@ -105,8 +107,7 @@ def restore_problem(returncode: int, stderr: str) -> str | None:
     plain warning, or any I/O error (gocryptfs' answer to a block that fails authentication),
     is a failure: a restore must never hand back wrong data quietly."""
     if _IO_ERROR.search(stderr):
-        return ("input/output error reading the decrypted copy: its ciphertext is damaged "
-                "(a block failed gocryptfs' authentication)")
+        return IO_DAMAGE
     bad = _BAD_HASH.findall(stderr)
     if bad:
         return (f"{len(bad)} restored files fail rdiff-backup's recorded SHA-1 check (the copy "

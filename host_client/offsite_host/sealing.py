@@ -124,10 +124,11 @@ def required_for(state_dir: Path, started_at: float) -> bool:
 
 
 def authenticate(staging: Path, sealed: Path, password_file: Path, host: str,
-                 window_id: str, complete: bool, required: bool) -> Verdict:
+                 window_id: str, complete: bool, required: bool,
+                 digests: compare.Digests | None = None) -> Verdict:
     """Checks the fetched copy in `staging` against the manifest pulled into the directory
     `sealed` (none there when the point has none); raises DamagedCopyError when the copy is not
-    what the host sent."""
+    what the host sent. `digests`: what `compare.Prehash` hashed during the fetch."""
     found = sealed / DIR / NAME
     if not found.exists():
         if required:
@@ -142,8 +143,8 @@ def authenticate(staging: Path, sealed: Path, password_file: Path, host: str,
         data = found.read_bytes()
     except OSError as exc:
         raise DamagedCopyError(f"cannot read the fetched manifest: {exc.strerror}") from None
-    verdict = judge(unseal(data, key), entries_of(compare.inventory(staging)), host,
-                    window_id, complete)
+    fetched = entries_of(compare.inventory(staging, digests=digests))
+    verdict = judge(unseal(data, key), fetched, host, window_id, complete)
     if verdict.problems:
         raise DamagedCopyError(f"{verdict.reason}; nothing was decrypted")
     return verdict

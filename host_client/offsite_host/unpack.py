@@ -1,5 +1,6 @@
-"""Writing a restore: `rdiff-backup restore` of a selection from the decrypted copy, into a
-temporary directory beside the target that is renamed into place only once complete."""
+"""Writing a restore: a selection of the decrypted copy (the newest state copied from the
+mirror, or `rdiff-backup restore` of an older one), into a temporary directory beside the
+target that is renamed into place only once complete."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from offsite_host import restore_plan, tools
+from offsite_host import mirror, restore_plan, tools
 from offsite_host.exitcodes import ConfigError, RestoreError
 from offsite_host.restore_plan import Selection, TargetState
 
@@ -42,13 +43,22 @@ def _check_creatable(target: Path) -> None:
             return
 
 
-def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> None:
-    """`rdiff-backup restore --at` of one selection of the decrypted copy into `out` (which
-    must not exist); a path absent at that time is an error, not an empty result."""
+def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> str:
+    """Restores one selection of the decrypted copy at the time `at` into `out` (which must not
+    exist); a path absent at that time is an error, not an empty result. The newest state is
+    copied from the mirror and checked file by file (mirror.py) when the copy can reproduce it;
+    anything else goes through `rdiff-backup restore --at`. Says which, and what was checked."""
     repo = plain / sel.repository
     if not (repo / "rdiff-backup-data").is_dir():
         raise ConfigError(f"{sel.path} is not in the backup: this recovery point has no "
                           f"repository {sel.repository}")
+    if at == "now":
+        newest = mirror.plan(repo)
+        if newest.metadata is not None and newest.refused is None:
+            return mirror.copy(repo, newest.metadata, sel.inner, out, str(sel.path)).describe()
+        how = f"rdiff-backup restore (not a plain copy: {newest.refused})"
+    else:
+        how = f"rdiff-backup restore --at {at}"
     done = tools.run(restore_plan.restore_argv(rdiff_backup, at, repo.joinpath(*sel.inner),
                                                out), timeout=RESTORE_TIMEOUT_S)
     problem = restore_plan.restore_problem(done.returncode, done.stderr)
@@ -57,6 +67,7 @@ def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: P
                            "to the target")
     if not out.exists() and not out.is_symlink():
         raise ConfigError(f"{sel.path} is not in the backup at {at}: nothing to restore")
+    return f"{how}, each file checked against its recorded SHA-1"
 
 
 def place(target: Path, overwrite: bool, build: Callable[[Path], object],

@@ -127,18 +127,23 @@ def test_each_day_restores_byte_identical(days: ThreeDays, session_server: Sessi
     assert tree(tmp_path / "out") == days.trees[day]
     report = session_server.reports_of(host.name)[-1]
     assert report["status"] == "succeeded"
+    # the newest state of the point: copied out of the mirror, every file checked
+    assert "copied the newest mirror: " in report["detail"]
+    assert "checked against rdiff-backup's recorded size and SHA-1" in report["detail"]
     assert report["window_id"] == host.entry.restores[-1].window_id
     assert host.entry.restores[-1].snapshot is days.snapshots[day]
     assert leftovers(tmp_path) == []
     assert not any((host.root / "state" / "restore").iterdir())
 
 
-def test_at_an_older_increment_inside_the_point(days: ThreeDays, tmp_path: Path) -> None:
+def test_at_an_older_increment_inside_the_point(days: ThreeDays, session_server: SessionServer,
+                                                tmp_path: Path) -> None:
     host = days.host
     done = restore(host, "--date", DAYS[2], "--at", "2B", "--path", str(host.source), "--to",
                    str(tmp_path / "older"))
     assert done.returncode == 0, done.stderr
     assert tree(tmp_path / "older") == days.trees[DAYS[0]]
+    assert "rdiff-backup restore --at 2B" in session_server.reports_of(host.name)[-1]["detail"]
 
 
 def test_a_path_below_a_configured_one_and_no_path(days: ThreeDays, tmp_path: Path) -> None:
@@ -392,6 +397,22 @@ def test_without_manifest_rdiff_backups_hashes_still_catch_a_rolled_back_file(
     done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(target),
                    "--force-overwrite")
     expect(done, 10, "recorded SHA-1 check")
+    assert session_server.reports_of(host.name)[-1]["status"] == "failed"
+    assert tree(target) == before and leftovers(tmp_path) == []
+
+
+def test_without_manifest_a_block_failing_authentication_fails_the_mirror_copy(
+        days: ThreeDays, session_server: SessionServer, tmp_path: Path,
+        before_manifests: None) -> None:
+    """No manifest to catch it first: gocryptfs answers the flipped block with EIO, and the
+    copy of the newest state fails on it, as rdiff-backup's restore did."""
+    host = days.host
+    target = tmp_path / "target"
+    before = users_tree(target)
+    host.entry.on_restore = without_manifest(flip_a_byte)
+    done = restore(host, "--date", DAYS[2], "--path", str(host.source), "--to", str(target),
+                   "--force-overwrite")
+    expect(done, 10, "damaged")
     assert session_server.reports_of(host.name)[-1]["status"] == "failed"
     assert tree(target) == before and leftovers(tmp_path) == []
 

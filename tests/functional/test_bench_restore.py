@@ -102,3 +102,16 @@ def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
     data = json.loads(as_json(figures))
     assert data["restore"]["total_s"] == figures.restore.total_s
     assert data["restored_bytes"] == figures.plaintext_bytes
+
+
+@real_tools
+def test_the_newest_point_is_the_checked_mirror_copy_with_rdiff_backup_beside(
+        figures: Figures) -> None:
+    r = figures.restore
+    assert r.how.startswith(f"copied the newest mirror: {figures.files} files, "
+                            f"{figures.plaintext_bytes} bytes, each checked against")
+    # rdiff-backup restored the same mount too (checked identical), the 'before' of one run
+    assert r.rdiff_backup_s > 0
+    assert r.total_by_rdiff_backup_s == pytest.approx(r.total_s - r.restore_s
+                                                      + r.rdiff_backup_s)
+    assert "before: restore with rdiff-backup / plain rsync" in report(figures)

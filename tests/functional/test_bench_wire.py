@@ -167,6 +167,8 @@ def test_the_report_and_the_json_carry_the_figures(figures: Figures) -> None:
     assert [p["added_bytes"] for p in data["peers"]] == [p.added_bytes for p in figures.peers]
     assert data["scaling"][0]["nightly_s"] == figures.nightly_s
     assert "= 1.00 (goal <= 1.3" in scaling([figures, figures])
+    assert "initial send: plain rsync / full path = " in text
+    assert data["initial"]["seal_s"] == figures.initial.seal_s > 0  # the seal was timed
 
 
 @real_tools
