@@ -58,6 +58,7 @@ until offsite-admin window status | grep -q "no window open"; do sleep 2; done  
 offsite-admin window history --limit 10
 offsite-admin snapshots --host web-1                  # recovery points
 offsite-host --config web-1/host.toml snapshots
+offsite-admin restore --host web-1 --date "$(date -u +%F)"   # its restore archive
 offsite-host --config web-1/host.toml restore --date "$(date -u +%F)" \\
     --path "$PWD/web-1/data" --to "$PWD/web-1/restored"
 diff -r web-1/data web-1/restored && echo "restored: identical"

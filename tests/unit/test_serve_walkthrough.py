@@ -34,7 +34,7 @@ def test_readme_shows_exactly_the_walkthrough_serve_prints() -> None:
 
 def test_readme_day_to_day_commands_are_in_the_walkthrough() -> None:
     day_to_day = commands(block_after(README.read_text(), "### Day to day"))
-    assert len(day_to_day) == 7
+    assert len(day_to_day) == 8
     assert set(day_to_day) <= set(commands(serve.WALKTHROUGH))
 
 
