@@ -62,6 +62,7 @@ from chalicelib.window import (
     conclude,
     decide,
 )
+from chalicelib.window_cost import month_at_window
 
 logger = Logger(service="offsite", child=True)
 
@@ -736,9 +737,12 @@ class WindowService:
         failed = sum(1 for h in window.expected if window.reports.get(h) == "failed")
         metrics.record("HostsFailed", "Count", failed)
         metrics.record("HostsMissing", "Count", len(window.expected) - succeeded - failed)
-        metrics.record("BytesSent", "Bytes",
-                       sum(r.bytes_sent for r in self.ports.store.reports(window.window_id)))
+        reports = self.ports.store.reports(window.window_id)
+        metrics.record("BytesSent", "Bytes", sum(r.bytes_sent for r in reports))
         metrics.record("WindowsFailed", "Count", int(window.state is State.FAILED))
+        month = month_at_window(window_view(window), reports, self.settings.retention_days)
+        if month is not None:
+            metrics.record("MonthAtWindowUSD", "None", round(month, 4))
 
     def _window(self, window_id: str) -> Window:
         window = self.ports.store.get_window(window_id)

@@ -12,7 +12,8 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
 
-UNITS = {"Seconds": MetricUnit.Seconds, "Count": MetricUnit.Count, "Bytes": MetricUnit.Bytes}
+UNITS = {"Seconds": MetricUnit.Seconds, "Count": MetricUnit.Count, "Bytes": MetricUnit.Bytes,
+         "None": MetricUnit.NoUnit}
 
 
 class Metrics(Protocol):

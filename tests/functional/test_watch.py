@@ -155,3 +155,14 @@ class BlindMarks:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
+
+
+def test_a_window_records_what_the_dashboard_shows(watched: Watched) -> None:
+    rig = watched
+    night(rig, 0, "failed")
+    recorded = {name: value for name, _, value in rig.metrics.values}
+    assert recorded["WindowsOpened"] == 1 and recorded["WindowsFailed"] == 0
+    assert (recorded["HostsSucceeded"], recorded["HostsFailed"], recorded["HostsMissing"]) == (
+        2, 1, 0)
+    assert recorded["BytesSent"] == 30  # 10 bytes a report
+    assert 0 < recorded["MonthAtWindowUSD"] < 10
