@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from chalicelib.records import Host
 from chalicelib.retention import RecoveryPoint
+from chalicelib.settings import InvalidSettingError, Settings
 from chalicelib.staleness import Change, changes, host_ages
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
@@ -54,3 +57,15 @@ def test_told_once_when_stale_once_when_recovered_quietly_forgotten_when_revoked
     assert [v.change for v in changes(fresh, {"h": T0}, LIMIT)] == [Change.RECOVERED]
     assert changes(fresh, {}, LIMIT) == []
     assert [v.change for v in changes([], {"o": T0}, LIMIT)] == [Change.FORGOTTEN]
+
+
+REQUIRED = {"TABLE_NAME": "t", "TOPIC_ARN": "a", "DEADLINE_TARGET_ARN": "d",
+            "SCHEDULER_ROLE_ARN": "r"}
+
+
+def test_the_threshold_is_a_setting_and_a_wrong_one_names_the_variable() -> None:
+    assert Settings.from_env(REQUIRED).stale_after_hours == 36
+    assert Settings.from_env({**REQUIRED, "STALE_AFTER_HOURS": "48"}).stale_after_hours == 48
+    for wrong in ("0", "-1", "a day", "nan"):
+        with pytest.raises(InvalidSettingError, match="STALE_AFTER_HOURS"):
+            Settings.from_env({**REQUIRED, "STALE_AFTER_HOURS": wrong})
