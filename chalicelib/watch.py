@@ -96,8 +96,10 @@ class StalenessWatch:
         return True
 
     def _ages(self, now: datetime) -> list[HostAge]:
+        # Every host's points in one paginated listing, as retention reads them, rather than a
+        # DescribeSnapshots filter naming every host of a large fleet.
         hosts = [h for h in self._hosts.list_hosts() if h.enabled]
-        points = self._compute.recovery_points([h.name for h in hosts]) if hosts else []
+        points = self._compute.recovery_points() if hosts else []
         return host_ages(hosts, points, now, self._stale_after)
 
     def _last_report(self, host: str) -> str:
