@@ -21,6 +21,8 @@ from chalicelib.composition import (
     reset,
     restore_service,
     session_service,
+    settings,
+    watch,
     window_service,
 )
 from chalicelib.events import SNAPSHOT_COMPLETIONS, instance_state_change, snapshot_results
@@ -187,6 +189,7 @@ def reconciler(event: Any) -> None:
     if decisions:
         logger.info("reconciled", extra={"reasons": [d.reason for d in decisions]})
     window_service().sweep()
+    watch().evaluate_if_due()  # a fleet whose windows stopped concluding is noticed too
 
 
 # AWS events ------------------------------------------------------------------------------
@@ -217,6 +220,12 @@ def revoke_host(name: str) -> dict[str, Any]:
 @api("/v1/hosts", "GET")
 def list_hosts() -> dict[str, Any]:
     return {"hosts": [host_view(h) for h in host_service().list()]}
+
+
+@api("/v1/status", "GET")
+def fleet_status() -> dict[str, Any]:
+    """Each host's newest complete point, its age, its last window, stale or not."""
+    return watch().fleet()
 
 
 # restores ----------------------------------------------------------------------------------
@@ -252,7 +261,8 @@ def host_restore(name: str) -> Response:
 
 def _snapshots(host: str) -> dict[str, Any]:
     points = restore_service().recovery_points(host)
-    return {"host": host, "snapshots": [point_view(p) for p in points]}
+    return {"host": host, "snapshots": [point_view(p) for p in points],
+            "stale_after_hours": settings().stale_after_hours}
 
 
 def _signed_by(name: str) -> None:

@@ -16,8 +16,13 @@ from aws_lambda_powertools.utilities.parameters import SSMProvider
 from botocore.config import Config
 
 from chalicelib.adapters.compute import Ec2Compute
-from chalicelib.adapters.dynamo_store import DynamoHostStore, DynamoNonceStore, DynamoWindowStore
-from chalicelib.adapters.metrics import EmfMetrics
+from chalicelib.adapters.dynamo_store import (
+    DynamoHostStore,
+    DynamoNonceStore,
+    DynamoStaleMarkStore,
+    DynamoWindowStore,
+)
+from chalicelib.adapters.metrics import CloudWatchHostMetrics, EmfMetrics
 from chalicelib.adapters.notifier import SnsNotifier
 from chalicelib.adapters.scheduler import EventBridgeScheduler
 from chalicelib.host_auth import HostAuthenticator
@@ -29,6 +34,7 @@ from chalicelib.restores import RestoreService
 from chalicelib.schedule import next_open
 from chalicelib.sessions import CertificatePolicy, SessionService
 from chalicelib.settings import MissingSettingError, Settings
+from chalicelib.watch import StalenessWatch
 from chalicelib.windows import Launcher, Ports, WindowService, new_window_id, utc_now
 
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 6})
@@ -76,7 +82,16 @@ def _launcher(s: Settings) -> Launcher:
 
 @functools.cache
 def window_service() -> WindowService:
-    return WindowService(settings(), ports())
+    return WindowService(settings(), ports(), after_window=lambda: watch().after_window())
+
+
+@functools.cache
+def watch() -> StalenessWatch:
+    s, p = settings(), ports()
+    return StalenessWatch(p.hosts, p.compute, p.store,
+                          DynamoStaleMarkStore(_client("dynamodb"), s.table_name), p.notifier,
+                          CloudWatchHostMetrics(_client("cloudwatch"), "Offsite"),
+                          s.stale_after_hours, utc_now)
 
 
 @functools.cache
@@ -121,6 +136,6 @@ def _ssm() -> SSMProvider:
 
 
 def reset() -> None:
-    for getter in (settings, ports, window_service, restore_service, host_service,
+    for getter in (settings, ports, window_service, watch, restore_service, host_service,
                    session_service, authenticator, _ssm, _client):
         getter.cache_clear()

@@ -59,6 +59,7 @@ class Settings:
     restore_hours: float = 2.0
     restore_root: str = "/srv/offsite-restore"
     account_prefix: str = ""  # a host's account on the instance: chalicelib/accounts.py
+    stale_after_hours: float = 36.0  # a host without a complete point this long is stale
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +90,7 @@ class Settings:
             restore_hours=float(env.get("RESTORE_HOURS", "2")),
             restore_root=env.get("RESTORE_ROOT", "/srv/offsite-restore").rstrip("/"),
             account_prefix=_account_prefix(env),
+            stale_after_hours=_positive(env, "STALE_AFTER_HOURS", 36.0),
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),
@@ -119,6 +121,18 @@ def _fleet(env: Mapping[str, str]) -> dict[str, Any]:
             "launch_template": env.get("LAUNCH_TEMPLATE") or None,
             "kms_key_id": env.get("KMS_KEY_ID") or None, "hosts_per_archive": per_archive,
             "ssh_address": address, "launch_function": env.get("LAUNCH_FUNCTION") or None}
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidSettingError(f"environment variable {name}: {text!r} is not a positive "
+                                  "number")
+    return value
 
 
 def _account_prefix(env: Mapping[str, str]) -> str:

@@ -62,6 +62,7 @@ from chalicelib.window import (
     conclude,
     decide,
 )
+from chalicelib.window_cost import month_at_window
 
 logger = Logger(service="offsite", child=True)
 
@@ -139,11 +140,13 @@ def new_window_id(now: datetime, token: str | None = None) -> str:
 class WindowService:
     def __init__(self, settings: Settings, ports: Ports,
                  clock: Callable[[], datetime] = utc_now,
-                 new_id: Callable[[datetime], str] = new_window_id) -> None:
+                 new_id: Callable[[datetime], str] = new_window_id,
+                 after_window: Callable[[], object] | None = None) -> None:
         self.settings = settings
         self.ports = ports
         self._clock = clock
         self._new_id = new_id
+        self._after_window = after_window  # the dead man's switch (chalicelib/watch.py)
 
     # opening ---------------------------------------------------------------------------
     def open_window(self, trigger: str, request: OpenRequest = EVERY_HOST) -> Window:
@@ -169,7 +172,9 @@ class WindowService:
             deadline=now + timedelta(hours=hours), expected=frozenset(expected),
             trigger=trigger, updated_at=now, shards=shards, entered={"OPENING": now},
             reason=f"opened by {trigger} for {len(expected)} hosts in {len(shards)} archives")
-        return self.start(window)
+        started = self.start(window)
+        self.ports.metrics.record("WindowsOpened", "Count", 1)  # its absence is alarmed (deploy/)
+        return started
 
     def start(self, window: Window) -> Window:
         """Records a planned window (raises WindowActiveError when its guard is held), makes
@@ -565,9 +570,24 @@ class WindowService:
             return Decision(None, "another invocation concluded the window")
         logger.info("window transition",
                     extra=_log(window, window.state, decision.target, decision.reason))
-        if decision.actions:
-            self._carry_out(self._window(window_id), None, decision.actions, decision)
+        try:
+            if decision.actions:
+                self._carry_out(self._window(window_id), None, decision.actions, decision)
+        finally:
+            if retention and not target.active:
+                self._watch()
         return decision
+
+    def _watch(self) -> None:
+        """Staleness, evaluated where a window concludes on its snapshots (the functions allowed
+        to publish the hosts' ages); the reconciler evaluates too, so a failure here is only
+        logged."""
+        if self._after_window is None:
+            return
+        try:
+            self._after_window()
+        except Exception:
+            logger.exception("staleness not evaluated; the reconciler evaluates it later")
 
     def _carry_out(self, window: Window, shard: Shard | None, actions: Sequence[Action],
                    decision: Decision | None = None) -> None:
@@ -714,7 +734,15 @@ class WindowService:
         metrics.record("InstanceSecondsBilled", "Seconds", billed_seconds(window, now))
         metrics.record("Archives", "Count", len(window.shards))
         metrics.record("HostsSucceeded", "Count", succeeded)
-        metrics.record("HostsFailed", "Count", len(window.expected) - succeeded)
+        failed = sum(1 for h in window.expected if window.reports.get(h) == "failed")
+        metrics.record("HostsFailed", "Count", failed)
+        metrics.record("HostsMissing", "Count", len(window.expected) - succeeded - failed)
+        reports = self.ports.store.reports(window.window_id)
+        metrics.record("BytesSent", "Bytes", sum(r.bytes_sent for r in reports))
+        metrics.record("WindowsFailed", "Count", int(window.state is State.FAILED))
+        month = month_at_window(window_view(window), reports, self.settings.retention_days)
+        if month is not None:
+            metrics.record("MonthAtWindowUSD", "None", round(month, 4))
 
     def _window(self, window_id: str) -> Window:
         window = self.ports.store.get_window(window_id)

@@ -13,6 +13,8 @@
     SNAPSHOT#<snap id> SNAPSHOT        snapshot id -> window and host, for EBS events
     HOST               <name>          an enrolled host
     NONCE#<key>#<nonce> NONCE          a request nonce already seen (expires by TTL)
+    STALE              <host>          the admins were told this host is stale (since when)
+    EVALUATED          STALENESS       when the fleet's staleness was last evaluated
 """
 
 from __future__ import annotations
@@ -342,6 +344,49 @@ class DynamoHostStore(_Table):
         return [_host_from(i) for i in self._query("HOST")]
 
 
+class DynamoStaleMarkStore(_Table):
+    """Marks are written with UpdateItem (which creates the item) and removed with a
+    conditional DeleteItem: the functions that evaluate staleness hold no PutItem."""
+
+    def stale_marks(self) -> dict[str, datetime]:
+        return {str(i["sk"]): datetime.fromisoformat(i["at"]) for i in self._query("STALE")}
+
+    def mark_stale(self, host: str, at: datetime) -> bool:
+        # Timeline of two conclusions evaluating at once: A marks h if absent (ok: A tells the
+        # admins) -> B marks h if absent (fails: B tells nobody).
+        return self._update_if({"pk": "STALE", "sk": host}, "SET #at = :at",
+                               "attribute_not_exists(pk)", {":at": at.isoformat()})
+
+    def clear_stale(self, host: str) -> bool:
+        try:
+            self._db.delete_item(TableName=self._table, Key=_dump({"pk": "STALE", "sk": host}),
+                                 ConditionExpression="attribute_exists(pk)")
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def claim_evaluation(self, now: datetime, due: datetime) -> bool:
+        # ISO 8601 times in UTC compare as strings in time order.
+        return self._update_if({"pk": "EVALUATED", "sk": "STALENESS"}, "SET #at = :at",
+                               "attribute_not_exists(pk) OR #at <= :due",
+                               {":at": now.isoformat(), ":due": due.isoformat()})
+
+    def _update_if(self, key: Mapping[str, str], update: str, condition: str,
+                   values: Mapping[str, Any]) -> bool:
+        try:
+            self._db.update_item(TableName=self._table, Key=_dump(key),
+                                 UpdateExpression=update, ConditionExpression=condition,
+                                 ExpressionAttributeNames={"#at": "at"},
+                                 ExpressionAttributeValues=_dump(values))
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+
 class DynamoNonceStore(_Table):
     def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
         # Timeline of a replay: request 1 puts NONCE#c#n (expires t+600) -> request 2, same
@@ -352,8 +397,8 @@ class DynamoNonceStore(_Table):
             "attribute_not_exists(pk) OR expires_at <= :now", values={":now": now})
 
 
-class DynamoStore(DynamoWindowStore, DynamoHostStore, DynamoNonceStore):
-    """The three stores on one table, as one object (the composition root hands each service
+class DynamoStore(DynamoWindowStore, DynamoHostStore, DynamoNonceStore, DynamoStaleMarkStore):
+    """The stores on one table, as one object (the composition root hands each service
     the interface it needs)."""
 
 

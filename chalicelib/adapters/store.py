@@ -90,6 +90,24 @@ class HostStore(Protocol):
     def list_hosts(self) -> list[Host]: ...
 
 
+class StaleMarkStore(Protocol):
+    """Which hosts the admins were told are stale (chalicelib/staleness.py), and when the
+    fleet's staleness was last evaluated."""
+
+    def stale_marks(self) -> dict[str, datetime]:
+        """host -> when it was marked stale."""
+
+    def mark_stale(self, host: str, at: datetime) -> bool:
+        """False when it is marked already (another evaluation told the admins)."""
+
+    def clear_stale(self, host: str) -> bool:
+        """False when it was not marked (another evaluation cleared it)."""
+
+    def claim_evaluation(self, now: datetime, due: datetime) -> bool:
+        """Record an evaluation at `now` if the last one was at or before `due` (or none):
+        False when a more recent one was recorded."""
+
+
 class NonceStore(Protocol):
     def remember_nonce(self, keyid: str, nonce: str, now: int, expires_at: int) -> bool:
         """False if this key used this nonce before and it has not expired (a replay)."""
@@ -248,6 +266,35 @@ class InMemoryHostStore:
         return sorted(self._hosts.values(), key=lambda h: h.name)
 
 
+class InMemoryStaleMarkStore:
+    def __init__(self) -> None:
+        self._mark_lock = threading.Lock()
+        self._marks: dict[str, datetime] = {}
+        self._evaluated: datetime | None = None
+
+    def stale_marks(self) -> dict[str, datetime]:
+        with self._mark_lock:
+            return dict(self._marks)
+
+    def mark_stale(self, host: str, at: datetime) -> bool:
+        with self._mark_lock:
+            if host in self._marks:
+                return False
+            self._marks[host] = at
+            return True
+
+    def clear_stale(self, host: str) -> bool:
+        with self._mark_lock:
+            return self._marks.pop(host, None) is not None
+
+    def claim_evaluation(self, now: datetime, due: datetime) -> bool:
+        with self._mark_lock:
+            if self._evaluated is not None and self._evaluated > due:
+                return False
+            self._evaluated = now
+            return True
+
+
 class InMemoryNonceStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -261,10 +308,12 @@ class InMemoryNonceStore:
             return True
 
 
-class InMemoryStore(InMemoryWindowStore, InMemoryHostStore, InMemoryNonceStore):
-    """All three in one object, as tests and benches that need them together use it."""
+class InMemoryStore(InMemoryWindowStore, InMemoryHostStore, InMemoryNonceStore,
+                    InMemoryStaleMarkStore):
+    """All of them in one object, as tests and benches that need them together use it."""
 
     def __init__(self) -> None:
         InMemoryWindowStore.__init__(self)
         InMemoryHostStore.__init__(self)
+        InMemoryStaleMarkStore.__init__(self)
         self._nonces = {}

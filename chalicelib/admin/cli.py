@@ -1,7 +1,7 @@
 """`offsite-admin`: argument parsing and the exit codes; the commands are in commands.py.
 
-Exit codes: 0 done; 1 refused (by the API, AWS, or a check of this tool); 2 bad usage;
-3 the API or AWS could not be reached; 130 interrupted.
+Exit codes: 0 done; 1 refused (by the API, AWS, or a check of this tool), and from `status`,
+some host is stale; 2 bad usage; 3 the API or AWS could not be reached; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "window_id", nargs="?", help="as `window history` lists it (default: the current one)")
     history = command(window, "history", "recent windows, newest first")
     history.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+
+    command(sub, "status", "the fleet: each host's newest complete recovery point and its age, "
+            "its last window, stale or not; exit status 1 when a host is stale")
 
     snapshots = command(sub, "snapshots", "a host's recovery points")
     snapshots.add_argument("--host", required=True, help="the host's name")

@@ -235,6 +235,16 @@ def cmd_window_history(ctx: Context) -> int:
     return ctx.show({"windows": windows}, views.windows_table(windows))
 
 
+# the fleet -------------------------------------------------------------------------------------
+STALE_EXIT = 1  # cli.py: a monitoring script runs `offsite-admin status`
+
+
+def cmd_status(ctx: Context) -> int:
+    answer = ctx.api().call("GET", "/v1/status")
+    ctx.show(answer, views.fleet_text(answer))
+    return STALE_EXIT if answer.get("stale") else 0
+
+
 # snapshots and cost ----------------------------------------------------------------------------
 def cmd_restore(ctx: Context) -> int:
     """`POST /v1/restores`: a restore window on the host's own single-host archive, made from
@@ -332,6 +342,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[[Context], int]] = {
     ("host", "list"): cmd_host_list,
     ("window", "open"): cmd_window_open, ("window", "close"): cmd_window_close,
     ("window", "status"): cmd_window_status, ("window", "history"): cmd_window_history,
+    ("status", None): cmd_status,
     ("snapshots", None): cmd_snapshots, ("restore", None): cmd_restore,
     ("cost", None): cmd_cost,
     ("smoke", None): cmd_smoke, ("destroy", None): cmd_destroy,

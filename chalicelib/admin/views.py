@@ -81,6 +81,31 @@ def current_of(windows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None
                 active[0] if active else None)
 
 
+def fleet_text(answer: Mapping[str, Any]) -> str:
+    """`offsite-admin status`: one line a host, then who is stale."""
+    hosts = answer.get("hosts") or []
+    limit = f"{float(answer.get('stale_after_hours', 0)):g} h"
+    rows = []
+    for host in hosts:
+        point, last = host.get("newest_point") or {}, host.get("last_window") or {}
+        rows.append({
+            "host": host["host"], "point": point.get("snapshot_id"), "day": point.get("day"),
+            "age": f"{float(host.get('age_hours', 0)):.1f}", "window": last.get("window_id"),
+            "outcome": f"{last.get('state')}, {last.get('report')}" if last else None,
+            "sent": size(int(last.get("bytes_sent", 0))) if last else None,
+            "stale": "STALE" if host.get("stale") else "ok"})
+    lines = [table(rows, [("host", "HOST"), ("point", "NEWEST COMPLETE POINT"),
+                          ("day", "DAY"), ("age", "AGE (H)"), ("window", "LAST WINDOW"),
+                          ("outcome", "OUTCOME, REPORT"), ("sent", "SENT"),
+                          ("stale", "STALE")]) if rows else "no enabled host"]
+    stale = answer.get("stale") or []
+    lines.append(f"\n{len(stale)} of {len(hosts)} hosts stale (no complete recovery point for "
+                 f"more than {limit})" + (f": {', '.join(stale)}" if stale else ""))
+    if answer.get("revoked"):
+        lines.append(f"revoked, not watched: {', '.join(answer['revoked'])}")
+    return "\n".join(lines)
+
+
 def snapshots_table(answer: Mapping[str, Any]) -> str:
     snapshots = answer.get("snapshots") or []
     if not snapshots:

@@ -16,6 +16,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from offsite_host import encrypt, keys, points, preflight, restore_plan, state, tools
+from offsite_host.api import ApiClient
 from offsite_host.config import Config, default_config_path, load_config
 from offsite_host.console import Console
 from offsite_host.drill import Drill
@@ -139,7 +140,19 @@ def cmd_restore(cfg: Config, args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace, console: Console) -> int:
+    """The last run (from the state file), then what the control plane holds of this host,
+    unless --local; a control plane out of reach is said, not fatal."""
     for line in state.describe(state.load_raw(cfg.state_dir)):
+        print(line)
+    if args.local:
+        return ExitCode.OK
+    try:
+        client = ApiClient(cfg.api_url, cfg.host, keys.load_identity(cfg.key_file))
+        lines = points.freshness(points.fetch_snapshots(client), time.time())
+    except OffsiteError as exc:
+        lines = [f"newest point: not known (the control plane was not asked or did not "
+                 f"answer: {exc})"]
+    for line in lines:
         print(line)
     return ExitCode.OK
 
@@ -222,7 +235,11 @@ def _parser() -> argparse.ArgumentParser:
     command("snapshots", help="list the recovery points on the archive").set_defaults(
         handler=cmd_snapshots)
     _restore_parser(command)
-    command("status", help="summarise the last run").set_defaults(handler=cmd_status)
+    status = command("status", help="summarise the last run, and the newest complete recovery "
+                     "point the control plane holds (a warning when it is stale)")
+    status.add_argument("--local", action="store_true",
+                        help="only the last run, from the state file: ask nothing")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 

@@ -146,6 +146,12 @@ def parse_restore_answer(answer: Answer) -> RestoreWindow:
 
 
 def fetch_points(client: ApiClient) -> list[RecoveryPoint]:
+    return parse_points(fetch_snapshots(client))
+
+
+def fetch_snapshots(client: ApiClient) -> object:
+    """The answer of `GET /v1/hosts/{name}/snapshots`: the points, and the control plane's
+    `stale_after_hours`."""
     answer = client.get(f"/v1/hosts/{client.host}/snapshots")
     if answer.status in (401, 403):
         raise ConfigError(f"the Offsite API refused this host (HTTP {answer.status}, "
@@ -153,7 +159,28 @@ def fetch_points(client: ApiClient) -> list[RecoveryPoint]:
     if answer.status != 200:
         raise ServerError(f"unexpected answer listing the recovery points: HTTP "
                           f"{answer.status} ({answer.error_text()})")
-    return parse_points(answer.json())
+    return answer.json()
+
+
+def freshness(data: object, now: float) -> list[str]:
+    """The `status` lines on what the control plane holds: the newest complete point, its age,
+    and a warning when it is older than the control plane's staleness threshold (or there is
+    none)."""
+    complete = [p for p in parse_points(data) if p.complete]
+    limit = data.get("stale_after_hours") if isinstance(data, dict) else None
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
+        limit = None  # an older control plane: no threshold to judge by
+    if not complete:
+        return ["newest point: none complete (the control plane holds no complete backup "
+                "of this host)", "WARNING: this host has no complete off-site backup"]
+    newest = complete[0]
+    age = max(0.0, now - newest.started_at) / 3600
+    lines = [f"newest point: {newest.snapshot_id} of {newest.day}, started "
+             f"{_utc(newest.started_at)} UTC, {age:.1f} h ago"]
+    if limit is not None and age > limit:
+        lines.append(f"WARNING: stale: no complete off-site backup for {age:.1f} h, more than "
+                     f"{limit:g} h (the admins are told too)")
+    return lines
 
 
 def request_restore(client: ApiClient, point: RecoveryPoint) -> RestoreWindow:

@@ -65,8 +65,9 @@ def moto_view(policy: dict[str, Any]) -> dict[str, Any]:
     """The part of a policy moto can enforce: the actions it allows. A DynamoDB transaction is
     authorised item by item as PutItem/UpdateItem/DeleteItem by IAM, as the one action
     dynamodb:TransactWriteItems by moto; Lambda's Invoke is lambda:InvokeFunction to IAM,
-    lambda:Invoke to moto. Deny statements only fence resources (by tag), which
-    moto cannot see; left in, moto would deny their actions everywhere."""
+    lambda:Invoke to moto; cloudwatch:PutMetricData is monitoring:PutMetricData to moto. Deny
+    statements only fence resources (by tag), which moto cannot see; left in, moto would deny
+    their actions everywhere."""
     statements = policy["Statement"]
     actions: set[str] = set()
     for statement in [statements] if isinstance(statements, dict) else statements:
@@ -77,6 +78,8 @@ def moto_view(policy: dict[str, Any]) -> dict[str, Any]:
         actions.add("dynamodb:TransactWriteItems")
     if "lambda:InvokeFunction" in actions:  # moto names Lambda's Invoke operation's action
         actions.add("lambda:Invoke")  # after the operation, not as IAM does
+    if "cloudwatch:PutMetricData" in actions:  # and CloudWatch's by its endpoint, monitoring
+        actions.add("monitoring:PutMetricData")
 
     return {"Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": sorted(actions), "Resource": "*"}]}

@@ -281,7 +281,7 @@ def test_archives_launch_from_a_template_that_carries_what_the_policies_check(
     assert launch_template["TagSpecifications"] == [
         {"ResourceType": "launch-template", "Tags": [stage_tag]}]
     assert "SecurityGroupIngress" not in resources["ArchiveSecurityGroup"]["Properties"]
-    (_, cidrs, body), = [v for k, v in resources.items() if k.startswith("Fn::ForEach::")]
+    _, cidrs, body = resources["Fn::ForEach::SshIngress"]
     assert cidrs == {"Ref": "SshCidrs"}
     (ingress,) = body.values()
     assert ingress["Type"] == "AWS::EC2::SecurityGroupIngress"

@@ -32,8 +32,10 @@ POLICY_NAMES = (*FUNCTIONS, "instance-role")
 
 # The only actions granted on "*": AWS lists no resource type for them, so "*" is the only
 # Resource they accept (test_no_resource_level_list_is_what_aws_says keeps this list honest).
+# PutMetricData is fenced by its cloudwatch:namespace condition instead ("Using condition keys
+# to limit access to CloudWatch namespaces", CloudWatch User Guide).
 NO_RESOURCE_LEVEL = frozenset({"ec2:DescribeInstances", "ec2:DescribeSnapshots",
-                               "ec2:DescribeVolumes"})
+                               "ec2:DescribeVolumes", "cloudwatch:PutMetricData"})
 SCHEDULER_ROLE = "arn:aws:iam::*:role/offsite-*-scheduler"
 ARCHIVE_ROLE = "arn:aws:iam::*:role/offsite-*-archive"
 # The only roles passed, each to its one service.

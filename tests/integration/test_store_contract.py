@@ -300,3 +300,23 @@ def test_nonces_are_accepted_once_until_they_expire(store: Store) -> None:
     assert not store.remember_nonce("c", "n1", now=1001, expires_at=1601)
     assert store.remember_nonce("h", "n1", now=1001, expires_at=1601)  # another host's
     assert store.remember_nonce("c", "n1", now=1600, expires_at=2200)  # expired, TTL lags
+
+
+# stale marks (the dead man's switch) -------------------------------------------------------
+def test_a_host_is_marked_stale_once_and_cleared_once(store: Store) -> None:
+    assert store.stale_marks() == {}
+    assert store.mark_stale("h", T0) is True
+    assert store.mark_stale("h", LATER) is False  # another evaluation told the admins
+    assert store.stale_marks() == {"h": T0}
+    store.put_host(Host("h", "ssh-ed25519 KEY", True, T0))  # a host item beside: not a mark
+    assert store.clear_stale("h") is True
+    assert store.clear_stale("h") is False
+    assert store.stale_marks() == {}
+
+
+def test_an_evaluation_is_claimed_only_when_the_last_is_due(store: Store) -> None:
+    assert store.claim_evaluation(T0, T0 - timedelta(hours=6)) is True  # none yet
+    assert store.claim_evaluation(LATER, LATER - timedelta(hours=6)) is False
+    later = T0 + timedelta(hours=6)
+    assert store.claim_evaluation(later, later - timedelta(hours=6)) is True
+    assert store.claim_evaluation(later, later) is True  # a conclusion records its own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,36 @@ def test_every_option_and_argument_has_help() -> None:
             if action.default not in (None, False, [], argparse.SUPPRESS) and \
                     action.option_strings and action.dest != "stage":
                 assert "default" in action.help, (parser.prog, action.dest)
+
+
+FLEET = {"now": "2026-12-04T02:00:00+00:00", "stale_after_hours": 36.0, "stale": ["h"],
+         "revoked": ["o"], "hosts": [
+             {"host": "c", "stale": False, "age_hours": 0.5, "alerted_at": None,
+              "newest_point": {"snapshot_id": "snap-0c", "day": "2026-12-04"},
+              "last_window": {"window_id": "w-4", "state": "CLOSED", "report": "succeeded",
+                              "bytes_sent": 2048, "detail": ""}},
+             {"host": "h", "stale": True, "age_hours": 72.5, "alerted_at": "x",
+              "newest_point": None,
+              "last_window": {"window_id": "w-4", "state": "CLOSED", "report": "failed",
+                              "bytes_sent": 0, "detail": "rsync: reset"}}]}
+
+
+def test_status_prints_the_fleet_and_exits_1_when_a_host_is_stale(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    printed: list[str] = []
+    monkeypatch.setattr(commands.Context, "api", lambda self: FakeApi({
+        ("GET", "/v1/status"): FLEET}))
+    assert commands.run(parse("status"), printed.append) == 1
+    header, c, h, _, summary, revoked = printed[0].splitlines()
+    assert header.split() == ["HOST", "NEWEST", "COMPLETE", "POINT", "DAY", "AGE", "(H)", "LAST",
+                              "WINDOW", "OUTCOME,", "REPORT", "SENT", "STALE"]
+    assert c.split() == ["c", "snap-0c", "2026-12-04", "0.5", "w-4", "CLOSED,", "succeeded",
+                         "2.0", "KiB", "ok"]
+    assert h.split() == ["h", "-", "-", "72.5", "w-4", "CLOSED,", "failed", "0", "B", "STALE"]
+    assert summary == "1 of 2 hosts stale (no complete recovery point for more than 36 h): h"
+    assert revoked == "revoked, not watched: o"
+    fine = {**FLEET, "stale": [], "hosts": FLEET["hosts"][:1]}
+    monkeypatch.setattr(commands.Context, "api", lambda self: FakeApi({
+        ("GET", "/v1/status"): fine}))
+    assert commands.run(parse("status", "--json"), printed.append) == 0
+    assert json.loads(printed[-1])["stale"] == []

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from offsite_host import keys
+from offsite_host import keys, points
+from offsite_host.api import ApiClient
 from offsite_host.cli import main
 
 
@@ -32,8 +35,45 @@ def test_keygen_prints_the_key_to_enrol_and_never_overwrites(
 
 
 def test_status_before_any_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--config", str(config), "status"]) == 0
+    assert main(["--config", str(config), "status", "--local"]) == 0
     assert capsys.readouterr().out == "no run recorded yet\n"
+    assert main(["--config", str(config), "status"]) == 0  # no key: the API is not asked
+    assert capsys.readouterr().out.splitlines()[1].startswith(
+        "newest point: not known (the control plane was not asked or did not answer: no host "
+        "key at")
+
+
+def test_status_warns_when_the_newest_complete_point_is_stale(
+        config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["--config", str(config), "keygen"]) == 0
+    capsys.readouterr()
+    now = time.time()
+    answer = {"host": "web-1", "stale_after_hours": 36, "snapshots": [
+        {"snapshot_id": "snap-0b", "window_id": "w-2", "day": "2026-12-03",
+         "started_at": _iso(now - 40 * 3600), "complete": False, "size_gib": 20},
+        {"snapshot_id": "snap-0a", "window_id": "w-1", "day": "2026-12-02",
+         "started_at": _iso(now - 50 * 3600), "complete": True, "size_gib": 20}]}
+    asked: list[str] = []
+
+    def fetch(client: ApiClient) -> object:
+        asked.append(client.host)
+        return answer
+
+    monkeypatch.setattr(points, "fetch_snapshots", fetch)
+    assert main(["--config", str(config), "status"]) == 0
+    _, newest, warning = capsys.readouterr().out.splitlines()
+    assert asked == ["web-1"]
+    assert newest.startswith("newest point: snap-0a of 2026-12-02, started ")
+    assert newest.endswith(" UTC, 50.0 h ago")
+    assert warning == ("WARNING: stale: no complete off-site backup for 50.0 h, more than 36 h "
+                       "(the admins are told too)")
+    answer["snapshots"][1]["started_at"] = _iso(now - 30 * 3600)  # type: ignore[index]
+    assert main(["--config", str(config), "status"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat()
 
 
 def test_missing_configuration_is_exit_2(tmp_path: Path,
@@ -97,7 +137,7 @@ def test_config_is_taken_after_the_command_too(config: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keygen", "--config", str(config)]) == 0
     line = capsys.readouterr().out
-    assert main(["status", "--config", str(config)]) == 0
+    assert main(["status", "--local", "--config", str(config)]) == 0  # --local: no network
     assert capsys.readouterr().out == "no run recorded yet\n"
     # given before the command and not repeated after it, it stays
     assert main(["--config", str(config), "keygen", "--show"]) == 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from offsite_host import points
 from offsite_host.api import Answer
 from offsite_host.exitcodes import ConfigError, NoWindowError, ServerError
 from offsite_host.points import (
@@ -142,3 +143,17 @@ def test_a_restore_request_chooses_by_snapshot_or_by_day() -> None:
     by_id = RestoreRequest(None, "now", None, Path("/tmp/x"), False, False,
                            snapshot="snap-2030-03-02-1")
     assert by_id.choose(POINTS).point.snapshot_id == "snap-2030-03-02-1"
+
+
+def test_freshness_warns_without_any_complete_point() -> None:
+    data = {"host": "web-1", "stale_after_hours": 36, "snapshots": []}
+    assert points.freshness(data, 0.0)[-1] == "WARNING: this host has no complete off-site backup"
+
+
+def test_freshness_without_a_threshold_judges_nothing() -> None:
+    """An older control plane answers no stale_after_hours: the age is shown, no warning."""
+    data = {"host": "web-1", "snapshots": [
+        {"snapshot_id": "snap-0a", "window_id": "w-1", "day": "2026-12-02",
+         "started_at": "2026-12-02T02:00:00+00:00", "complete": True, "size_gib": 20}]}
+    (line,) = points.freshness(data, 1_800_000_000.0)
+    assert line.startswith("newest point: snap-0a of 2026-12-02")
