@@ -24,11 +24,13 @@ from .conftest import HOSTS, T0, Clock, Rig, enrol_all, make_service
 
 
 def running(rig: Rig, window: Window) -> Window:
+    """Every archive runs, EC2 says so, then each instance says it is ready."""
     rig.compute.boot()
     window = rig.service.get_window(window.window_id)
     for shard in window.shards.values():
         if shard.instance_id:
             rig.service.on_instance_state(shard.instance_id, "running")
+            rig.service.on_boot_signal(shard.instance_id, True, "volumes mounted")
     return rig.service.get_window(window.window_id)
 
 
@@ -181,7 +183,7 @@ def test_a_lost_launch_is_launched_again_by_the_reconciler(rig: Rig) -> None:
     rig.service.reconcile()
     assert rig.compute.boot()  # launched now
     rig.service.reconcile()
-    assert rig.service.get_window(window.window_id).shards["s01"].state is State.OPEN
+    assert rig.service.get_window(window.window_id).shards["s01"].state is State.BOOTING
 
 
 def test_events_of_other_instances_are_ignored_cheaply(rig: Rig) -> None:
@@ -249,6 +251,10 @@ def test_the_reconciler_finishes_lost_events(two_shards: Rig) -> None:
     rig.compute.boot()
     rig.clock.advance(minutes=1)
     rig.service.reconcile()  # both "running" events lost
+    window = rig.service.get_window(window.window_id)
+    assert window.state is State.BOOTING  # running is not ready
+    for shard in window.shards.values():
+        rig.service.on_boot_signal(str(shard.instance_id), True, "ready")
     window = rig.service.get_window(window.window_id)
     assert window.state is State.OPEN
     for host in HOSTS:
@@ -347,4 +353,6 @@ def test_a_second_service_instance_sees_the_same_state(rig: Rig) -> None:
     rig.compute.boot()
     other = WindowService(rig.service.settings, rig.service.ports, clock=rig.clock)
     other.on_instance_state(str(window.shards["s01"].instance_id), "running")
+    assert rig.service.get_window(window.window_id).state is State.BOOTING
+    other.on_boot_signal(str(window.shards["s01"].instance_id), True, "ready")
     assert rig.service.get_window(window.window_id).state is State.OPEN

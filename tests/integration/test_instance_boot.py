@@ -34,6 +34,7 @@ from chalicelib.instance.userdata import (
     BOOT_SCRIPT,
     CONFIG_PATH,
     SCRIPT_PATH,
+    boot_script,
     render_boot_config,
     render_user_data,
 )
@@ -654,7 +655,7 @@ def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path)
     expected = {
         f"{CONFIG_PATH}.new": render_boot_config(listed, ca_line, PARAMETER, REGION,
                                                  restores=restores).encode(),
-        f"{SCRIPT_PATH}.new": BOOT_SCRIPT.read_bytes(),
+        f"{SCRIPT_PATH}.new": boot_script(),
     }
     unpacked = {}
     user_data = render_user_data(listed, ca_line, PARAMETER, REGION, restores=restores)
