@@ -109,11 +109,15 @@ class AppRig:
             assert answer.status_code == 200, answer.json_body
         return self.window(window_id)
 
+    @property
+    def host_key(self) -> SigningKey:
+        """The stage's SSH host key, which archive instances sign their signals with."""
+        return read_openssh_private_key(self.material.host_private_pem)
+
     def boot_signal(self, instance_id: str, status: str, reason: str = "",
                     body: dict[str, str] | None = None) -> Any:
         """The instance's ready/failed signal, signed with the stage's host key."""
-        key = read_openssh_private_key(self.material.host_private_pem)
-        body = body or boot_signal_body(key, instance_id, status, reason)
+        body = body or boot_signal_body(self.host_key, instance_id, status, reason)
         return self.post(f"/v1/archives/{instance_id}/{status}", body)
 
     def stopped(self, window_id: str) -> dict[str, Any]:

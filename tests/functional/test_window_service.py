@@ -14,8 +14,10 @@ from chalicelib.recovery import RestoreRequest
 from chalicelib.restores import RestoreService
 from chalicelib.window import State, Window
 from chalicelib.windows import (
+    ArchiveNotRunningError,
     HostNotExpectedError,
     NotClosableError,
+    UnknownArchiveError,
     WindowNotOpenError,
     WindowService,
 )
@@ -165,6 +167,30 @@ def test_every_shard_without_capacity_fails_the_window(rig: Rig) -> None:
     assert window.state is State.FAILED
     assert rig.scheduler.deadlines == {}
     assert rig.service.ports.store.active_window_id() is None  # the next one may open
+
+
+def test_a_ready_signal_before_running_is_refused_until_running_was_recorded(rig: Rig) -> None:
+    """The signal may overtake EC2's event: 503, boot.sh posts again; a failure needs no
+    address and fails the shard at once."""
+    window = rig.service.open_window("test")
+    instance = str(window.shards["s01"].instance_id)
+    with pytest.raises(ArchiveNotRunningError):
+        rig.service.on_boot_signal(instance, True, "ready")
+    rig.compute.boot()
+    rig.service.on_instance_state(instance, "running")
+    rig.service.on_boot_signal(instance, True, "ready")
+    assert rig.service.get_window(window.window_id).state is State.OPEN
+    with pytest.raises(UnknownArchiveError):
+        rig.service.on_boot_signal("i-0someoneelses", True, "ready")
+
+
+def test_a_failed_boot_before_running_fails_the_shard(rig: Rig) -> None:
+    window = rig.service.open_window("test")
+    decision = rig.service.on_boot_signal(str(window.shards["s01"].instance_id), False,
+                                          "no host key")
+    assert decision.target is State.FAILED and "no host key" in decision.reason
+    assert rig.service.get_window(window.window_id).state is State.FAILED
+    assert rig.compute.running() == []
 
 
 def test_a_duplicated_launch_makes_no_second_instance(rig: Rig) -> None:
