@@ -192,7 +192,7 @@ class Fleet:
                 return  # still booting: sshd not up, no event yet
             tracked.archive, config = self._boot(instance, tracked)
             self._deliver_state(tracked, instance_id, "running", deliver)
-            if tracked.archive is not None and config is not None:
+            if tracked.archive is not None and config is not None and config.api_url:
                 self._say_booted(tracked, config)
         elif state in ("stopping", "stopped") and tracked.seen != "stopped":
             self._end(tracked, terminate=False)
