@@ -134,7 +134,7 @@ HOST_NAMES=() RESTORE_NAMES=()
 # HOST_DEVICE, RESTORE_DEVICE: host -> device name; VOLUME_OF: device name -> "<kind> <host>";
 # FOUND: device name -> the path found for it (see find_devices)
 declare -A HOST_DEVICE=() RESTORE_DEVICE=() HOST_UID=() VOLUME_OF=() FOUND=()
-FAILED=()
+FAILED=() WHY=()
 
 # Logged lines also go to $SCRATCH/log: a failed boot's signal quotes the last ones.
 log() {
@@ -305,8 +305,10 @@ refuse_shared_devices() {
 
 # Run "$@" in a subshell with errexit on; record a failure instead of stopping the other steps.
 # (errexit is ignored in a function called from a condition, hence no `if ! "$@"`.)
+# WHY: what each failed step logged last, the reason a failed boot signals.
 step() {
-  local rc
+  local rc logged
+  logged=$(logged_lines)
   set +e
   (
     set -e
@@ -316,8 +318,13 @@ step() {
   set -e
   if ((rc != 0)); then
     FAILED+=("$*")
+    if (($(logged_lines) > logged)); then WHY+=("$(tail -n 1 "$SCRATCH/log")"); fi
     log "error: step failed ($rc): $*"
   fi
+}
+
+logged_lines() {
+  if [[ -f $SCRATCH/log ]]; then wc -l <"$SCRATCH/log"; else echo 0; fi
 }
 
 # Write stdin to $1 with mode $2, root-owned, replacing the file (atomically) only when the
@@ -781,7 +788,7 @@ main() {
   fi
   if ((${#FAILED[@]} > 0)); then
     reason="${#FAILED[@]} step(s) failed: $(printf '[%s] ' "${FAILED[@]}")"
-    reason+="; last logged: $(tail -n 4 "$SCRATCH/log" | paste -sd '|')"
+    ((${#WHY[@]} == 0)) || reason+="$(printf '; %s' "${WHY[@]}")"
     [[ -z $API_URL ]] || send_signal failed "$reason" || true
     die "$reason"
   fi
