@@ -2,9 +2,9 @@
 
 How the instance proves who it is. It holds no AWS credential but its instance role, and the
 one secret it is given is the stage's SSH host key (from SSM, readable by the instance role
-only: policies/instance.json), whose public half the control plane keeps. So boot.sh signs a
-small message with that key, `ssh-keygen -Y sign -n offsite-boot-signal` (an SSHSIG, OpenSSH
->= 8.1; Amazon Linux 2023 ships OpenSSH 8.7), and posts it with curl to
+only: policies/instance-role.json), whose public half the control plane keeps. So boot.sh
+signs a small message with that key, `ssh-keygen -Y sign -n offsite-boot-signal` (an SSHSIG:
+OpenSSH 8.1 or later, which Amazon Linux 2023's is), and posts it with curl to
 `POST /v1/archives/{instance_id}/ready` or `/failed`; the control plane checks it here with
 pynacl (chalicelib/sshsig.py). Why not the instance role (events:PutEvents, say): it would
 give every archive instance a write to the account's event bus or to the table, and the

@@ -688,9 +688,11 @@ signal_when_ready() {
 sshd answers with the host key"
 }
 
-# The instance id, from the instance metadata service, version 2: "PUT a token request to
-# /latest/api/token, then use the token in the X-aws-ec2-metadata-token header"
-# (EC2 user guide, "Use the Instance Metadata Service to access instance metadata").
+# The instance id, from the instance metadata service, version 2 (the launch template requires
+# tokens): a session token from PUT /latest/api/token with the X-aws-ec2-metadata-token-ttl-
+# seconds header, then GET /latest/meta-data/instance-id with it in X-aws-ec2-metadata-token
+# (EC2 user guide, "Access instance metadata for an EC2 instance",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html).
 instance_id() {
   local token
   if [[ -n ${OFFSITE_INSTANCE_ID-} ]]; then
