@@ -17,6 +17,7 @@ from chalice.app import Chalice, CloudWatchEvent, IAMAuthorizer, Request, Respon
 
 from chalicelib.composition import (
     authenticator,
+    boot_signal_service,
     host_service,
     reset,
     restore_service,
@@ -190,6 +191,23 @@ def reconciler(event: Any) -> None:
         logger.info("reconciled", extra={"reasons": [d.reason for d in decisions]})
     window_service().sweep()
     watch().evaluate_if_due()  # a fleet whose windows stopped concluding is noticed too
+
+
+# archive instances: their own word on their boot ----------------------------------------------
+@api("/v1/archives/{instance_id}/ready", "POST", admin=False)
+def archive_ready(instance_id: str) -> dict[str, Any]:
+    """Signed with the stage's SSH host key (chalicelib/boot_signal.py), not by a host."""
+    return _boot_signal(instance_id, "ready")
+
+
+@api("/v1/archives/{instance_id}/failed", "POST", admin=False)
+def archive_failed(instance_id: str) -> dict[str, Any]:
+    return _boot_signal(instance_id, "failed")
+
+
+def _boot_signal(instance_id: str, status: str) -> dict[str, Any]:
+    decision = boot_signal_service().receive(instance_id, status, _body())
+    return {"instance_id": instance_id, "status": status, "reason": decision.reason}
 
 
 # AWS events ------------------------------------------------------------------------------

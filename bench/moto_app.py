@@ -42,9 +42,11 @@ from nacl.signing import SigningKey
 
 from bench.quiet import quiet_output
 from chalicelib.adapters.dynamo_store import create_table
-from chalicelib.keys import KeyParameters, generate_key_material
+from chalicelib.boot_signal import NAMESPACE, BootSignal, signal_body, signal_message
+from chalicelib.keys import KeyParameters, generate_key_material, read_openssh_private_key
 from chalicelib.launcher import launch_event
 from chalicelib.sshcert import ca_public_key_line
+from chalicelib.sshsig import sign
 
 __all__ = ["REPO", "BenchError", "fake_aws_env", "moto_server", "quiet_output", "scoped_env"]
 
@@ -55,7 +57,7 @@ EVENTS = REPO / "tests" / "events"
 STAGE, TABLE, SCHEDULE_GROUP = "dev", "offsite-dev", "offsite-dev"
 KEYS = "/offsite/bench"
 API, AUTHORITY = "https://api.offsite.test", "api.offsite.test"
-PHASES = ("open", "launch", "running", "sessions", "reports", "stopped", "snapshots")
+PHASES = ("open", "launch", "running", "ready", "sessions", "reports", "stopped", "snapshots")
 
 
 class BenchError(RuntimeError):
@@ -175,8 +177,9 @@ class Stopwatch:
 
 
 # the deploy and the window -----------------------------------------------------------------
-def provision(per_archive: int) -> dict[str, str | None]:
-    """What a deploy makes; the settings app.py reads (beside the dev stage's)."""
+def provision(per_archive: int) -> tuple[dict[str, str | None], SigningKey]:
+    """What a deploy makes; the settings app.py reads (beside the dev stage's), and the
+    archives' host key (they sign their ready signal with it)."""
     ec2 = boto3.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.7.{i}.0/24",
@@ -189,17 +192,19 @@ def provision(per_archive: int) -> dict[str, str | None]:
     topic = boto3.client("sns").create_topic(Name="offsite")["TopicArn"]
     boto3.client("scheduler").create_schedule_group(Name=SCHEDULE_GROUP)
     create_table(boto3.client("dynamodb"), TABLE)
-    ssm = boto3.client("ssm")
-    for name, value, kind in generate_key_material("bench").parameters(KeyParameters(KEYS)):
+    ssm, material = boto3.client("ssm"), generate_key_material("bench")
+    for name, value, kind in material.parameters(KeyParameters(KEYS)):
         ssm.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)
-    return {"TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEYS, "SCHEDULE_GROUP": SCHEDULE_GROUP,
+    return {"API_URL": API, "TABLE_NAME": TABLE, "KEY_PARAMETER_PREFIX": KEYS,
+            "SCHEDULE_GROUP": SCHEDULE_GROUP,
             "INSTANCE_TYPES": "t3.small,t3a.small", "IMAGE_ID_X86_64": "ami-12c6146b",
             "SUBNET_IDS": ",".join(subnets), "LAUNCH_TEMPLATE": template,
             "HOSTS_PER_ARCHIVE": str(per_archive), "SSH_ADDRESS": "private",
             "TOPIC_ARN": topic, "WINDOW_HOURS": "3.6", "LAUNCH_FUNCTION": None,
             "DEADLINE_TARGET_ARN":
                 "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline",
-            "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/offsite-scheduler"}
+            "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/offsite-scheduler"}, \
+        read_openssh_private_key(material.host_private_pem)
 
 
 class QueuedLauncher:
@@ -247,8 +252,9 @@ class AppWindow:
     """One window through app.py's handlers, phase by phase."""
 
     def __init__(self, client: Any, watch: Stopwatch, launcher: QueuedLauncher,
-                 keys: Mapping[str, SigningKey]) -> None:
+                 keys: Mapping[str, SigningKey], host_key: SigningKey) -> None:
         self._client, self._watch, self._launcher, self._keys = client, watch, launcher, keys
+        self._host_key = host_key
         self.window_id = ""
 
     def _request(self, method: str, path: str, body: Any, host: str | None = None) -> Any:
@@ -300,6 +306,17 @@ class AppWindow:
             event = aws_event(f"ec2-state-{state}.json", **{"instance-id": instance_id})
             self._watch.time(phase, partial(self._client.lambda_.invoke, "instance_state",
                                             event))
+
+    def ready(self) -> None:
+        """Each archive's ready signal, signed with the host key as boot.sh signs it."""
+        for instance_id in self.instances():
+            message = signal_message(BootSignal(instance_id, "ready", int(time.time()),
+                                                secrets.token_hex(16), "bench"))
+            body = json.dumps(signal_body(message, sign(self._host_key, message, NAMESPACE)))
+            answer = self._watch.time("ready", partial(
+                self._client.http.post, f"/v1/archives/{instance_id}/ready",
+                body=body.encode(), headers={"Content-Type": "application/json"}))
+            self._expect(answer, 200, f"POST /v1/archives/{instance_id}/ready")
 
     def sessions(self) -> None:
         for host in sorted(self._keys):
@@ -358,13 +375,13 @@ def run_window(hosts: int, per_archive: int) -> Result:
     with scoped_env(kept), moto_server() as endpoint, scoped_env(fake_aws_env(endpoint)), \
             counting_session() as calls:
         check_endpoints(endpoint)
-        env = provision(per_archive)
+        env, host_key = provision(per_archive)
         with scoped_env(env), queued_launches() as launcher, warnings.catch_warnings(), \
                 Client(_app(), stage_name=STAGE, project_dir=str(REPO)) as client:
             warnings.filterwarnings("ignore", "IAMAuthorizer is not a supported in local mode")
             watch = Stopwatch(calls)
             keys = {name: SigningKey.generate() for name in host_names(hosts)}
-            window = AppWindow(client, watch, launcher, keys)
+            window = AppWindow(client, watch, launcher, keys, host_key)
             for host in keys:
                 window.enrol(host)
             start = time.perf_counter()
@@ -386,6 +403,8 @@ def _drive(window: AppWindow) -> None:
     window.expect("OPENING")
     window.launch()
     window.instance_states("running")
+    window.expect("BOOTING")
+    window.ready()
     window.expect("OPEN")
     window.sessions()
     window.reports()

@@ -251,7 +251,8 @@ class EventBus:
 def bench_boot() -> BootRenderer:
     """The real user-data renderer (its cost is part of every launch), with a throwaway CA."""
     ca_line = ca_public_key_line(SigningKey.generate())
-    return BootRenderer(lambda: ca_line, "/offsite/bench/host-key", "us-east-1")
+    return BootRenderer(lambda: ca_line, "/offsite/bench/host-key", "us-east-1",
+                        api_url="https://api.offsite.bench")
 
 
 class SimulatedEc2(FakeCompute):
@@ -422,6 +423,7 @@ def _on_launch(world: _World, subject: str) -> str:
 def _on_running(world: _World, instance_id: str) -> str:
     world.ec2.instances[instance_id]["state"] = "running"
     world.service.on_instance_state(instance_id, "running")
+    world.service.on_boot_signal(instance_id, True, "simulated: ready as it runs")
     window = world.window()
     shard = next(s for s in window.shards.values() if s.instance_id == instance_id)
     if shard.state is State.OPEN:

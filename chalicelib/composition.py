@@ -25,6 +25,7 @@ from chalicelib.adapters.dynamo_store import (
 from chalicelib.adapters.metrics import CloudWatchHostMetrics, EmfMetrics
 from chalicelib.adapters.notifier import SnsNotifier
 from chalicelib.adapters.scheduler import EventBridgeScheduler
+from chalicelib.boot_signal import BootSignalService
 from chalicelib.host_auth import HostAuthenticator
 from chalicelib.hosts import HostService
 from chalicelib.instance.userdata import BootRenderer
@@ -64,7 +65,7 @@ def ports() -> Ports:
         metrics=EmfMetrics(namespace="Offsite", service="offsite"),
         boot=BootRenderer(lambda: read_parameter(names.ca_public), names.host_private,
                           os.environ.get("AWS_REGION") or os.environ["AWS_DEFAULT_REGION"],
-                          s.account_prefix),
+                          s.account_prefix, s.api_url),
         launcher=_launcher(s),
     )
 
@@ -125,6 +126,15 @@ def authenticator() -> HostAuthenticator:
                              lambda: int(time.time()))
 
 
+@functools.cache
+def boot_signal_service() -> BootSignalService:
+    s = settings()
+    names = KeyParameters(s.key_prefix)
+    return BootSignalService(window_service(), lambda: read_parameter(names.host_public),
+                             DynamoNonceStore(_client("dynamodb"), s.table_name),
+                             lambda: int(time.time()))
+
+
 def read_parameter(name: str) -> str:
     """An SSM parameter, decrypted, through powertools' cache."""
     return str(_ssm().get(name, decrypt=True, max_age=CACHE_SECONDS))
@@ -137,5 +147,5 @@ def _ssm() -> SSMProvider:
 
 def reset() -> None:
     for getter in (settings, ports, window_service, watch, restore_service, host_service,
-                   session_service, authenticator, _ssm, _client):
+                   session_service, authenticator, boot_signal_service, _ssm, _client):
         getter.cache_clear()

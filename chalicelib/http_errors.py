@@ -18,9 +18,11 @@ from chalicelib.sessions import (
     WrongHostError,
 )
 from chalicelib.windows import (
+    ArchiveNotRunningError,
     HostNotExpectedError,
     NoHostsError,
     NotClosableError,
+    UnknownArchiveError,
     UnknownHostError,
     UnknownWindowError,
     WindowNotOpenError,
@@ -42,6 +44,8 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (WindowOpeningError, 503, "window_opening"),
     (UnknownHostError, 400, "unknown_host"),
     (UnknownWindowError, 404, "unknown_window"),
+    (UnknownArchiveError, 404, "unknown_archive"),
+    (ArchiveNotRunningError, 503, "archive_not_running"),
     (WindowActiveError, 409, "window_active"),
     (NoHostsError, 409, "no_hosts"),
     (WindowNotOpenError, 409, "window_not_open"),

@@ -94,6 +94,26 @@ def openssh_private_key(key: SigningKey, comment: str, check: int = 0x0FF517E) -
     return "\n".join([f"-----BEGIN {_ARMOR}-----", *lines, f"-----END {_ARMOR}-----", ""])
 
 
+def read_openssh_private_key(text: str) -> SigningKey:
+    """The Ed25519 key of an unencrypted "openssh-key-v1" text as openssh_private_key writes
+    it (one key): after the header, the public blob and the private section's check integers,
+    type and public key, comes string seed+public (OpenSSH PROTOCOL.key)."""
+    lines = [line for line in text.strip().splitlines() if "-----" not in line]
+    body = base64.b64decode("".join(lines))
+    magic = b"openssh-key-v1\0" + pack_string("none") + pack_string("none") + pack_string(b"")
+    if not body.startswith(magic + pack_uint32(1)):
+        raise ValueError("not an unencrypted openssh-key-v1 key with one key")
+    marker = pack_string(ED25519)
+    at = body.rindex(marker)  # the private section's key type
+    public_at = at + len(marker) + 4
+    public = body[public_at:public_at + 32]
+    seed_at = public_at + 32 + 4
+    key = SigningKey(body[seed_at:seed_at + 32])
+    if bytes(key.verify_key) != public or body[seed_at + 32:seed_at + 64] != public:
+        raise ValueError("the private key does not match its public half")
+    return key
+
+
 class CertificateAuthority:
     """The CA key, read from SSM on first use and cached (rotation reaches a warm Lambda within
     CACHE_SECONDS)."""

@@ -63,7 +63,8 @@ class RestoreService:
         active_id = store.active_window_id(guard_of(window))
         active = store.get_window(active_id) if active_id else None
         if active is not None:
-            if active.snapshot_id == snapshot_id and active.state in (State.OPENING, State.OPEN):
+            if active.snapshot_id == snapshot_id and active.state in (State.OPENING, State.BOOTING,
+                                                                      State.OPEN):
                 return active
             raise WindowActiveError(active.window_id)
         return self._windows.start(window)

@@ -165,7 +165,7 @@ class SessionService:
         shard = window.shard_of(request.host)
         if shard is None:
             raise NotExpectedError(f"{request.host} is not expected in {window.window_id}")
-        if shard.state is State.OPENING:
+        if shard.state in (State.OPENING, State.BOOTING):  # not ready yet: come back soon
             raise WindowOpeningError(self.policy.retry_after)
         if shard.state is not State.OPEN or window.deadline <= now or not shard.address:
             raise NoOpenWindowError(None if restore else self.next_window(now))

@@ -60,6 +60,9 @@ class Settings:
     restore_root: str = "/srv/offsite-restore"
     account_prefix: str = ""  # a host's account on the instance: chalicelib/accounts.py
     stale_after_hours: float = 36.0  # a host without a complete point this long is stale
+    # The API's base URL, where archive instances post their ready/failed signal (the
+    # launch_shard function renders it into the user-data; chalicelib/boot_signal.py).
+    api_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +94,7 @@ class Settings:
             restore_root=env.get("RESTORE_ROOT", "/srv/offsite-restore").rstrip("/"),
             account_prefix=_account_prefix(env),
             stale_after_hours=_positive(env, "STALE_AFTER_HOURS", 36.0),
+            api_url=env.get("API_URL", "").strip().rstrip("/"),
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),

@@ -10,11 +10,21 @@ as `now`; nothing here reads a clock or touches AWS.
 
 Per shard:
 
-    (none) -planned-> OPENING -running-> OPEN -its hosts reported | deadline | admin-> CLOSING
+    (none) -planned-> OPENING -running-> BOOTING -ready-> OPEN
+    OPEN -its hosts reported | deadline | admin-> CLOSING
     CLOSING -stopped-> SNAPSHOTTING (one snapshot per volume; the instance is terminated, the
                                      volumes outlive it: DeleteOnTermination is false)
     SNAPSHOTTING -all its snapshots settled-> CLOSED (volumes whose snapshot completed deleted)
     OPENING -no capacity in any (type, subnet) | never came up | deadline-> FAILED
+    BOOTING -the instance says its boot failed | never says ready | deadline-> FAILED
+
+EC2's "running" only says the machine started; BOOTING lasts until the instance itself says
+it is ready (every volume mounted, sshd answering with the provisioned host key: boot.sh's
+signal step, checked by chalicelib/boot_signal.py), so OPEN means hosts can connect. A boot
+that fails says why, and that reason fails the shard at once. An instance that never says
+anything is failed by the reconciler `boot_timeout` after it entered BOOTING, or by the
+deadline, whichever comes first; a ready or failed signal that comes late (the shard moved
+on) or twice is a no-op, like any other duplicated event.
 
 A restore shard (the one shard of a restore window) serves one host a read-only volume made from
 one of its snapshots; it is never snapshotted:
@@ -36,6 +46,7 @@ from enum import Enum
 
 class State(str, Enum):
     OPENING = "OPENING"
+    BOOTING = "BOOTING"
     OPEN = "OPEN"
     CLOSING = "CLOSING"
     SNAPSHOTTING = "SNAPSHOTTING"
@@ -47,7 +58,7 @@ class State(str, Enum):
         return self not in (State.CLOSED, State.FAILED)
 
 
-_PROGRESS = (State.OPENING, State.OPEN, State.CLOSING, State.SNAPSHOTTING)
+_PROGRESS = (State.OPENING, State.BOOTING, State.OPEN, State.CLOSING, State.SNAPSHOTTING)
 
 
 class Action(str, Enum):
@@ -144,6 +155,18 @@ class StartFailed:
 
 
 @dataclass(frozen=True)
+class BootReady:
+    """The instance says it is ready (a verified signal: chalicelib/boot_signal.py)."""
+
+
+@dataclass(frozen=True)
+class BootFailed:
+    """The instance says its boot failed, and why (a verified signal)."""
+
+    cause: str
+
+
+@dataclass(frozen=True)
 class HostReported:
     host: str
 
@@ -175,6 +198,8 @@ Event = (
     InstanceRunning
     | InstanceStopped
     | StartFailed
+    | BootReady
+    | BootFailed
     | HostReported
     | DeadlineReached
     | AdminClose
@@ -222,6 +247,10 @@ def decide(window: Window, shard_id: str, event: Event, now: datetime,
         return _on_stopped(window, shard)
     if isinstance(event, StartFailed):
         return _on_start_failed(shard, event.cause)
+    if isinstance(event, BootReady):
+        return _on_ready(shard)
+    if isinstance(event, BootFailed):
+        return _on_boot_failed(shard, event.cause)
     if isinstance(event, HostReported):
         return _on_report(window, shard)
     if isinstance(event, DeadlineReached):
@@ -236,11 +265,29 @@ def decide(window: Window, shard_id: str, event: Event, now: datetime,
 def _on_running(shard: Shard, event: InstanceRunning) -> Decision:
     if shard.state is not State.OPENING:
         return nothing(f"instance running while {shard.state.value}; nothing to do")
-    return Decision(State.OPEN, f"instance {shard.instance_id} of {shard.shard_id} running at "
-                                f"{event.address}", (Action.TAG_VOLUMES,))
+    return Decision(State.BOOTING, f"instance {shard.instance_id} of {shard.shard_id} running at "
+                                   f"{event.address}; waiting for it to say it is ready",
+                    (Action.TAG_VOLUMES,))
+
+
+def _on_ready(shard: Shard) -> Decision:
+    if shard.state is not State.BOOTING:
+        return nothing(f"ready signal while {shard.state.value}; nothing to do")
+    return Decision(State.OPEN, f"instance {shard.instance_id} of {shard.shard_id} is ready: "
+                                "volumes mounted, sshd answering with the host key")
+
+
+def _on_boot_failed(shard: Shard, cause: str) -> Decision:
+    if shard.state not in (State.OPENING, State.BOOTING):
+        return nothing(f"boot failure signalled while {shard.state.value}; ignored")
+    return Decision(State.FAILED, f"archive {shard.shard_id} (instance {shard.instance_id}) "
+                                  f"failed to boot: {cause}", _GIVE_UP)
 
 
 def _on_stopped(window: Window, shard: Shard) -> Decision:
+    if shard.state is State.BOOTING:
+        return Decision(State.FAILED, f"instance {shard.instance_id} of {shard.shard_id} "
+                                      "stopped before it said it was ready", _GIVE_UP)
     if shard.state not in (State.OPEN, State.CLOSING):
         return nothing(f"instance stopped while {shard.state.value}; nothing to do")
     early = shard.state is State.OPEN
@@ -258,7 +305,7 @@ def _on_stopped(window: Window, shard: Shard) -> Decision:
 
 
 def _on_start_failed(shard: Shard, cause: str) -> Decision:
-    if shard.state is not State.OPENING:
+    if shard.state not in (State.OPENING, State.BOOTING):
         return nothing(f"start failure reported while {shard.state.value}; ignored")
     return Decision(State.FAILED, f"archive {shard.shard_id} could not start: {cause}", _GIVE_UP)
 
@@ -278,13 +325,13 @@ def _on_report(window: Window, shard: Shard) -> Decision:
 
 
 def _close_at_deadline(window: Window, shard: Shard, now: datetime) -> Decision:
-    if shard.state not in (State.OPENING, State.OPEN):
+    if shard.state not in (State.OPENING, State.BOOTING, State.OPEN):
         return nothing(f"deadline while {shard.state.value}; already closing")
     if now < window.deadline:
         return nothing(f"deadline {window.deadline.isoformat()} not reached yet")
-    if shard.state is State.OPENING:
-        return Decision(State.FAILED, f"deadline reached before {shard.shard_id} came up",
-                        _GIVE_UP)
+    if shard.state is not State.OPEN:
+        return Decision(State.FAILED, f"deadline reached before {shard.shard_id} was ready "
+                                      f"({shard.state.value})", _GIVE_UP)
     missing = shard.hosts & window.missing
     if not missing:
         return Decision(State.CLOSING, f"deadline reached; every host of {shard.shard_id} "
@@ -297,8 +344,8 @@ def _close_at_deadline(window: Window, shard: Shard, now: datetime) -> Decision:
 
 
 def _close_by_admin(window: Window, shard: Shard, by: str) -> Decision:
-    if shard.state is State.OPENING:
-        return Decision(State.FAILED, f"closed by {by} before {shard.shard_id} came up",
+    if shard.state in (State.OPENING, State.BOOTING):
+        return Decision(State.FAILED, f"closed by {by} before {shard.shard_id} was ready",
                         (Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES))
     if shard.state is not State.OPEN:
         return nothing(f"close asked while {shard.state.value}; already closing")
@@ -338,6 +385,15 @@ def _on_tick(window: Window, shard: Shard, tick: Tick, now: datetime,
             what = "no instance launched" if instance == "none" else f"still {instance}"
             return _on_start_failed(shard, f"{what} after {timing.boot_timeout} (reconciler)")
         return nothing(f"instance {instance}; {shard.shard_id} still opening")
+    if shard.state is State.BOOTING:
+        if now >= window.deadline:
+            return _close_at_deadline(window, shard, now)
+        if instance != "running":
+            return _on_start_failed(shard, f"the instance is {instance} (reconciler)")
+        if waited >= timing.boot_timeout:
+            return _on_start_failed(shard, f"running for {timing.boot_timeout} without saying "
+                                           "it is ready (reconciler)")
+        return nothing(f"{shard.shard_id} running, waiting for its ready signal")
     if shard.state is State.OPEN:
         if now >= window.deadline:
             return _close_at_deadline(window, shard, now)

@@ -46,6 +46,8 @@ from chalicelib.settings import Settings
 from chalicelib.window import (
     Action,
     AdminClose,
+    BootFailed,
+    BootReady,
     DeadlineReached,
     Decision,
     Event,
@@ -81,6 +83,14 @@ class UnknownWindowError(LookupError):
 
 class UnknownHostError(LookupError):
     pass
+
+
+class UnknownArchiveError(LookupError):
+    """No window's shard has this instance."""
+
+
+class ArchiveNotRunningError(Exception):
+    """A ready signal came before the shard recorded its instance running: try again."""
 
 
 class NoHostsError(Exception):
@@ -303,6 +313,20 @@ class WindowService:
                 "event_state": state, "instance_state": view.state if view else "unknown"})
             return None
         return self._on_view(window, shard.shard_id, view)
+
+    def on_boot_signal(self, instance_id: str, ready: bool, cause: str) -> Decision:
+        """The instance's own (verified) word: ready, or its boot failed because of `cause`.
+        A ready signal that overtook EC2's "running" (the shard still OPENING) is refused
+        with ArchiveNotRunningError (503): the instance tries again, and by then the event,
+        or the reconciler, has recorded its address and volumes. A failure needs neither."""
+        found = self.ports.store.find_instance(instance_id)
+        if found is None:
+            raise UnknownArchiveError(f"no archive {instance_id}")
+        window = self._window(found[0])
+        if ready and window.shards[found[1]].state is State.OPENING:
+            raise ArchiveNotRunningError(f"{instance_id} is not recorded as running yet")
+        event = BootReady() if ready else BootFailed(cause or "no reason given")
+        return self._apply(window, found[1], event)
 
     def _on_view(self, window: Window, shard_id: str, view: InstanceView) -> Decision | None:
         if view.state == "running":

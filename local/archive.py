@@ -69,6 +69,11 @@ class ArchiveInstance:
     def mounts(self) -> list[Mount]:
         return list(self._mounts)
 
+    @property
+    def etc(self) -> Path:
+        """As boot.sh's $OFFSITE_ETC: the host key (ssh_host_key), principals, ..."""
+        return self.root / "etc"
+
     def boot(self, mounts: list[Mount]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # sshd reads the principals file as the account
@@ -108,7 +113,7 @@ class ArchiveInstance:
         for mount in self._mounts:
             (principals / mount.account).write_text(f"{mount.account}\n")
             (principals / mount.account).chmod(0o644)
-        host_key = etc / "ssh_host_ed25519_key"
+        host_key = etc / "ssh_host_key"  # where boot.sh installs it, and signs with it
         host_key.touch(mode=0o600)
         host_key.write_text(self._settings.host_key_pem)
         (etc / "ca.pub").write_text(self._settings.ca_public_line + "\n")

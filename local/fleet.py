@@ -11,8 +11,13 @@ Each `step`, in this order:
 4. only then are the directories of deleted volumes and snapshots removed;
 5. instances tagged offsite:window: one that runs boots after `boot_seconds` (its boot config
    read from its user-data, each device's volume found in its block device mapping), then
-   "running" is delivered; stopped -> its sshd and sessions end, "stopped"; terminated -> the
-   same, its files go, "terminated". Its volumes stay until DeleteVolume (DeleteOnTermination
+   "running" is delivered, then the instance says it is ready the way an archive does: boot.sh's
+   own signal step (`offsite-boot signal ready ...`) signs with the archive's host key and posts
+   to the stack's API (the config's api_url); it says `failed` when a host's volume was not
+   attached, as boot.sh would, and says nothing when its boot config is unusable (boot.sh dies
+   before it has a host key: the reconciler's boot timeout ends that shard);
+   stopped -> its sshd and sessions end, "stopped"; terminated -> the same, its files go,
+   "terminated". Its volumes stay until DeleteVolume (DeleteOnTermination
    false).
 """
 
@@ -26,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.instance.userdata import BootConfigError, read_boot_config
+from chalicelib.instance.userdata import (
+    BOOT_SCRIPT,
+    BootConfig,
+    BootConfigError,
+    read_boot_config,
+    render_boot_config,
+)
 from chalicelib.keys import KeyMaterial
 from local import events
 from local.accounts import StackAccounts
@@ -52,6 +63,7 @@ class _Tracked:
     seen: str = "pending"  # the last state delivered
     running_since: float | None = None
     archive: ArchiveInstance | None = None
+    left_out: list[str] = field(default_factory=list)  # why a host was not mounted
 
 
 @dataclass
@@ -178,8 +190,10 @@ class Fleet:
             tracked.running_since = tracked.running_since or time.monotonic()
             if time.monotonic() - tracked.running_since < self.settings.boot_seconds:
                 return  # still booting: sshd not up, no event yet
-            tracked.archive = self._boot(instance)
+            tracked.archive, config = self._boot(instance, tracked)
             self._deliver_state(tracked, instance_id, "running", deliver)
+            if tracked.archive is not None and config is not None and config.api_url:
+                self._say_booted(tracked, config)
         elif state in ("stopping", "stopped") and tracked.seen != "stopped":
             self._end(tracked, terminate=False)
             if state == "stopped":
@@ -204,10 +218,35 @@ class Fleet:
         deliver("instance_state", events.instance_state(instance_id, state))
         tracked.seen = state
 
-    def _boot(self, instance: dict[str, Any]) -> ArchiveInstance | None:
-        """The archive, booted; None when its user-data names nothing it can serve (on EC2
-        the instance runs all the same, without sshd: the same is delivered here)."""
+    def _say_booted(self, tracked: _Tracked, config: BootConfig) -> None:
+        """boot.sh's signal step, run for real: the archive's host key signs, curl posts."""
+        archive = tracked.archive
+        assert archive is not None
+        status = "failed" if tracked.left_out else "ready"
+        reason = "; ".join(tracked.left_out) or (
+            f"{len(config.hosts)} volume(s) and {len(config.restores)} restore(s) mounted; "
+            "sshd answers with the host key")
+        conf = archive.etc / "instance.conf"
+        conf.write_text(render_boot_config(
+            sorted(config.hosts.items()), "\n".join(config.ca_keys), config.host_key_parameter,
+            config.region, uids=config.uids, restores=sorted(config.restores.items()),
+            account_prefix=config.account_prefix, api_url=config.api_url))
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(archive.root),
+               "OFFSITE_ETC": str(archive.etc),
+               "OFFSITE_CONFIG": str(conf), "OFFSITE_INSTANCE_ID": archive.instance_id,
+               "OFFSITE_SIGNAL_TRIES": "3"}
+        result = subprocess.run(["bash", str(BOOT_SCRIPT), "signal", status, reason], env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        said = result.stderr.strip().replace("offsite-boot: ", "")
+        self._log(f"fleet: {archive.instance_id} says {status}: {said}")
+
+    def _boot(self, instance: dict[str, Any],
+              tracked: _Tracked) -> tuple[ArchiveInstance | None, BootConfig | None]:
+        """The archive, booted, and its boot config; no archive when its user-data names
+        nothing it can serve (on EC2 the instance runs all the same, without sshd: the same is
+        delivered here)."""
         instance_id = instance["InstanceId"]
+        tracked.left_out = []
         attribute = self._ec2.describe_instance_attribute(InstanceId=instance_id,
                                                           Attribute="userData")
         # "User data must be base64-decoded when you retrieve it"
@@ -220,21 +259,21 @@ class Fleet:
                                       f"stack's {self.accounts.prefix!r}")
         except (BootConfigError, ValueError) as exc:
             self._log(f"fleet: {instance_id} boots without sshd: {exc}")
-            return None
+            return None, None
         archive = ArchiveInstance(instance_id, instance["PrivateIpAddress"],
                                   self.settings.root / instance_id, self.settings.sshd)
         try:
-            archive.boot(self._mounts(instance, config.hosts, config.restores))
+            archive.boot(self._mounts(instance, config.hosts, config.restores, tracked))
         except BaseException:
             archive.terminate()  # tried again at the next step
             raise
         self._log(f"fleet: {instance_id} serves {sorted(config.hosts)}"
                   + (f", restores {sorted(config.restores)}" if config.restores else "")
                   + f" on {archive.address}:{self.settings.sshd.port}")
-        return archive
+        return archive, config
 
     def _mounts(self, instance: dict[str, Any], hosts: dict[str, str],
-                restores: dict[str, str]) -> list[Mount]:
+                restores: dict[str, str], tracked: _Tracked) -> list[Mount]:
         attached = {m["DeviceName"]: m["Ebs"]["VolumeId"]
                     for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m}
         mounts = []
@@ -245,6 +284,7 @@ class Fleet:
                     # boot.sh waits, then leaves the host out: its data never lands elsewhere
                     self._log(f"fleet: {instance['InstanceId']}: no volume on {device} for "
                               f"{host}: left out")
+                    tracked.left_out.append(f"{host}: {device} is not attached")
                     continue
                 volume = self.ebs.volume(attached[device])
                 if not volume.is_dir():  # made in this step's EBS pass; a retry if not

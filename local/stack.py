@@ -122,7 +122,9 @@ class LocalStack:
             "SESSION_RETRY_AFTER": str(self.settings.retry_after),
             "HOSTS_PER_ARCHIVE": str(self.settings.hosts_per_archive),
             "RESTORE_HOURS": str(self.settings.restore_hours),
-            "BOOT_TIMEOUT_MINUTES": "5", "STOP_GRACE_MINUTES": "1"})
+            "BOOT_TIMEOUT_MINUTES": "5", "STOP_GRACE_MINUTES": "1",
+            # where the archives say they are ready (boot.sh's signal step, run by the fleet)
+            "API_URL": self.api_url})
         _clear_app_caches()
         self._exit.callback(_clear_app_caches)
         # The instances' files live where their accounts can reach them whatever self.root's

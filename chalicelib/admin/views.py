@@ -10,7 +10,7 @@ from chalicelib.admin.tables import fields, size, table
 from chalicelib.admin.usage import Observed
 from chalicelib.cost import GIB, MonthlyCost, Prices
 
-ACTIVE_STATES = ("OPENING", "OPEN", "CLOSING", "SNAPSHOTTING")
+ACTIVE_STATES = ("OPENING", "BOOTING", "OPEN", "CLOSING", "SNAPSHOTTING")
 
 
 def host_line(host: Mapping[str, Any], new: bool | None = None) -> str:

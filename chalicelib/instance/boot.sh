@@ -15,6 +15,8 @@
 #                                            only these; the uid is on the host line if any)
 #   account_prefix <prefix>                 (optional; the account of host <name> is
 #                                            <prefix><name>: chalicelib/accounts.py)
+#   api_url <https://...>                   (optional; where the instance says that its boot
+#                                            is done: see "Saying ready" below)
 #
 # For each host: a Unix account named <prefix><name> (the certificate's principal), password
 # field "*", shell /bin/sh (sshd runs the certificate's forced rrsync through it), in group
@@ -49,6 +51,21 @@
 #
 # One host's failure does not stop the others; the exit status is 1 if anything failed.
 #
+# Saying ready (when the config has an api_url). The control plane opens a shard to its hosts
+# only when the instance says it is ready (chalicelib/window.py: BOOTING -> OPEN), so hosts
+# never meet an sshd that is not up yet or a volume not mounted. A boot whose steps failed
+# says `failed`, with the failed steps and the last lines logged, at once, and the shard fails
+# with that reason. Otherwise, since bootcmd runs before sshd starts, `offsite-boot
+# signal-ready` runs on its own (a transient systemd unit ordered after sshd): it waits, up to
+# $OFFSITE_SIGNAL_WAIT seconds, until every volume is mounted and sshd answers on
+# $OFFSITE_SSHD_ADDRESS with the provisioned host key (ssh-keyscan), then says `ready` (or
+# `failed`, and why). A signal is a small message (chalicelib/boot_signal.py: instance id,
+# status, time, nonce, reason) signed with the host key, `ssh-keygen -Y sign -n
+# offsite-boot-signal` (OpenSSH >= 8.1), posted with curl to $api_url/v1/archives/<instance
+# id>/<status>; a 5xx or a network error is tried again with a fresh nonce. A boot that dies
+# before it has the host key cannot sign: the reconciler fails that shard at its boot timeout.
+# `offsite-boot signal ready|failed <reason>` sends one signal by hand.
+#
 # Environment (the defaults are the instance's; tests point them into a sandbox):
 #   OFFSITE_ETC              /etc/offsite          config, CA key, principals, host key
 #   OFFSITE_CONFIG           $OFFSITE_ETC/instance.conf
@@ -67,6 +84,13 @@
 #                            region; default: aws ssm get-parameter --with-decryption
 #   OFFSITE_SSHD_RELOAD      sh command run when sshd's files changed; default: reload
 #                            ssh.service or sshd.service if it is running
+#   OFFSITE_INSTANCE_ID      (none)                the instance id; default: from IMDSv2
+#   OFFSITE_SSHD_ADDRESS     127.0.0.1             where the ready check asks sshd for its key
+#   OFFSITE_SSHD_PORT        22
+#   OFFSITE_SIGNAL_WAIT      600                   seconds the ready check waits for sshd
+#   OFFSITE_SIGNAL_TRIES     20                    posts of one signal, at most (~8 min)
+#   OFFSITE_SIGNAL_START     sh command that starts `$1 signal-ready` ($1: this script) on its
+#                            own; default: systemd-run, ordered after sshd
 set -euo pipefail
 shopt -s nullglob
 umask 022
@@ -83,6 +107,11 @@ GROUP=${OFFSITE_GROUP:-offsite}
 RRSYNC=${OFFSITE_RRSYNC:-/usr/bin/rrsync}
 DOC_DIR=${OFFSITE_DOC_DIR:-/usr/share/doc}
 DEVICE_WAIT=${OFFSITE_DEVICE_WAIT:-60}
+SSHD_ADDRESS=${OFFSITE_SSHD_ADDRESS:-127.0.0.1}
+SSHD_PORT=${OFFSITE_SSHD_PORT:-22}
+SIGNAL_WAIT=${OFFSITE_SIGNAL_WAIT:-600}
+SIGNAL_TRIES=${OFFSITE_SIGNAL_TRIES:-20}
+SELF=$(readlink -f "$0")
 # shellcheck disable=SC2016  # $1 and $2 are expanded by the sh that runs the command
 FETCH_FROM_SSM='aws ssm get-parameter --with-decryption --name "$1" --region "$2"'
 FETCH_FROM_SSM+=' --query Parameter.Value --output text'
@@ -100,14 +129,20 @@ DEVICE_RE='^/dev/sd[f-z]$' # chalicelib/names.py DEVICE_NAME
 REGION=
 HOST_KEY_PARAMETER=
 ACCOUNT_PREFIX=
+API_URL=
+SCRATCH=
 CA_LINES=()
 HOST_NAMES=() RESTORE_NAMES=()
 # HOST_DEVICE, RESTORE_DEVICE: host -> device name; VOLUME_OF: device name -> "<kind> <host>";
 # FOUND: device name -> the path found for it (see find_devices)
 declare -A HOST_DEVICE=() RESTORE_DEVICE=() HOST_UID=() VOLUME_OF=() FOUND=()
-FAILED=()
+FAILED=() WHY=()
 
-log() { printf 'offsite-boot: %s\n' "$*" >&2; }
+# Logged lines also go to $SCRATCH/log: a failed boot's signal quotes the last ones.
+log() {
+  printf 'offsite-boot: %s\n' "$*" >&2
+  [[ -z $SCRATCH ]] || printf '%s\n' "$*" >>"$SCRATCH/log"
+}
 die() { log "error: $*"; exit 1; }
 
 read_config() {
@@ -122,6 +157,11 @@ read_config() {
       account_prefix)
         [[ $rest =~ $ACCOUNT_PREFIX_RE ]] || die "bad account prefix: $rest"
         ACCOUNT_PREFIX=$rest
+        ;;
+      api_url)
+        [[ $rest =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*$ ]] ||
+          die "bad api_url: $rest"
+        API_URL=$rest
         ;;
       host | restore) add_volume "$kind" "$rest" ;;
       *) die "unknown record in $CONFIG: $kind" ;;
@@ -267,8 +307,10 @@ refuse_shared_devices() {
 
 # Run "$@" in a subshell with errexit on; record a failure instead of stopping the other steps.
 # (errexit is ignored in a function called from a condition, hence no `if ! "$@"`.)
+# WHY: what each failed step logged last, the reason a failed boot signals.
 step() {
-  local rc
+  local rc logged
+  logged=$(logged_lines)
   set +e
   (
     set -e
@@ -278,8 +320,13 @@ step() {
   set -e
   if ((rc != 0)); then
     FAILED+=("$*")
+    if (($(logged_lines) > logged)); then WHY+=("$(tail -n 1 "$SCRATCH/log")"); fi
     log "error: step failed ($rc): $*"
   fi
+}
+
+logged_lines() {
+  if [[ -f $SCRATCH/log ]]; then wc -l <"$SCRATCH/log"; else echo 0; fi
 }
 
 # Write stdin to $1 with mode $2, root-owned, replacing the file (atomically) only when the
@@ -654,8 +701,115 @@ reload_sshd() {
   done
 }
 
+# --- saying ready -------------------------------------------------------------------------
+# Why the instance is not ready yet (on stdout, status 1), or nothing (status 0).
+readiness() {
+  local name want got
+  for name in "${HOST_NAMES[@]}"; do
+    mountpoint -q "$MOUNT_ROOT/$name" || { echo "$MOUNT_ROOT/$name is not mounted"; return 1; }
+  done
+  for name in "${RESTORE_NAMES[@]}"; do
+    mountpoint -q "$RESTORE_ROOT/$name" ||
+      { echo "$RESTORE_ROOT/$name is not mounted"; return 1; }
+  done
+  [[ -s $HOST_KEY.pub ]] || { echo "no host key installed"; return 1; }
+  want=$(cut -d' ' -f1,2 "$HOST_KEY.pub")
+  got=$(ssh-keyscan -T 3 -p "$SSHD_PORT" -t "${want%% *}" "$SSHD_ADDRESS" 2>/dev/null |
+    cut -d' ' -f2,3) || true
+  [[ -n $got ]] || { echo "sshd does not answer on $SSHD_ADDRESS port $SSHD_PORT"; return 1; }
+  grep -qxF "$want" <<<"$got" || { echo "sshd answers with another host key"; return 1; }
+}
+
+signal_when_ready() {
+  local deadline why
+  deadline=$(($(date +%s) + SIGNAL_WAIT))
+  until why=$(readiness); do
+    if (($(date +%s) >= deadline)); then
+      send_signal failed "not ready ${SIGNAL_WAIT} s after boot: $why"
+      return 1
+    fi
+    sleep 2
+  done
+  send_signal ready "${#HOST_NAMES[@]} volume(s) and ${#RESTORE_NAMES[@]} restore(s) mounted; \
+sshd answers with the host key"
+}
+
+# The instance id, from the instance metadata service, version 2 (the launch template requires
+# tokens): a session token from PUT /latest/api/token with the X-aws-ec2-metadata-token-ttl-
+# seconds header, then GET /latest/meta-data/instance-id with it in X-aws-ec2-metadata-token
+# (EC2 user guide, "Access instance metadata for an EC2 instance",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html).
+instance_id() {
+  local token
+  if [[ -n ${OFFSITE_INSTANCE_ID-} ]]; then
+    printf '%s\n' "$OFFSITE_INSTANCE_ID"
+    return
+  fi
+  token=$(curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
+    http://169.254.169.254/latest/api/token)
+  curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+    http://169.254.169.254/latest/meta-data/instance-id
+}
+
+# Post signal $1 (ready|failed) with reason $2, signed with the host key (format: the header
+# of chalicelib/boot_signal.py). Returns 0 once the control plane accepted it.
+send_signal() {
+  local status=$1 reason instance attempt=0 message code
+  reason=$(printf '%s' "$2" | tr -c ' -~' ' ' | cut -c1-900)
+  instance=$(instance_id) || { log "error: no instance id: the $status signal is not sent"; return 1; }
+  [[ $instance =~ ^i-[0-9a-f]{8,17}$ ]] || { log "error: not an instance id: $instance"; return 1; }
+  [[ -s $HOST_KEY ]] || { log "error: no host key to sign the $status signal with"; return 1; }
+  while :; do
+    message=$(mktemp "$SCRATCH/signal.XXXXXX")
+    printf 'offsite-boot-signal 1\ninstance %s\nstatus %s\ntime %s\nnonce %s\nreason %s\n' \
+      "$instance" "$status" "$(date +%s)" "$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+      "$reason" >"$message"
+    ssh-keygen -Y sign -f "$HOST_KEY" -n offsite-boot-signal "$message" 2>/dev/null ||
+      { log "error: ssh-keygen -Y sign failed: the $status signal is not sent"; return 1; }
+    printf '{"message": "%s", "signature": "%s"}' "$(base64 -w0 <"$message")" \
+      "$(base64 -w0 <"$message.sig")" >"$message.json"
+    code=$(curl -sS --max-time 20 -o "$message.answer" -w '%{http_code}' -X POST \
+      -H 'Content-Type: application/json' --data-binary "@$message.json" \
+      "$API_URL/v1/archives/$instance/$status") || code=000
+    case $code in
+      2??) log "the control plane accepted the $status signal"; return 0 ;;
+      4??) log "error: the control plane refused the $status signal ($code): \
+$(head -c 300 "$message.answer")"; return 1 ;;
+    esac
+    attempt=$((attempt + 1))
+    ((attempt < SIGNAL_TRIES)) || { log "error: the $status signal was not delivered ($code)"; return 1; }
+    sleep $((attempt * 2 < 30 ? attempt * 2 : 30))
+  done
+}
+
+# signal-ready runs on its own, after sshd: bootcmd runs before sshd starts.
+start_ready_signal() {
+  if [[ -n ${OFFSITE_SIGNAL_START-} ]]; then
+    sh -c "$OFFSITE_SIGNAL_START" offsite-signal "$SELF"
+  elif [[ -d /run/systemd/system ]] && command -v systemd-run >/dev/null; then
+    systemd-run --no-block --collect --unit="offsite-boot-signal-$(date +%s)" \
+      --property=After=sshd.service --property=After=ssh.service /bin/bash "$SELF" signal-ready
+  else
+    setsid /bin/bash "$SELF" signal-ready </dev/null >>"$ETC/signal.log" 2>&1 &
+  fi
+}
+
+# `offsite-boot signal-ready` and `offsite-boot signal <status> <reason>`.
+signal_main() {
+  read_config
+  [[ -n $API_URL ]] || die "no api_url in $CONFIG: nobody to tell"
+  SCRATCH=$(mktemp -d)
+  trap 'rm -rf "$SCRATCH"' EXIT
+  if [[ $1 == signal-ready ]]; then
+    signal_when_ready
+  else
+    [[ $2 == ready || $2 == failed ]] || die "usage: offsite-boot signal ready|failed <reason>"
+    send_signal "$2" "${3-}"
+  fi
+}
+
 main() {
-  local before name
+  local before name reason
   read_config
   ensure_dir "$ETC" 0755
   exec 9>>"$ETC/.lock"
@@ -681,9 +835,18 @@ main() {
     step reload_sshd
   fi
   if ((${#FAILED[@]} > 0)); then
-    die "${#FAILED[@]} step(s) failed: $(printf '[%s] ' "${FAILED[@]}")"
+    reason="${#FAILED[@]} step(s) failed: $(printf '[%s] ' "${FAILED[@]}")"
+    ((${#WHY[@]} == 0)) || reason+="$(printf '; %s' "${WHY[@]}")"
+    [[ -z $API_URL ]] || send_signal failed "$reason" || true
+    die "$reason"
   fi
   log "done: ${#HOST_NAMES[@]} host(s), ${#RESTORE_NAMES[@]} restore(s)"
+  if [[ -n $API_URL ]]; then
+    start_ready_signal || die "the ready signal did not start"
+  fi
 }
 
-main "$@"
+case ${1-} in
+  signal-ready | signal) signal_main "$@" ;;
+  *) main "$@" ;;
+esac

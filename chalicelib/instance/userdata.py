@@ -14,9 +14,11 @@ sshd never serves the image's own host key or configuration to a host that check
 find the same state.) Its commands write the boot config to `/etc/offsite/instance.conf` and
 boot.sh to `/usr/local/sbin/offsite-boot`, then run it.
 
-Both files travel gzip'd and base64'd inside the YAML: EC2 takes 16 KiB of user-data. Packed,
-boot.sh costs ~9 KB and a host ~20 bytes; an archive has at most 21 volumes (the device
-names), so only a CA list of hundreds of keys could pass the limit, and that raises
+Both files travel gzip'd and base64'd inside the YAML: EC2 takes 16 KiB of user-data. boot.sh
+travels without its comment lines (`boot_script`: its documentation stays in the repository,
+and a heredoc's lines are kept as they are). Packed, it costs ~10 KB and a host ~20 bytes;
+an archive has at most 21 volumes (the device names), so only a CA list of hundreds of keys
+could pass the limit, and that raises
 UserDataTooLargeError rather than being cut. gzip runs with a fixed mtime and records are
 sorted, so the same hosts give the same user-data: "did it change?" is a string comparison.
 read_boot_config unpacks what this module renders (the local stack boots its emulated
@@ -46,6 +48,7 @@ REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 PARAMETER_NAME = re.compile(r"[A-Za-z0-9_./-]{1,2048}")
 PUBLIC_KEY_LINE = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})( [ -~]*)?")
 UID_RANGE = range(1000, 65534)
+API_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*")
 CONFIG_COMMAND = re.compile(
     r"- 'echo (?P<packed>[A-Za-z0-9+/=]+) \| base64 -d \| gzip -dc > "
     + re.escape(CONFIG_PATH) + r"\.new'")
@@ -75,6 +78,7 @@ class BootConfig:
     ca_keys: tuple[str, ...] = ()
     region: str = ""
     host_key_parameter: str = ""
+    api_url: str = ""  # where the instance posts its ready/failed signal (boot_signal.py)
 
 
 def render_user_data(
@@ -86,6 +90,7 @@ def render_user_data(
     uids: Mapping[str, int] | None = None,
     restores: Sequence[tuple[str, str]] = (),
     account_prefix: str = "",
+    api_url: str = "",
 ) -> str:
     """The user-data for these (host name, device name) pairs and restore (host name, device
     name) pairs.
@@ -95,13 +100,14 @@ def render_user_data(
     UserDataTooLargeError; all are ValueErrors.
     """
     config = render_boot_config(hosts, ca_public_key, host_key_parameter, region, uids=uids,
-                                restores=restores, account_prefix=account_prefix)
+                                restores=restores, account_prefix=account_prefix,
+                                api_url=api_url)
     commands = [
         "set -e",
         "umask 022",
         f"mkdir -p {Path(CONFIG_PATH).parent} {Path(SCRIPT_PATH).parent}",
         *_unpack_commands(config.encode(), CONFIG_PATH, "0644"),
-        *_unpack_commands(BOOT_SCRIPT.read_bytes(), SCRIPT_PATH, "0755"),
+        *_unpack_commands(boot_script(), SCRIPT_PATH, "0755"),
         SCRIPT_PATH,
     ]
     user_data = "\n".join([
@@ -119,6 +125,24 @@ def render_user_data(
     return user_data
 
 
+_HEREDOC = re.compile(r"(?<!<)<<-?'?([A-Za-z_]+)'?")
+
+
+def boot_script() -> bytes:
+    """boot.sh as the instance gets it: the same lines but its full-line comments (the
+    shebang kept, a heredoc's lines kept as they are: they are its output)."""
+    kept, terminator = [], None
+    for number, line in enumerate(BOOT_SCRIPT.read_text().splitlines(keepends=True)):
+        if terminator is not None:
+            kept.append(line)
+            terminator = None if line.strip() == terminator else terminator
+        elif number == 0 or not line.lstrip().startswith("#"):
+            kept.append(line)
+            if found := _HEREDOC.search(line):
+                terminator = found[1]
+    return "".join(kept).encode()
+
+
 def render_boot_config(
     hosts: Sequence[tuple[str, str]],
     ca_public_key: str,
@@ -128,6 +152,7 @@ def render_boot_config(
     uids: Mapping[str, int] | None = None,
     restores: Sequence[tuple[str, str]] = (),
     account_prefix: str = "",
+    api_url: str = "",
 ) -> str:
     """The text of instance.conf, the file boot.sh reads (format in boot.sh's header).
     `hosts` are (host, device) pairs of backup volumes; `restores` (host, device) pairs of
@@ -135,7 +160,8 @@ def render_boot_config(
     archive lists only restores). No device serves two volumes, no host has two of a kind.
     `uids` (host -> uid) are for listed hosts. `account_prefix` goes before each host's name
     to make its account (chalicelib/accounts.py); the record is written only when there is
-    one, so the default config is unchanged."""
+    one, so the default config is unchanged; likewise `api_url`, the API the instance tells
+    that its boot is done (no record: it tells nobody)."""
     uids = uids or {}
     if not REGION.fullmatch(region):
         raise BootConfigError(f"not an AWS region: {region!r}")
@@ -149,6 +175,10 @@ def render_boot_config(
     ]
     if check_account_prefix(account_prefix):
         lines.append(f"account_prefix {account_prefix}")
+    if api_url:
+        if not API_URL.fullmatch(api_url):
+            raise BootConfigError(f"not an API URL: {api_url[:80]!r}")
+        lines.append(f"api_url {api_url}")
     backups = _checked_pairs(hosts, "host", [])
     restored = _checked_pairs(restores, "restore", backups)
     names = {name for name, _ in backups} | {name for name, _ in restored}
@@ -185,7 +215,7 @@ def read_boot_config(user_data: str) -> BootConfig:
         rendered = render_boot_config(
             sorted(config.hosts.items()), "\n".join(config.ca_keys), config.host_key_parameter,
             config.region, uids=config.uids, restores=sorted(config.restores.items()),
-            account_prefix=config.account_prefix)
+            account_prefix=config.account_prefix, api_url=config.api_url)
     except BootConfigError:
         raise
     except ValueError as exc:  # a host name or account prefix
@@ -196,7 +226,7 @@ def read_boot_config(user_data: str) -> BootConfig:
 
 
 def _parse_boot_config(text: str) -> BootConfig:
-    values = {"region": "", "host_key_parameter": "", "account_prefix": ""}
+    values = {"region": "", "host_key_parameter": "", "account_prefix": "", "api_url": ""}
     ca_keys: list[str] = []
     volumes: dict[str, dict[str, str]] = {"host": {}, "restore": {}}
     uids: dict[str, int] = {}
@@ -214,7 +244,8 @@ def _parse_boot_config(text: str) -> BootConfig:
         elif kind and not kind.startswith("#"):
             raise BootConfigError(f"unknown or malformed record: {line[:80]!r}")
     return BootConfig(volumes["host"], volumes["restore"], values["account_prefix"], uids,
-                      tuple(ca_keys), values["region"], values["host_key_parameter"])
+                      tuple(ca_keys), values["region"], values["host_key_parameter"],
+                      values["api_url"])
 
 
 def _uid_value(text: str) -> int:
@@ -230,20 +261,26 @@ def _uid_field(uids: Mapping[str, int], name: str) -> str:
 @dataclass(frozen=True)
 class BootRenderer:
     """The window service's Boot port: the user-data for a window's hosts, with the CA public
-    key read when asked (so a rotated CA reaches the next boot)."""
+    key read when asked (so a rotated CA reaches the next boot). A shard opens only when its
+    instance says it is ready, so without `api_url` no archive could ever open: its launch
+    fails at once with that reason rather than at the boot timeout."""
 
     ca_public_key: Callable[[], str]
     host_key_parameter: str
     region: str
     account_prefix: str = ""
+    api_url: str = ""
 
     def user_data(self, hosts: Sequence[tuple[str, str]],
                   restores: Sequence[tuple[str, str]] = ()) -> str:
         """`hosts` and `restores`: (host name, device name) pairs."""
+        if not self.api_url:
+            raise BootConfigError("API_URL is not set: an archive instance could not say it "
+                                  "is ready")
         names = {name for name, _ in [*hosts, *restores]}
         return render_user_data(hosts, self.ca_public_key(), self.host_key_parameter,
                                 self.region, restores=restores, uids=stable_uids(names),
-                                account_prefix=self.account_prefix)
+                                account_prefix=self.account_prefix, api_url=self.api_url)
 
 
 STABLE_UIDS = range(2000, 65000)  # above the image's own users (ec2-user is 1000)

@@ -21,14 +21,29 @@ from offsite_host.httpsig import sign_request
 import app as app_module
 from chalicelib import composition
 from chalicelib.adapters.dynamo_store import create_table
-from chalicelib.keys import KeyMaterial, KeyParameters, generate_key_material
+from chalicelib.boot_signal import NAMESPACE, BootSignal, signal_body, signal_message
+from chalicelib.keys import (
+    KeyMaterial,
+    KeyParameters,
+    generate_key_material,
+    read_openssh_private_key,
+)
 from chalicelib.launcher import InlineLauncher, launch_event
 from chalicelib.sshcert import ca_public_key_line
+from chalicelib.sshsig import sign
 
 EVENTS = Path(__file__).parents[1] / "events"
 HOSTS = ("c", "h", "o", "l")
 API = "https://api.offsite.test"
 KEY_PREFIX = "/offsite/test"
+
+
+def boot_signal_body(key: SigningKey, instance_id: str, status: str, reason: str = "",
+                     at: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """What boot.sh posts: the message and its SSHSIG by the host key."""
+    message = signal_message(BootSignal(instance_id, status, at or int(time.time()),
+                                        nonce or secrets.token_hex(16), reason))
+    return signal_body(message, sign(key, message, NAMESPACE))
 
 
 def put_key_material(material: KeyMaterial) -> None:
@@ -86,10 +101,24 @@ class AppRig:
         self.client.lambda_.invoke("instance_state", event)
 
     def boot(self, window_id: str) -> dict[str, Any]:
-        """Every archive of the window is running (moto runs them at once) and says so."""
+        """Every archive of the window is running (moto runs them at once), EC2 says so, and
+        then each instance says it is ready."""
         for instance_id in self.instances(window_id).values():
             self.instance_event(instance_id, "running")
+            answer = self.boot_signal(instance_id, "ready", "volumes mounted")
+            assert answer.status_code == 200, answer.json_body
         return self.window(window_id)
+
+    @property
+    def host_key(self) -> SigningKey:
+        """The stage's SSH host key, which archive instances sign their signals with."""
+        return read_openssh_private_key(self.material.host_private_pem)
+
+    def boot_signal(self, instance_id: str, status: str, reason: str = "",
+                    body: dict[str, str] | None = None) -> Any:
+        """The instance's ready/failed signal, signed with the stage's host key."""
+        body = body or boot_signal_body(self.host_key, instance_id, status, reason)
+        return self.post(f"/v1/archives/{instance_id}/{status}", body)
 
     def stopped(self, window_id: str) -> dict[str, Any]:
         """The notifications of every archive EC2 has stopped."""
@@ -206,6 +235,7 @@ def provision(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppRig]:
     monkeypatch.setenv("DEADLINE_TARGET_ARN",
                        "arn:aws:lambda:us-east-1:123456789012:function:offsite-dev-window_deadline")
     monkeypatch.setenv("SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/offsite-scheduler")
+    monkeypatch.setenv("API_URL", API)
     monkeypatch.setattr(composition, "_launcher", lambda settings: InlineLauncher(
         lambda window_id, shard_id: app_module.launch_shard(
             launch_event(window_id, shard_id), None)))

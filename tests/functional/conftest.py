@@ -57,7 +57,8 @@ def make_settings(**changes: object) -> Settings:
 def throwaway_boot() -> BootRenderer:
     """The real user-data renderer, with a CA made for this test."""
     ca_line = ca_public_key_line(SigningKey.generate())
-    return BootRenderer(lambda: ca_line, "/offsite/test/host-key", "us-east-1")
+    return BootRenderer(lambda: ca_line, "/offsite/test/host-key", "us-east-1",
+                        api_url="https://api.offsite.test")
 
 
 class FakeBoot:

@@ -207,6 +207,9 @@ def test_console_open_and_reconciler(app_rig: AppRig) -> None:
     wid = answer.payload["window_id"]
     assert answer.payload["expected"] == ["c"]
     app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
+    assert window(app_rig, wid)["state"] == "BOOTING"  # running, not yet ready
+    instance_id = window(app_rig, wid)["shards"][0]["instance_id"]
+    assert app_rig.boot_signal(instance_id, "ready").status_code == 200
     assert window(app_rig, wid)["state"] == "OPEN"
     refused = app_rig.client.lambda_.invoke("console_open", {"duration_hours": "soon"})
     assert refused.payload["error"] == "bad_request"

@@ -24,8 +24,8 @@ def result() -> Result:
 def test_a_whole_window_of_two_archives_closes_and_leaves_nothing(result: Result) -> None:
     assert (result.hosts, result.archives, result.left) == (6, 2, ())
     events = {p.name: p.events for p in result.phases}
-    assert events == {"open": 1, "launch": 2, "running": 2, "sessions": 6, "reports": 6,
-                      "stopped": 2, "snapshots": 6}
+    assert events == {"open": 1, "launch": 2, "running": 2, "ready": 2, "sessions": 6,
+                      "reports": 6, "stopped": 2, "snapshots": 6}
     assert [p.name for p in result.phases] == list(PHASES)
 
 

@@ -284,7 +284,7 @@ def lambdas(account: Account, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambd
         "SCHEDULE_GROUP": "offsite-dev", "INSTANCE_TYPES": "t3.small,t3a.small",
         "IMAGE_ID_X86_64": "ami-12c6146b", "SUBNET_IDS": ",".join(account.deployed.subnets),
         "LAUNCH_TEMPLATE": account.deployed.launch_template, "HOSTS_PER_ARCHIVE": "2",
-        "LAUNCH_FUNCTION": LAUNCH_FUNCTION,
+        "LAUNCH_FUNCTION": LAUNCH_FUNCTION, "API_URL": "https://api.offsite.test",
         "TOPIC_ARN": f"arn:aws:sns:us-east-1:{ACCOUNT}:offsite-dev",
         "DEADLINE_TARGET_ARN":
             f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:offsite-dev-window_deadline",
@@ -317,12 +317,16 @@ def instances(lambdas: Lambdas, window_id: str) -> list[str]:
 
 
 def tell(lambdas: Lambdas, window_id: str, state: str) -> None:
-    """EC2's state-change notifications for the window's archives now in `state`."""
+    """EC2's state-change notifications for the window's archives now in `state`; a running
+    one then says it is ready (to the API handler, as boot.sh does)."""
     ec2 = lambdas.account.world.client("ec2")
     for instance_id in instances(lambdas, window_id):
         found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
         if found["Instances"][0]["State"]["Name"] == state:
             lambdas.invoke("instance_state", state_event(instance_id, state))
+            if state == "running":
+                answer = lambdas.api().boot_signal(instance_id, "ready", "volumes mounted")
+                assert answer.status_code == 200, answer.json_body
 
 
 def snapshots(account: Account, host: str | None = None) -> dict[str, dict[str, str]]:

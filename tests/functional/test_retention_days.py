@@ -66,6 +66,7 @@ def run_night(service: WindowService, compute: FakeCompute, clock: Clock,
     compute.boot()
     for shard in window.shards.values():
         service.on_instance_state(str(shard.instance_id), "running")
+        service.on_boot_signal(str(shard.instance_id), True, "ready")
     for host, (outcome, _) in sorted(night.items()):
         if outcome != "missing":
             service.record_report(ReportRequest(host, window.window_id, outcome, 10, 1, 1.0, ""))

@@ -14,8 +14,10 @@ from chalicelib.recovery import RestoreRequest
 from chalicelib.restores import RestoreService
 from chalicelib.window import State, Window
 from chalicelib.windows import (
+    ArchiveNotRunningError,
     HostNotExpectedError,
     NotClosableError,
+    UnknownArchiveError,
     WindowNotOpenError,
     WindowService,
 )
@@ -24,11 +26,13 @@ from .conftest import HOSTS, T0, Clock, Rig, enrol_all, make_service
 
 
 def running(rig: Rig, window: Window) -> Window:
+    """Every archive runs, EC2 says so, then each instance says it is ready."""
     rig.compute.boot()
     window = rig.service.get_window(window.window_id)
     for shard in window.shards.values():
         if shard.instance_id:
             rig.service.on_instance_state(shard.instance_id, "running")
+            rig.service.on_boot_signal(shard.instance_id, True, "volumes mounted")
     return rig.service.get_window(window.window_id)
 
 
@@ -165,6 +169,30 @@ def test_every_shard_without_capacity_fails_the_window(rig: Rig) -> None:
     assert rig.service.ports.store.active_window_id() is None  # the next one may open
 
 
+def test_a_ready_signal_before_running_is_refused_until_running_was_recorded(rig: Rig) -> None:
+    """The signal may overtake EC2's event: 503, boot.sh posts again; a failure needs no
+    address and fails the shard at once."""
+    window = rig.service.open_window("test")
+    instance = str(window.shards["s01"].instance_id)
+    with pytest.raises(ArchiveNotRunningError):
+        rig.service.on_boot_signal(instance, True, "ready")
+    rig.compute.boot()
+    rig.service.on_instance_state(instance, "running")
+    rig.service.on_boot_signal(instance, True, "ready")
+    assert rig.service.get_window(window.window_id).state is State.OPEN
+    with pytest.raises(UnknownArchiveError):
+        rig.service.on_boot_signal("i-0someoneelses", True, "ready")
+
+
+def test_a_failed_boot_before_running_fails_the_shard(rig: Rig) -> None:
+    window = rig.service.open_window("test")
+    decision = rig.service.on_boot_signal(str(window.shards["s01"].instance_id), False,
+                                          "no host key")
+    assert decision.target is State.FAILED and "no host key" in decision.reason
+    assert rig.service.get_window(window.window_id).state is State.FAILED
+    assert rig.compute.running() == []
+
+
 def test_a_duplicated_launch_makes_no_second_instance(rig: Rig) -> None:
     window = rig.service.open_window("test")
     rig.service.launch_shard(window.window_id, "s01")
@@ -181,7 +209,7 @@ def test_a_lost_launch_is_launched_again_by_the_reconciler(rig: Rig) -> None:
     rig.service.reconcile()
     assert rig.compute.boot()  # launched now
     rig.service.reconcile()
-    assert rig.service.get_window(window.window_id).shards["s01"].state is State.OPEN
+    assert rig.service.get_window(window.window_id).shards["s01"].state is State.BOOTING
 
 
 def test_events_of_other_instances_are_ignored_cheaply(rig: Rig) -> None:
@@ -249,6 +277,10 @@ def test_the_reconciler_finishes_lost_events(two_shards: Rig) -> None:
     rig.compute.boot()
     rig.clock.advance(minutes=1)
     rig.service.reconcile()  # both "running" events lost
+    window = rig.service.get_window(window.window_id)
+    assert window.state is State.BOOTING  # running is not ready
+    for shard in window.shards.values():
+        rig.service.on_boot_signal(str(shard.instance_id), True, "ready")
     window = rig.service.get_window(window.window_id)
     assert window.state is State.OPEN
     for host in HOSTS:
@@ -347,4 +379,6 @@ def test_a_second_service_instance_sees_the_same_state(rig: Rig) -> None:
     rig.compute.boot()
     other = WindowService(rig.service.settings, rig.service.ports, clock=rig.clock)
     other.on_instance_state(str(window.shards["s01"].instance_id), "running")
+    assert rig.service.get_window(window.window_id).state is State.BOOTING
+    other.on_boot_signal(str(window.shards["s01"].instance_id), True, "ready")
     assert rig.service.get_window(window.window_id).state is State.OPEN

@@ -30,13 +30,19 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.boot_signal import check_signal, parse_signal, parse_signal_body
 from chalicelib.instance.userdata import (
     BOOT_SCRIPT,
     CONFIG_PATH,
     SCRIPT_PATH,
+    boot_script,
     render_boot_config,
     render_user_data,
 )
+
+from .test_boot_signal import Api, api
+
+__all__ = ["api"]
 
 TOOLS = ["losetup", "mkfs.ext4", "blkid", "mount", "useradd", "sshd", "ssh-keygen", "rsync"]
 pytestmark = pytest.mark.skipif(
@@ -48,6 +54,7 @@ MIB = 1024 * 1024
 PARAMETER = "/offsite/test/host-key"
 REGION = "eu-west-1"
 RRSYNC = "/usr/bin/rrsync"
+INSTANCE = "i-0a1b2c3d4e5f60718"
 STALE_UID = 4242  # owner of the data on the pre-existing volume: an earlier account's uid
 DISTRIBUTION_SSHD_CONFIG = """\
 # stands for the distribution's sshd_config, which boot.sh makes include the drop-in dir
@@ -231,12 +238,14 @@ def install_stub(sandbox: Sandbox, tool: str) -> None:
     stub.chmod(0o755)
 
 
-def write_config(sandbox: Sandbox, hosts: Sequence[Host], restores: Sequence[Host] = ()) -> None:
+def write_config(sandbox: Sandbox, hosts: Sequence[Host], restores: Sequence[Host] = (),
+                 api_url: str = "") -> None:
     ca_line = (sandbox.root / "ca.pub").read_text()
     uids = {host.name: host.uid for host in [*hosts, *restores] if host.uid is not None}
     config = render_boot_config(
         [(host.name, host.device_name) for host in hosts], ca_line, PARAMETER, REGION,
-        uids=uids, restores=[(host.name, host.device_name) for host in restores])
+        uids=uids, restores=[(host.name, host.device_name) for host in restores],
+        api_url=api_url)
     (sandbox.etc / "instance.conf").write_text(config)
 
 
@@ -654,7 +663,7 @@ def test_the_user_data_unpacks_its_files_with_the_instance_tools(tmp_path: Path)
     expected = {
         f"{CONFIG_PATH}.new": render_boot_config(listed, ca_line, PARAMETER, REGION,
                                                  restores=restores).encode(),
-        f"{SCRIPT_PATH}.new": BOOT_SCRIPT.read_bytes(),
+        f"{SCRIPT_PATH}.new": boot_script(),
     }
     unpacked = {}
     user_data = render_user_data(listed, ca_line, PARAMETER, REGION, restores=restores)
@@ -689,3 +698,70 @@ def test_with_an_account_prefix_each_host_gets_the_prefixed_account() -> None:
             assert sorted(p.name for p in (sandbox.etc / "principals").iterdir()) == [account]
             assert (sandbox.etc / "principals" / account).read_text() == f"{account}\n"
         assert run(["id", host.name]).returncode != 0  # no account named as the bare host
+
+
+def signals(sandbox: Sandbox, recorder: Api) -> list[tuple[str, str]]:
+    """(status, reason) of each signal posted, each checked as the control plane checks it."""
+    said = []
+    host_public = (sandbox.etc / "ssh_host_key.pub").read_text().strip()
+    for path, body in recorder.posts:
+        message, armored = parse_signal_body(body)
+        signal = parse_signal(message)
+        assert path == f"/v1/archives/{INSTANCE}/{signal.status}"
+        check_signal(message, armored, host_public, INSTANCE, signal.status, signal.time)
+        said.append((signal.status, signal.reason))
+    return said
+
+
+def test_a_boot_that_failed_says_why_at_once(api: tuple[Api, str]) -> None:
+    recorder, url = api
+    suffix = secrets.token_hex(3)
+    good, missing = new_host("ok", suffix, "/dev/sdf"), new_host("gone", suffix, "/dev/sdg")
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [good, missing], device_wait=0)
+        sandbox.env.update({"OFFSITE_INSTANCE_ID": INSTANCE, "OFFSITE_SIGNAL_TRIES": "2",
+                            "OFFSITE_SIGNAL_START": "echo started >> $0.started"})
+        attach_volume(sandbox, good, None)
+        write_config(sandbox, [good, missing], api_url=url)
+        result = sandbox.boot()
+        assert result.returncode == 1
+        [(status, reason)] = signals(sandbox, recorder)
+        assert status == "failed"
+        assert f"[setup_host {missing.name}]" in reason
+        assert f"{missing.name}: /dev/sdg is not attached" in reason
+        assert not list(sandbox.root.glob("**/*.started"))  # no ready check after a failure
+
+
+def test_a_boot_that_worked_says_ready_once_sshd_answers_with_the_host_key(
+        api: tuple[Api, str]) -> None:
+    recorder, url = api
+    host = new_host("ok", secrets.token_hex(3), "/dev/sdf")
+    with ExitStack() as cleanup:
+        sandbox = make_sandbox(cleanup, [host])
+        started = sandbox.root / "signal-ready-started"
+        sandbox.env.update({"OFFSITE_INSTANCE_ID": INSTANCE, "OFFSITE_SIGNAL_TRIES": "2",
+                            "OFFSITE_SIGNAL_START": f'echo "$1" > {started}'})
+        attach_volume(sandbox, host, None)
+        write_config(sandbox, [host], api_url=url)
+        result = sandbox.boot()
+        assert result.returncode == 0, result.stderr
+        assert recorder.posts == []  # bootcmd runs before sshd: it only starts the check
+        assert started.read_text().strip().endswith("boot.sh")
+
+        # sshd is not up: the check waits, then says so
+        nobody = {**sandbox.env, "OFFSITE_SSHD_PORT": str(free_port()),
+                  "OFFSITE_SIGNAL_WAIT": "1"}
+        waited = run(["bash", str(BOOT_SCRIPT), "signal-ready"], env={**os.environ, **nobody})
+        assert waited.returncode == 1
+        assert signals(sandbox, recorder) == [
+            ("failed", f"not ready 1 s after boot: sshd does not answer on 127.0.0.1 port "
+                       f"{nobody['OFFSITE_SSHD_PORT']}")]
+
+        recorder.posts.clear()
+        with running_sshd(sandbox) as ssh:
+            port = ssh.split("-p ")[1].split()[0]
+            env = {**sandbox.env, "OFFSITE_SSHD_PORT": port}
+            ready = run(["bash", str(BOOT_SCRIPT), "signal-ready"], env={**os.environ, **env})
+        assert ready.returncode == 0, ready.stderr
+        [(status, reason)] = signals(sandbox, recorder)
+        assert status == "ready" and "sshd answers with the host key" in reason

@@ -27,11 +27,16 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
+from chalicelib.boot_signal import check_signal, parse_signal, parse_signal_body
 from chalicelib.instance.userdata import render_user_data
 from chalicelib.sshcert import CertificateSpec, ca_public_key_line, sign_user_certificate
 from local.accounts import live_processes
 from local.aws import VPC_CIDR, Deployment, MotoServer, ReservedPort, aws_client, provision
 from local.fleet import Fleet
+
+from .test_boot_signal import Api, api
+
+__all__ = ["api"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes Unix accounts, runs sshd")
 
@@ -100,17 +105,21 @@ def rig(moto: MotoServer) -> Iterator[Rig]:
 
 
 # what the control plane does, in the shapes of the common brief ------------------------------
-def user_data(hosts: dict[str, str], restores: dict[str, str], prefix: str) -> str:
+def user_data(hosts: dict[str, str], restores: dict[str, str], prefix: str,
+              api_url: str = "") -> str:
     """The user-data the control plane renders (chalicelib.instance.userdata)."""
     ca = ca_public_key_line(SigningKey.generate())
     return render_user_data(sorted(hosts.items()), ca, "/offsite/local/host", "us-east-1",
-                            restores=sorted(restores.items()), account_prefix=prefix)
+                            restores=sorted(restores.items()), account_prefix=prefix,
+                            api_url=api_url)
 
 
 def launch(rig: Rig, window: str, shard: str, hosts: dict[str, str | None],
-           subnet: int = 0, restore: bool = False) -> dict[str, Any]:
+           subnet: int = 0, restore: bool = False, api_url: str = "",
+           unmapped: dict[str, str] | None = None) -> dict[str, Any]:
     """RunInstances for one shard: `hosts` maps each host to the snapshot its volume starts
-    from (None: blank), on /dev/sdf, /dev/sdg, ... in host-name order."""
+    from (None: blank), on /dev/sdf, /dev/sdg, ... in host-name order; `unmapped` (host ->
+    device) are in the boot config with no volume in the mapping."""
     devices = {host: f"/dev/sd{'fghijklmnopqrstuvwxyz'[i]}" for i, host in enumerate(sorted(hosts))}
     mappings = []
     for host, device in devices.items():
@@ -125,7 +134,8 @@ def launch(rig: Rig, window: str, shard: str, hosts: dict[str, str | None],
         LaunchTemplate={"LaunchTemplateId": rig.deployment.launch_template_id},
         ImageId=rig.deployment.image_ids["arm64"], InstanceType="t4g.small",
         SubnetId=rig.deployment.subnet_ids[subnet], MinCount=1, MaxCount=1,
-        UserData=user_data({} if restore else devices, devices if restore else {}, prefix),
+        UserData=user_data({} if restore else {**devices, **(unmapped or {})},
+                           devices if restore else {}, prefix, api_url),
         BlockDeviceMappings=mappings,
         TagSpecifications=[
             {"ResourceType": "instance", "Tags": [
@@ -334,3 +344,24 @@ def _commands(pids: list[int]) -> set[str]:
         except OSError:
             continue
     return names
+
+
+def test_a_booted_archive_says_ready_as_boot_sh_does_and_one_short_of_a_volume_says_why(
+        rig: Rig, api: tuple[Api, str]) -> None:
+    """The fleet runs boot.sh's signal step: the archive's host key signs, curl posts, and the
+    control plane's check accepts it."""
+    recorder, url = api
+    ready = launch(rig, "w1", "s01", {"a": None}, api_url=url)
+    short = launch(rig, "w1", "s02", {"c": None}, api_url=url, unmapped={"d": "/dev/sdz"})
+    rig.step()
+    said = {}
+    for path, body in recorder.posts:
+        message, armored = parse_signal_body(body)
+        signal = parse_signal(message)
+        assert path == f"/v1/archives/{signal.instance_id}/{signal.status}"
+        check_signal(message, armored, rig.deployment.keys.host_public_line,
+                     signal.instance_id, signal.status, signal.time)
+        said[signal.instance_id] = (signal.status, signal.reason)
+    assert said[ready["InstanceId"]][0] == "ready"
+    assert said[short["InstanceId"]] == ("failed", "d: /dev/sdz is not attached")
+    assert len(recorder.posts) == 2

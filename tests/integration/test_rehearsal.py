@@ -47,20 +47,23 @@ class NoManagedPolicies:
 
 
 def for_each(resources: Mapping[str, Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """AWS::LanguageExtensions' Fn::ForEach over a list parameter, as the template uses it:
-    `&{Id}` in a logical id is the value without its non-alphanumeric characters, `{"Ref": Id}`
-    the value ("Fn::ForEach", CloudFormation User Guide, Intrinsic function reference)."""
+    """AWS::LanguageExtensions' Fn::ForEach over a list (a parameter or written out), as the
+    template uses it: `&{Id}` in a logical id is the value without its non-alphanumeric
+    characters, `{"Ref": Id}` and `${Id}` in a Fn::Sub string the value ("Fn::ForEach",
+    CloudFormation User Guide, Intrinsic function reference)."""
     expanded: dict[str, Any] = {}
     for key, value in resources.items():
         if not key.startswith("Fn::ForEach::"):
             expanded[key] = value
             continue
         identifier, collection, body = value
-        for item in parameters[collection["Ref"]]:
+        items = parameters[collection["Ref"]] if isinstance(collection, dict) else collection
+        for item in items:
             for name, resource in body.items():
                 logical_id = name.replace(f"&{{{identifier}}}", re.sub("[^A-Za-z0-9]", "", item))
                 text = json.dumps(resource).replace(json.dumps({"Ref": identifier}),
                                                     json.dumps(item))
+                text = text.replace(f"${{{identifier}}}", item)  # inside Fn::Sub strings
                 expanded[logical_id] = json.loads(text)
     return expanded
 
@@ -279,3 +282,20 @@ def test_the_translated_templates_pass_cfn_lint(cloudformation: dict[str, dict[s
         path = tmp_path / f"{stage}.json"
         path.write_text(json.dumps(template, indent=1))
         assert [str(m) for m in lint_file(path, config)] == [], stage
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_archives_are_told_the_api_they_signal_ready_to(
+        cloudformation: dict[str, dict[str, Any]], stage: str) -> None:
+    """launch_shard renders API_URL into each archive's user-data (its ready/failed signal,
+    chalicelib/boot_signal.py): the stack's own endpoint, without a dependency cycle (only
+    launch_shard has it; the API's own function would depend on the API that calls it)."""
+    template = cloudformation[stage]
+    functions = lambda_functions(template)
+    endpoint = template["Outputs"]["EndpointURL"]["Value"]["Fn::Sub"].rstrip("/")
+    for name, logical_id in functions.items():
+        variables = template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
+        if name == "launch_shard":
+            assert variables["API_URL"] == {"Fn::Sub": endpoint}
+        else:
+            assert "API_URL" not in variables, name

@@ -20,6 +20,7 @@ from chalicelib.instance.userdata import (
     InvalidDeviceNameError,
     LeftOut,
     UserDataTooLargeError,
+    boot_script,
     bootable_hosts,
     read_boot_config,
     render_boot_config,
@@ -67,7 +68,19 @@ def test_the_user_data_writes_the_boot_config_and_boot_sh_then_runs_it() -> None
     assert document["bootcmd"][-1] == SCRIPT_PATH
     config = render_boot_config(hosts(3), CA, PARAMETER, REGION, uids={"srv-001": 2001})
     assert embedded(user_data) == {
-        CONFIG_PATH: config.encode(), SCRIPT_PATH: BOOT_SCRIPT.read_bytes()}
+        CONFIG_PATH: config.encode(), SCRIPT_PATH: boot_script()}
+
+
+def test_boot_sh_travels_without_its_comment_lines_but_with_every_other_line() -> None:
+    """The comments are a third of boot.sh; a heredoc's lines are output, kept as written."""
+    source = BOOT_SCRIPT.read_text().splitlines()
+    shipped = boot_script().decode().splitlines()
+    assert shipped[0] == source[0] == "#!/bin/bash"
+    code = [line for line in source[1:] if not line.lstrip().startswith("#")]
+    heredoc_comments = [line for line in shipped[1:] if line.lstrip().startswith("#")]
+    assert heredoc_comments and all(line in source for line in heredoc_comments)
+    assert [line for line in shipped[1:] if line not in heredoc_comments] == code
+    assert len(boot_script()) < 0.8 * len(BOOT_SCRIPT.read_bytes())
 
 
 def test_the_boot_config_lists_the_hosts_sorted_with_their_devices() -> None:
@@ -290,8 +303,26 @@ def test_the_renderer_gives_each_host_its_stable_uid() -> None:
     from chalicelib.instance.userdata import BootRenderer, read_boot_config, stable_uids
 
     ca = ca_public_key_line(SigningKey.generate())
-    renderer = BootRenderer(lambda: ca, "/offsite/test/host-key", "us-east-1")
+    renderer = BootRenderer(lambda: ca, "/offsite/test/host-key", "us-east-1",
+                            api_url="https://api.offsite.test/api")
     config = read_boot_config(renderer.user_data([("c", "/dev/sdf"), ("h", "/dev/sdg")]))
     assert config.uids == stable_uids(["c", "h"])
+    assert config.api_url == "https://api.offsite.test/api"
     restore = read_boot_config(renderer.user_data([], [("c", "/dev/sdf")]))
     assert restore.uids == {"c": stable_uids(["c"])["c"]}
+
+
+def test_the_api_url_is_a_record_and_the_renderer_needs_one() -> None:
+    """OPEN waits for the instance's ready signal, so an archive that could not send one
+    fails its launch at once, naming API_URL, instead of at the boot timeout."""
+    from chalicelib.instance.userdata import BootRenderer
+
+    url = "https://abc123.execute-api.eu-west-1.amazonaws.com/api"
+    config = render_boot_config(hosts(1), CA, PARAMETER, REGION, api_url=url)
+    assert f"api_url {url}" in records(config)
+    assert "api_url" not in render_boot_config(hosts(1), CA, PARAMETER, REGION)
+    for bad in ("ftp://x", "https://x y", "https://x/'; rm -rf /", "https://x/a\napi_url y"):
+        with pytest.raises(BootConfigError, match="API URL"):
+            render_boot_config(hosts(1), CA, PARAMETER, REGION, api_url=bad)
+    with pytest.raises(BootConfigError, match="API_URL"):
+        BootRenderer(lambda: CA, PARAMETER, REGION).user_data(hosts(1))

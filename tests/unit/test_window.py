@@ -9,6 +9,8 @@ from chalicelib.window import (
     RESTORE,
     Action,
     AdminClose,
+    BootFailed,
+    BootReady,
     DeadlineReached,
     HostReported,
     InstanceRunning,
@@ -38,11 +40,57 @@ def window(s1: State = State.OPEN, s2: State = State.OPEN, **changes: object) ->
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def test_running_opens_its_shard_and_tags_the_volumes() -> None:
+def test_running_is_booting_and_tags_the_volumes() -> None:
     decision = decide(window(State.OPENING), "s01", InstanceRunning("198.51.100.7"), T0)
-    assert decision.target is State.OPEN
+    assert decision.target is State.BOOTING
     assert "198.51.100.7" in decision.reason
     assert decision.actions == (Action.TAG_VOLUMES,)
+
+
+def test_only_the_instances_ready_signal_opens_its_shard() -> None:
+    decision = decide(window(State.BOOTING), "s01", BootReady(), T0)
+    assert decision.target is State.OPEN and decision.actions == ()
+    assert "ready" in decision.reason
+
+
+def test_a_failed_boot_fails_its_shard_at_once_with_the_instances_reason() -> None:
+    for state in (State.OPENING, State.BOOTING):  # the signal may overtake "running"
+        decision = decide(window(state), "s01", BootFailed("c: /dev/sdf is not attached"), T0)
+        assert decision.target is State.FAILED
+        assert "c: /dev/sdf is not attached" in decision.reason
+        assert set(decision.actions) == {Action.TERMINATE_INSTANCE, Action.DELETE_VOLUMES,
+                                         Action.NOTIFY}
+
+
+def test_late_or_duplicated_boot_signals_change_nothing() -> None:
+    for state in (State.OPEN, State.CLOSING, State.SNAPSHOTTING, State.CLOSED, State.FAILED):
+        for event in (BootReady(), BootFailed("late")):
+            decision = decide(window(state), "s01", event, T0)
+            assert decision.target is None and decision.actions == (), (state, event)
+    assert decide(window(State.OPENING), "s01", BootReady(), T0).target is None
+
+
+def test_a_booting_shard_ends_at_the_deadline_or_by_an_admin_with_its_instance() -> None:
+    at_deadline = decide(window(State.BOOTING), "s01", DeadlineReached(), DEADLINE)
+    assert at_deadline.target is State.FAILED and "BOOTING" in at_deadline.reason
+    assert Action.TERMINATE_INSTANCE in at_deadline.actions
+    closed = decide(window(State.BOOTING), "s01", AdminClose("admin"), T0)
+    assert closed.target is State.FAILED and Action.TERMINATE_INSTANCE in closed.actions
+    stopped = decide(window(State.BOOTING), "s01", InstanceStopped(), T0)
+    assert stopped.target is State.FAILED and Action.TERMINATE_INSTANCE in stopped.actions
+
+
+def test_reconciler_fails_a_shard_running_without_a_ready_signal_after_the_boot_timeout() -> None:
+    timing = Timing(boot_timeout=timedelta(minutes=15))
+    later = T0 + timedelta(minutes=15)
+    booting = window(State.BOOTING)
+    assert decide(booting, "s01", Tick("running"), later - timedelta(seconds=1),
+                  timing).target is None
+    failed = decide(booting, "s01", Tick("running"), later, timing)
+    assert failed.target is State.FAILED and "without saying it is ready" in failed.reason
+    assert Action.TERMINATE_INSTANCE in failed.actions
+    gone = decide(booting, "s01", Tick("terminated"), T0, timing)
+    assert gone.target is State.FAILED
 
 
 def test_running_again_while_open_does_nothing() -> None:
@@ -131,8 +179,8 @@ def test_a_closed_shard_ignores_everything() -> None:
         assert decide(w, "s01", event, DEADLINE).target is None
 
 
-def test_reconciler_opens_a_shard_whose_running_event_was_lost() -> None:
-    assert decide(window(State.OPENING), "s01", Tick("running"), T0).target is State.OPEN
+def test_reconciler_moves_on_a_shard_whose_running_event_was_lost() -> None:
+    assert decide(window(State.OPENING), "s01", Tick("running"), T0).target is State.BOOTING
 
 
 def test_reconciler_fails_a_shard_that_never_booted() -> None:

@@ -3,7 +3,9 @@ window a Lambda read, a window of several shards stops each shard's instance onc
 each host once, ends every shard soon after the deadline, and concludes once.
 
 A small simulated world plays what AWS would: per shard an EC2 instance (launched, booted,
-halted, terminated), per host a volume and a snapshot, a clock. The harness applies `decide`
+halted, terminated) that says, once it runs, that it is ready or that its boot failed (signals
+that may come early, twice, late or never), per host a volume and a snapshot, a clock. The
+harness applies `decide`
 the way windows.WindowService does: each delivery reads the window (now, or a read taken some
 steps ago: a slow Lambda, a duplicated event), the transition is a conditional write on the
 shard state it read, actions are carried out by the winner only (on a fresh read), snapshots
@@ -26,6 +28,8 @@ from chalicelib.window import (
     RESTORE,
     Action,
     AdminClose,
+    BootFailed,
+    BootReady,
     DeadlineReached,
     Decision,
     Event,
@@ -72,6 +76,7 @@ class World:
     retention: int = 0
     reads: list[Window] = field(default_factory=list)  # earlier reads, for stale deliveries
     failing_stops: int = 0  # StopInstances calls still to fail
+    said_ready: set[str] = field(default_factory=set)  # shards whose instance said ready
 
     # the store -------------------------------------------------------------------------
     def read(self, lag: int = 0) -> Window:
@@ -83,7 +88,7 @@ class World:
         if current.state is not source or decision.target is None:  # the condition
             return False
         volumes = current.volumes
-        if decision.target is State.OPEN and not volumes:
+        if decision.target is State.BOOTING and not volumes:
             volumes = {h: volume_id(shard_id, h) for h in sorted(current.hosts)}
         changed = replace(current, state=decision.target, updated_at=self.now,
                           reason=decision.reason, volumes=volumes,
@@ -238,6 +243,28 @@ class World:
     def on_running_event(self, shard_id: str, lag: int, pick: int) -> None:
         self._on_instance_event(shard_id, lag, "running", InstanceRunning("203.0.113.10"))
 
+    def on_ready_signal(self, shard_id: str, lag: int, pick: int) -> None:
+        if self._on_boot_signal(shard_id, lag, BootReady()):
+            self.said_ready.add(shard_id)
+
+    def on_failed_signal(self, shard_id: str, lag: int, pick: int) -> None:
+        if self._on_boot_signal(shard_id, lag, BootFailed("c: /dev/sdf is not attached")):
+            state = self.window.shards[shard_id].state
+            assert state not in (State.OPENING, State.BOOTING), "a failed boot fails at once"
+
+    def _on_boot_signal(self, shard_id: str, lag: int, event: Event) -> bool:
+        """WindowService.on_boot_signal: only a running instance signs one (early, twice or
+        late: whenever the step comes); the service reads the window after the signal came,
+        and refuses a ready signal while the shard is still OPENING (503: the instance tries
+        again). `lag` is unused: a signal is never decided on a read from before it."""
+        shard = self.window.shards[shard_id]
+        if shard.instance_id is None or self.instances.get(shard_id) != "running":
+            return False
+        if isinstance(event, BootReady) and shard.state is State.OPENING:
+            return False
+        self.deliver(shard_id, event)
+        return True
+
     def on_stopped_event(self, shard_id: str, lag: int, pick: int) -> None:
         self._on_instance_event(shard_id, lag, "stopped", InstanceStopped())
 
@@ -297,6 +324,8 @@ class World:
             self.on_boot(shard_id, lag, pick)
         elif shard.state is State.OPENING and instance == "running":
             self.on_running_event(shard_id, lag, pick)
+        elif shard.state is State.BOOTING and instance == "running":
+            self.on_ready_signal(shard_id, lag, pick)
         elif shard.state is State.OPEN and unreported:
             self.on_report(shard_id, lag, sorted(self.window.expected).index(
                 unreported[pick % len(unreported)]))
@@ -356,7 +385,8 @@ def new_restore_world(hours: float = 2.0) -> World:
 
 WAITS = (1, 1, 2, 3, 5, 5, 10, 20, 60)  # minutes, picked by a step's number
 KINDS = ["progress"] * 12 + ["wait"] * 3 + [
-    "launch", "boot", "halt", "crash", "running_event", "stopped_event", "report",
+    "launch", "boot", "halt", "crash", "running_event", "ready_signal", "failed_signal",
+    "stopped_event", "report",
     "failed_report", "deadline", "admin_close", "ebs_done", "ebs_error", "snapshot_event",
     "stop_fails"]
 LAGS = st.sampled_from([0, 0, 0, 0, 1, 2, 5])  # mostly fresh reads, some stale ones
@@ -396,6 +426,9 @@ def check_invariants(world: World) -> None:
         host = volume.rsplit("-", 1)[1]
         never_open = State.OPEN.value not in shard.entered
         assert never_open or world.ebs.get(host) == "completed", (volume, shard)
+    # OPEN means ready: only the instance's own signal opens a shard
+    for shard in shards:
+        assert State.OPEN.value not in shard.entered or shard.shard_id in world.said_ready, shard
     # a shard's hosts are snapshotted only once it stopped
     for host in world.snapshots_made:
         shard = window.shard_of(host)
@@ -434,16 +467,16 @@ def test_chaos_never_stops_twice_snapshots_twice_or_deletes_a_volume_unsafely(
 
 @settings(max_examples=400, deadline=None)
 @given(fleets(), steps)
-def test_no_shard_is_opening_past_the_boot_timeout_nor_open_past_the_deadline(
+def test_no_shard_is_opening_or_booting_past_the_boot_timeout_nor_open_past_the_deadline(
         fleet: tuple[list[int], list[bool]], script: list[tuple[str, int, int]]) -> None:
     world = new_world(*fleet)
     for kind, pick, lag in script:
         world.step(kind, pick, lag)
         if world.now >= world.window.deadline + PERIOD:
-            assert all(s.state not in (State.OPENING, State.OPEN)
+            assert all(s.state not in (State.OPENING, State.BOOTING, State.OPEN)
                        for s in world.window.shards.values()), world.window
         for shard in world.window.shards.values():  # an archive that never comes up fails
-            if shard.state is State.OPENING:
+            if shard.state in (State.OPENING, State.BOOTING):
                 assert world.now - shard.updated_at < TIMING.boot_timeout + PERIOD, shard
 
 
@@ -463,7 +496,7 @@ def test_after_any_chaos_the_reconciler_alone_ends_every_shard(
     check_the_end(world)
 
 
-CALM = ["launch", "boot", "halt", "running_event", "stopped_event", "report",
+CALM = ["launch", "boot", "halt", "running_event", "ready_signal", "stopped_event", "report",
         "failed_report", "ebs_done", "snapshot_event"]
 calm_steps = st.lists(st.tuples(st.sampled_from(CALM), st.integers(0, 11), LAGS),
                       max_size=60)
@@ -480,7 +513,7 @@ def test_when_every_event_arrives_the_window_closes_with_every_snapshot_complete
     world = new_world(fleet[0], fleet[1], hours=24)
     for kind, pick, lag in script:
         world.step(kind, pick, lag)
-    phases = ["launch", "boot", "running_event", "report"]
+    phases = ["launch", "boot", "running_event", "ready_signal", "report"]
     due = [(kind, pick) for kind in phases for pick in range(12)]
     rnd.shuffle(due)
     for kind, pick in sorted(due, key=lambda d: phases.index(d[0])):  # stable: shuffled within
@@ -513,7 +546,8 @@ def test_a_restore_is_never_snapshotted_and_its_volume_goes_once_it_ends(
         if world.window.shards["s01"].state.active:
             assert world.deleted_volumes == set()
         if world.now >= world.window.deadline + PERIOD:
-            assert world.window.shards["s01"].state not in (State.OPENING, State.OPEN)
+            assert world.window.shards["s01"].state not in (State.OPENING, State.BOOTING,
+                                                            State.OPEN)
     world.drain()
     assert world.window.state is State.CLOSED or world.window.state is State.FAILED
     assert world.deleted_volumes == set(world.volumes)
