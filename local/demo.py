@@ -14,7 +14,6 @@ after window 1 (before the changes that deleted some of its files) with the real
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ from chalicelib.admin.usage import observe
 from chalicelib.cost import load_prices
 from chalicelib.cost_report import compare, seed_scenario
 from local.hosts import SAMPLES, SampleHost, change_sample_data, make_sample_data
-from local.stack import TERMINAL, LocalStack, StackSettings
+from local.stack import TERMINAL, LocalStack, StackSettings, output_to_log
 from local.trees import differences, inventory
 
 RUN_DIR = Path(__file__).with_name(".run")
@@ -51,16 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for old in prune_runs(RUN_DIR, KEEP_RUNS - 1):
         print(f"removed an earlier demo's work files: {old}", flush=True)
     root = run_dir(RUN_DIR, datetime.now())
-    out = sys.stdout
-    with (root / "stack.log").open("a") as log:
-        sys.stdout = log  # the control plane's JSON logs and metrics go to the log file
-        for handler in logging.getLogger("offsite").handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(log)
-        try:
-            return _demo(root, args, out, log)
-        finally:
-            sys.stdout = out
+    with output_to_log(root / "stack.log") as (out, log):
+        return _demo(root, args, out, log)
 
 
 def prune_runs(parent: Path, keep: int, kind: str = "demo") -> list[Path]:
@@ -130,8 +121,9 @@ def _summary(took: float, args: argparse.Namespace, worst: int, root: Path, say:
         "data, and what a month costs.")
     say(f"  Logs: {root / 'stack.log'} (the control plane's JSON log), each archive's sshd log "
         f"beside it.")
-    say("  Next: `make test` runs the test suite; README.md's 'Deploying to a real AWS account' "
-        "and 'Enrolling a host' take it to your own hosts; "
+    say("  Next: `make serve` keeps a local stack up to try the commands yourself (README.md, "
+        "'Try it on make serve'); `make test` runs the test suite; README.md's 'Deploying to a "
+        "real AWS account' and 'Enrolling a host' take it to your own hosts; "
         "`make demo DEMO_ARGS=\"--windows 3 --window-minutes 10\"` runs it longer.")
 
 

@@ -12,7 +12,6 @@ and it says so (or names what was left).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import signal
@@ -25,7 +24,7 @@ from typing import TextIO
 
 from local.aws import REGION
 from local.demo import RUN_DIR, machine_changes, prune_runs, run_dir
-from local.stack import LocalStack, StackSettings
+from local.stack import LocalStack, StackSettings, output_to_log
 
 KEEP_RUNS = 3  # local/.run keeps the logs of this many serve runs (the newest); `make clean`
 READY = "The local stack is up until Ctrl-C."
@@ -76,16 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on(signal.SIGINT, signal.SIGTERM)
     root = args.work_dir or _new_run_dir()
     root.mkdir(parents=True, exist_ok=True)
-    out = sys.stdout
-    with (root / "stack.log").open("a") as log:
-        sys.stdout = log  # the control plane's JSON logs and metrics go to the log file
-        for handler in logging.getLogger("offsite").handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(log)
-        try:
-            return _serve(root, out, log)
-        finally:
-            sys.stdout = out
+    with output_to_log(root / "stack.log") as (out, log):
+        return _serve(root, out, log)
 
 
 def _parser() -> argparse.ArgumentParser:

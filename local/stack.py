@@ -16,17 +16,18 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import boto3
 from chalice.config import Config
@@ -256,6 +257,22 @@ class LocalStack:
                  if accounts and entry.pw_name.startswith(accounts.prefix)]
         return leftovers(self.root, [reserved.port for reserved in self._ports],
                          self.instance_root, named, accounts.group if accounts else None)
+
+
+@contextmanager
+def output_to_log(path: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """The control plane's JSON logs and metrics (stdout, and the offsite logger) go to `path`
+    while the block runs; yields the terminal's stdout, for what the user reads, and the log."""
+    out = sys.stdout
+    with path.open("a") as log:
+        sys.stdout = log
+        for handler in logging.getLogger("offsite").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(log)
+        try:
+            yield out, log
+        finally:
+            sys.stdout = out
 
 
 def leftovers(root: Path, ports: list[int], instance: Path | None,
