@@ -55,8 +55,8 @@ class Image:
         """boot.sh's functions, then `ensure_rrsync` alone; `package_doc` is what the rsync
         package's support/rrsync holds (None: the package has none)."""
         script = BOOT_SCRIPT.read_text()
-        functions, call, _ = script.rpartition('\nmain "$@"\n')
-        assert call, "boot.sh ends by calling main"
+        functions, dispatch, _ = script.rpartition("\ncase ${1-} in\n")
+        assert dispatch, "boot.sh ends by dispatching on its first argument (main or signal)"
         driver = self.root / "step.sh"
         driver.write_text(functions + '\nSCRATCH=$(mktemp -d)\nensure_rrsync\n')
         doc = ""

@@ -296,6 +296,11 @@ def logs(name: str) -> Requests:
 
 NOTIFY = [Request("sns:Publish", f"arn:aws:sns:{REGION}:{ACCOUNT}:offsite-{STAGE}", {},
                   "the admins' topic")]
+# Each host's recovery point age (chalicelib/watch.py, adapters/metrics.py): PutMetricData has
+# no resource-level permission; the namespace is its condition key ("Amazon CloudWatch",
+# Service Authorization Reference).
+HOST_AGES = [Request("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": ["Offsite"]},
+                     "each host's recovery point age")]
 FAN_OUT = [Request("lambda:InvokeFunction",
                    f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:offsite-{STAGE}-launch_shard",
                    {}, "a shard's launch")]
@@ -331,7 +336,7 @@ def calls() -> dict[str, Requests]:
             *ec2["stop an archive"], *ec2["terminate an archive"], *ec2["name a volume's host"],
             *ec2["snapshot a host's volume"], *ec2["settle a recovery point"],
             *ec2["delete a recovery point"], *ec2["delete a window's volume"],
-            *schedules(create=False), *FAN_OUT, *NOTIFY],
+            *schedules(create=False), *FAN_OUT, *NOTIFY, *HOST_AGES],
         "instance_state": [
             *table(*ALL_ITEMS), *described("DescribeInstances", "DescribeSnapshots"),
             *ec2["terminate an archive"], *ec2["name a volume's host"],
@@ -340,7 +345,7 @@ def calls() -> dict[str, Requests]:
         "snapshot_state": [
             *table(*NO_PUT), *described("DescribeSnapshots", "DescribeVolumes"),
             *ec2["settle a recovery point"], *ec2["delete a recovery point"],
-            *ec2["delete a window's volume"], *schedules(create=False), *NOTIFY],
+            *ec2["delete a window's volume"], *schedules(create=False), *NOTIFY, *HOST_AGES],
         "instance-role": read_parameter("host-key", secure=True),
     }
 
@@ -680,3 +685,11 @@ def test_init_writes_offsites_parameters_with_the_key_and_nothing_else_reads_thr
         "kms:EncryptionContext:PARAMETER_ARN":
             f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/billing/db-password"}))
     assert decision([key_policy()], elsewhere) == "implicit"
+
+
+@pytest.mark.parametrize("name", ("reconciler", "snapshot_state"))
+def test_metrics_go_to_offsites_namespace_only(name: str) -> None:
+    other = Request("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": ["AWS/EC2"]},
+                    "a metric in someone else's namespace")
+    assert decision(documents(name), HOST_AGES[0]) == "allow"
+    assert decision(documents(name), other) != "allow"
