@@ -45,7 +45,7 @@ from chalicelib.payloads import ReportRequest
 from chalicelib.records import Host
 from chalicelib.settings import Settings
 from chalicelib.sshcert import ca_public_key_line
-from chalicelib.window import State, Window
+from chalicelib.window import State, Timing, Window
 from chalicelib.windows import Ports, WindowNotOpenError, WindowService
 
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
@@ -53,7 +53,9 @@ MIN_BILLED_S = 60
 # DynamoDB's TransactWriteItems takes at most 100 items (DynamoWindowStore._TRANSACTION_LIMIT);
 # a window with more shards writes them 25 at a time first.
 TRANSACTION_LIMIT = 100
-EVENT_KINDS = ("open", "launch", "running", "report", "deadline", "stopped", "snapshot")
+EVENT_KINDS = ("open", "launch", "running", "report", "deadline", "stopped", "snapshot",
+               "reconcile")
+RECONCILE_S = 300.0  # the reconciler's schedule: every 5 minutes (app.py)
 
 
 class SimulationError(RuntimeError):
@@ -68,7 +70,9 @@ class Scenario:
     snapshot_s: float = 300.0
     window_hours: float = 3.6
     hosts_per_archive: int = 20
-    never_finish: frozenset[str] = frozenset()
+    never_finish: frozenset[str] = frozenset()  # ask for a session, never report
+    never_ask: frozenset[str] = frozenset()  # never ask for a session at all (idle close)
+    start_grace_s: float = 1800.0  # START_GRACE_MINUTES
 
     @property
     def window_s(self) -> float:
@@ -401,7 +405,8 @@ def _build(scenario: Scenario) -> _World:
                         instance_types=("t4g.small", "t3a.small"),
                         subnet_ids=("subnet-a", "subnet-b"),
                         hosts_per_archive=scenario.hosts_per_archive,
-                        window_hours=scenario.window_hours)
+                        window_hours=scenario.window_hours,
+                        timing=Timing(start_grace=timedelta(seconds=scenario.start_grace_s)))
     ports = Ports(cast(Any, Counted(store, "dynamodb", log, _store_requests)),
                   cast(Any, Counted(store, "dynamodb", log, _store_requests)),
                   cast(Any, Counted(ec2, "ec2", log, _ec2_requests)),
@@ -427,8 +432,10 @@ def _on_running(world: _World, instance_id: str) -> str:
     window = world.window()
     shard = next(s for s in window.shards.values() if s.instance_id == instance_id)
     if shard.state is State.OPEN:
-        for host in sorted(shard.hosts - world.scenario.never_finish):
-            world.bus.post(world.scenario.transfers[host], "report", host)
+        for host in sorted(shard.hosts - world.scenario.never_ask):
+            world.store.record_start(world.window_id, host, world.clock())  # its session
+            if host not in world.scenario.never_finish:
+                world.bus.post(world.scenario.transfers[host], "report", host)
     return f"EC2: {shard.shard_id}'s instance running"
 
 
@@ -457,6 +464,16 @@ def _on_stopped(world: _World, instance_id: str) -> str:
     return f"EC2: instance {instance_id} stopped"
 
 
+def _on_reconcile(world: _World, _: str) -> str | None:
+    """The reconciler's schedule, posted only for scenarios with hosts that never ask (their
+    idle close needs its look at the clock); it stops once the window has ended."""
+    if not world.window().state.active:
+        return None
+    world.service.reconcile()
+    world.bus.post(RECONCILE_S, "reconcile")
+    return "reconciler"
+
+
 def _on_snapshot(world: _World, snapshot_id: str) -> str:
     world.ec2.complete_snapshot(snapshot_id)
     world.service.on_snapshots_settled([(snapshot_id, True)])
@@ -466,6 +483,7 @@ def _on_snapshot(world: _World, snapshot_id: str) -> str:
 _DELIVER: dict[str, Callable[[_World, str], str | None]] = {
     "launch": _on_launch, "running": _on_running, "report": _on_report,
     "deadline": _on_deadline, "stopped": _on_stopped, "snapshot": _on_snapshot,
+    "reconcile": _on_reconcile,
 }
 
 
@@ -475,9 +493,12 @@ def simulate(scenario: Scenario) -> WindowRun:
     world.log.events["open"] += 1
     opened = world.service.open_window("bench")
     world.window_id = opened.window_id
+    if scenario.never_ask:
+        world.bus.post(RECONCILE_S, "reconcile")
+    reconciles = int(scenario.window_s // RECONCILE_S) + 2 if scenario.never_ask else 0
     steps = [Step(0.0, "open", "open", opened.state.value, opened.reason)]
     states = {s: State.OPENING for s in opened.shards}
-    for _ in range(4 * len(scenario.transfers) + 8 * len(opened.shards) + 16):
+    for _ in range(4 * len(scenario.transfers) + 8 * len(opened.shards) + 16 + reconciles):
         due = world.bus.pop()
         if due is None:
             return _result(world, steps)
@@ -515,7 +536,9 @@ def _result(world: _World, steps: list[Step]) -> WindowRun:
             shard.shard_id, shard.hosts, shard.state,
             _seconds(world.ec2.launched_at[instance]), _seconds(world.ec2.stopped_at[instance]),
             world.closing.get(shard.shard_id, ""), shard.reason,
-            max(world.scenario.transfers[h] for h in shard.hosts), shard.hosts & reported))
+            max((world.scenario.transfers[h] for h in shard.hosts
+                 if h not in world.scenario.never_ask), default=0.0),  # a transfer it never made
+            shard.hosts & reported))
     metric = [v for name, _, v in world.metrics.values if name == "InstanceSecondsBilled"]
     return WindowRun(
         scenario=world.scenario, shards=tuple(shards),

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from bench.quiet import quiet_output
 from bench.simulated_window import (
     EVENT_KINDS,
+    RECONCILE_S,
     Scenario,
     SimulationError,
     WindowRun,
@@ -136,6 +137,32 @@ def deadline_scenario(scenario: Scenario, host: str | None = None) -> Scenario:
     return replace(scenario, never_finish=frozenset({host}))
 
 
+def idle_scenario(scenario: Scenario, host: str) -> Scenario:
+    """The same window, but `host` never asks for a session (idle close after the grace)."""
+    return replace(scenario, never_ask=frozenset({host}))
+
+
+def idle_lines(every: WindowRun, idle: WindowRun) -> list[str]:
+    """What the host that never asked cost: its archive against the goal (billed <= 1.15 x
+    its other hosts' longest transfer + boot + the grace) and against staying to the
+    deadline."""
+    scenario = idle.scenario
+    (host,) = scenario.never_ask
+    shard = next(s for s in idle.shards if host in s.hosts)
+    before = next(s for s in every.shards if s.shard_id == shard.shard_id)
+    others = [scenario.transfers[h] for h in shard.hosts if h != host]
+    longest = max(others, default=0.0)
+    bound = 1.15 * longest + scenario.boot_s + scenario.start_grace_s
+    return [f"   {host} never asking for a session: its archive {shard.shard_id} closed by "
+            f"{shard.closing_event or '?'} (idle close, grace {scenario.start_grace_s:g} s after "
+            f"it was ready, the reconciler looking every {RECONCILE_S:g} s); billed "
+            f"{shard.billed_s:,} s against {before.billed_s:,} s when {host} sends; the goal "
+            f"1.15 x its other hosts' longest ({longest:,.0f} s) + boot + grace = {bound:,.0f} s: "
+            f"{'met' if shard.billed_s <= bound else 'NOT met'} "
+            f"(billed / that bound {shard.billed_s / bound:.3f}); had it held the archive to "
+            f"the deadline: {kept_up_billed_s(scenario, 1):,} s"]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
     """Columns padded to their widest cell: the first `text_columns` left-aligned, the numbers
     after them right-aligned."""
@@ -168,7 +195,8 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def instance_time_report(scenario: Scenario, every: WindowRun, missing: WindowRun) -> str:
+def instance_time_report(scenario: Scenario, every: WindowRun, missing: WindowRun,
+                         idle: WindowRun | None = None) -> str:
     archives = len(every.shards)
     kept = kept_up_billed_s(scenario, archives)
     kept_ratio = kept_up_billed_s(scenario, len(every.by_reports)) / every.sum_longest_s \
@@ -181,6 +209,8 @@ def instance_time_report(scenario: Scenario, every: WindowRun, missing: WindowRu
         _run_row("on demand, each archive stopped by its last report", every, kept),
         _run_row(f"the same, but {_names(missing.scenario.never_finish)} never reports", missing,
                  kept),
+        *([_run_row(f"the same, but {_names(idle.scenario.never_ask)} never asks (idle close)",
+                    idle, kept)] if idle else []),
         ["one instance for every host (before issue 11)", "the last report", "1",
          f"{single:,}", "-", f"{longest:,.0f}", f"{single / longest:.3f}",
          f"{(single - scenario.boot_s - scenario.stop_s) / longest:.3f}", "-"],
@@ -204,6 +234,8 @@ def instance_time_report(scenario: Scenario, every: WindowRun, missing: WindowRu
         "each one's boot and stop",
         "", table(header, rows, text_columns=2), ""]
     lines.extend(_missing_lines(every, missing))
+    if idle:
+        lines.extend(idle_lines(every, idle))
     if every.missed:
         lines.append(f"   transfers longer than the window: {_names(every.missed)} "
                      f"({_hosts(len(every.missed))}); their archives close at the deadline and "
@@ -218,10 +250,14 @@ def _names(hosts: frozenset[str]) -> str:
 
 def _closed_by(run: WindowRun) -> str:
     by_deadline = sum(1 for s in run.shards if s.closing_event == "deadline")
+    idle = sum(1 for s in run.shards if s.closing_event == "reconcile")  # idle close
     reported = f"{len(run.reported)}/{run.hosts} in"
-    if not by_deadline:
+    if not by_deadline and not idle:
         return f"each its last report ({reported})"
-    return f"{len(run.shards) - by_deadline} reports, {by_deadline} deadline ({reported})"
+    parts = [f"{len(run.shards) - by_deadline - idle} reports",
+             *([f"{idle} idle close"] if idle else []),
+             *([f"{by_deadline} deadline"] if by_deadline else [])]
+    return f"{', '.join(parts)} ({reported})"
 
 
 def _run_row(case: str, run: WindowRun, kept_up_s: int) -> list[str]:
@@ -298,8 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             host = args.never_finishes or max(sorted(every.reported),
                                               key=lambda h: scenario.transfers[h])
             missing = simulate(deadline_scenario(scenario, host))
+            idle = simulate(idle_scenario(scenario, host))
             scaled = [simulate(scenario_from(args, n)) for n in args.scales]
-        print(instance_time_report(scenario, every, missing) + "\n")
+        print(instance_time_report(scenario, every, missing, idle) + "\n")
         print(calls_report(scaled))
         if args.trace:
             print("\n" + operations(scaled[-1]) + "\n\n" + trace([every, missing]))

@@ -36,16 +36,21 @@ class UnknownHostNameError(LookupError):
     pass
 
 
+# A host's own start grace: at most a day (a window lasts 3.6 h by default).
+MAX_START_GRACE_MINUTES = 1440
+
+
 @dataclass(frozen=True)
 class Enrolment:
     name: str
     public_key: str
     volume_id: str | None
     size_gib: int
+    start_grace_minutes: int | None = None  # None: the stage's START_GRACE_MINUTES
 
 
 def parse_enrolment(name: str, body: Mapping[str, Any]) -> Enrolment:
-    unknown = sorted(set(body) - {"public_key", "volume_id", "size_gib"})
+    unknown = sorted(set(body) - {"public_key", "volume_id", "size_gib", "start_grace_minutes"})
     if unknown:
         raise InvalidPayloadError(f"unknown field(s): {', '.join(unknown)}")
     try:
@@ -62,7 +67,12 @@ def parse_enrolment(name: str, body: Mapping[str, Any]) -> Enrolment:
     size = body.get("size_gib", 20)
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16384:
         raise InvalidPayloadError("size_gib must be an integer from 1 to 16384")
-    return Enrolment(name, " ".join(key.split()[:2]), volume_id, size)
+    grace = body.get("start_grace_minutes")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)
+                              or not 1 <= grace <= MAX_START_GRACE_MINUTES):
+        raise InvalidPayloadError("start_grace_minutes must be an integer from 1 to "
+                                  f"{MAX_START_GRACE_MINUTES}")
+    return Enrolment(name, " ".join(key.split()[:2]), volume_id, size, grace)
 
 
 class HostService:
@@ -88,10 +98,13 @@ class HostService:
                 raise InvalidPayloadError(  # silently ignoring it would hide the mistake
                     f"host {existing.name} is enrolled already; a volume is adopted only at "
                     "the first enrolment")
-            host = replace(existing, public_key=enrolment.public_key, enabled=True)
+            grace = enrolment.start_grace_minutes
+            host = replace(existing, public_key=enrolment.public_key, enabled=True,
+                           start_grace_minutes=existing.start_grace_minutes if grace is None
+                           else grace)
         else:
             host = Host(enrolment.name, enrolment.public_key, True, self._clock(),
-                        enrolment.size_gib)
+                        enrolment.size_gib, enrolment.start_grace_minutes)
         adopted = self._adopt(host, enrolment.volume_id) if enrolment.volume_id else None
         self._store.put_host(host)
         logger.info("host enrolled", extra={
@@ -126,5 +139,6 @@ class HostService:
 
 def host_view(host: Host) -> dict[str, Any]:
     return {"name": host.name, "enabled": host.enabled, "size_gib": host.size_gib,
+            "start_grace_minutes": host.start_grace_minutes,
             "enrolled_at": host.enrolled_at.isoformat(), "public_key": host.public_key,
             "key_fingerprint": public_key_fingerprint(host.public_key)}

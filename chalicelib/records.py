@@ -17,6 +17,7 @@ class Host:
     enabled: bool
     enrolled_at: datetime
     size_gib: int = 20  # its volume's size when it has no snapshot yet (a first backup)
+    start_grace_minutes: int | None = None  # its own START_GRACE_MINUTES (None: the stage's)
 
 
 @dataclass(frozen=True)

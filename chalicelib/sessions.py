@@ -118,6 +118,8 @@ class SessionService:
         if request.host != signer:
             raise WrongHostError(f"{signer} may not ask for {request.host}'s session")
         (window, shard), now = self._open_shard(request), self.clock()
+        if request.purpose == "backup":  # the host is here: it no longer counts as idle
+            self.store.record_start(window.window_id, request.host, now)
         account = self.policy.account(request.host)
         spec = CertificateSpec(
             public_key_line=request.ssh_public_key, principal=account,

@@ -98,6 +98,7 @@ class Settings:
             timing=Timing(
                 boot_timeout=timedelta(minutes=float(env.get("BOOT_TIMEOUT_MINUTES", "15"))),
                 stop_grace=timedelta(minutes=float(env.get("STOP_GRACE_MINUTES", "10"))),
+                start_grace=timedelta(minutes=_positive(env, "START_GRACE_MINUTES", 30.0)),
             ),
         )
 

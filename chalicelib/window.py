@@ -11,7 +11,8 @@ as `now`; nothing here reads a clock or touches AWS.
 Per shard:
 
     (none) -planned-> OPENING -running-> BOOTING -ready-> OPEN
-    OPEN -its hosts reported | deadline | admin-> CLOSING
+    OPEN -its hosts reported (or idle: never asked within the start grace) | deadline
+         | admin-> CLOSING
     CLOSING -stopped-> SNAPSHOTTING (one snapshot per volume; the instance is terminated, the
                                      volumes outlive it: DeleteOnTermination is false)
     SNAPSHOTTING -all its snapshots settled-> CLOSED (volumes whose snapshot completed deleted)
@@ -120,6 +121,8 @@ class Window:
     entered: Mapping[str, datetime] = field(default_factory=dict)  # state -> when
     purpose: str = BACKUP  # backup | restore
     snapshot_id: str | None = None  # restore: the recovery point served
+    started: frozenset[str] = frozenset()  # hosts that have asked for a session
+    start_grace: Mapping[str, int] = field(default_factory=dict)  # host -> minutes, overrides
 
     @property
     def is_restore(self) -> bool:
@@ -214,6 +217,9 @@ class Timing:
 
     boot_timeout: timedelta = timedelta(minutes=15)
     stop_grace: timedelta = timedelta(minutes=10)
+    # A host that has not asked for a session this long after its archive became ready no
+    # longer holds it open (START_GRACE_MINUTES; a host's own setting overrides it).
+    start_grace: timedelta = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ def decide(window: Window, shard_id: str, event: Event, now: datetime,
     if isinstance(event, BootFailed):
         return _on_boot_failed(shard, event.cause)
     if isinstance(event, HostReported):
-        return _on_report(window, shard)
+        return _on_report(window, shard, now, timing)
     if isinstance(event, DeadlineReached):
         return _close_at_deadline(window, shard, now)
     if isinstance(event, AdminClose):
@@ -310,18 +316,52 @@ def _on_start_failed(shard: Shard, cause: str) -> Decision:
     return Decision(State.FAILED, f"archive {shard.shard_id} could not start: {cause}", _GIVE_UP)
 
 
-def _on_report(window: Window, shard: Shard) -> Decision:
+def _on_report(window: Window, shard: Shard, now: datetime, timing: Timing) -> Decision:
     if shard.state is not State.OPEN:
         return nothing(f"report while {shard.shard_id} is {shard.state.value}; recorded")
     reported = shard.hosts & frozenset(window.reports)
     if reported != shard.hosts:
-        return nothing(f"{len(reported)} of {len(shard.hosts)} hosts of {shard.shard_id} "
-                       "reported")
+        return _close_if_idle(window, shard, now, timing) or nothing(
+            f"{len(reported)} of {len(shard.hosts)} hosts of {shard.shard_id} reported")
     failed = sorted(h for h in reported if window.reports[h] != "succeeded")
     detail = f" ({len(failed)} failed: {_names(failed)})" if failed else ""
     return Decision(State.CLOSING,
                     f"all {len(shard.hosts)} hosts of {shard.shard_id} reported{detail}",
                     (Action.STOP_INSTANCE,))
+
+
+def idle_hosts(window: Window, shard: Shard, now: datetime, timing: Timing) -> frozenset[str]:
+    """The shard's hosts that have neither reported nor asked for a session, and whose grace
+    since the archive became ready (its OPEN) has passed. Backup windows only: a restore's one
+    host may be a person reading the admin's message."""
+    ready_at = shard.entered.get(State.OPEN.value)
+    if window.is_restore or shard.state is not State.OPEN or ready_at is None:
+        return frozenset()
+    waiting = shard.hosts - frozenset(window.reports) - window.started
+    return frozenset(h for h in waiting if now >= ready_at + grace_of(window, h, timing))
+
+
+def grace_of(window: Window, host: str, timing: Timing) -> timedelta:
+    minutes = window.start_grace.get(host)
+    return timing.start_grace if minutes is None else timedelta(minutes=minutes)
+
+
+def _close_if_idle(window: Window, shard: Shard, now: datetime,
+                   timing: Timing) -> Decision | None:
+    """CLOSING when every host of the shard that has not reported is idle (never asked for a
+    session within its grace): a missing host costs its grace, not the window. A host that
+    asked and is still sending keeps the archive up, to the deadline if need be."""
+    unreported = shard.hosts - frozenset(window.reports)
+    idle = idle_hosts(window, shard, now, timing)
+    if not idle or unreported - idle:
+        return None
+    done = len(shard.hosts) - len(unreported)
+    return Decision(
+        State.CLOSING,
+        f"{len(idle)} of {len(shard.hosts)} hosts of {shard.shard_id} never asked for a "
+        f"session within their grace after the archive was ready ({_names(idle)}: missing); "
+        + (f"the other {done} reported" if done else "no host of it reported"),
+        (Action.STOP_INSTANCE, Action.NOTIFY))
 
 
 def _close_at_deadline(window: Window, shard: Shard, now: datetime) -> Decision:
@@ -399,7 +439,8 @@ def _on_tick(window: Window, shard: Shard, tick: Tick, now: datetime,
             return _close_at_deadline(window, shard, now)
         if instance in ("stopped", "terminated"):
             return _on_stopped(window, shard)
-        return nothing(f"{shard.shard_id} open, deadline ahead")
+        return _close_if_idle(window, shard, now, timing) or nothing(
+            f"{shard.shard_id} open, deadline ahead")
     if shard.state is State.CLOSING:
         if instance in ("stopped", "terminated"):
             return _on_stopped(window, shard)

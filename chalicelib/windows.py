@@ -181,7 +181,9 @@ class WindowService:
             window_id=self._new_id(now), state=State.OPENING, opened_at=now,
             deadline=now + timedelta(hours=hours), expected=frozenset(expected),
             trigger=trigger, updated_at=now, shards=shards, entered={"OPENING": now},
-            reason=f"opened by {trigger} for {len(expected)} hosts in {len(shards)} archives")
+            reason=f"opened by {trigger} for {len(expected)} hosts in {len(shards)} archives",
+            start_grace={h.name: h.start_grace_minutes for h in hosts
+                         if h.name in expected and h.start_grace_minutes is not None})
         started = self.start(window)
         self.ports.metrics.record("WindowsOpened", "Count", 1)  # its absence is alarmed (deploy/)
         return started

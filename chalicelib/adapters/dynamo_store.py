@@ -148,7 +148,9 @@ class DynamoWindowStore(_Table):
         snaps = {i["sk"][len("SNAP#"):]: SnapshotStatus(i["status"]) for i in items
                  if i["sk"].startswith("SNAP#")}
         shards = [_shard_from(i) for i in items if i["sk"].startswith("SHARD#")]
-        return _window_from(meta, shards, reports, snaps)
+        started = frozenset(i["sk"][len("START#"):] for i in items
+                            if i["sk"].startswith("START#"))
+        return _window_from(meta, shards, reports, snaps, started)
 
     def active_window_id(self, guard: str = "BACKUP") -> str | None:
         item = self._get({"pk": "ACTIVE", "sk": guard})
@@ -253,6 +255,10 @@ class DynamoWindowStore(_Table):
         return (str(item["window_id"]), str(item["shard_id"])) if item else None
 
     # reports ---------------------------------------------------------------------------
+    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
+        return self._put_if({**_window_key(window_id, f"START#{host}"), "at": at.isoformat()},
+                            "attribute_not_exists(pk)")
+
     def put_report(self, report: Report) -> bool:
         # A failed report may be replaced (the host ran again); a success is final.
         item = {**_window_key(report.window_id, f"REPORT#{report.host}"),
@@ -334,6 +340,7 @@ class DynamoHostStore(_Table):
         self._db.put_item(TableName=self._table, Item=_dump({
             "pk": "HOST", "sk": host.name, "public_key": host.public_key,
             "enabled": host.enabled, "size_gib": host.size_gib,
+            "start_grace_minutes": host.start_grace_minutes,
             "enrolled_at": host.enrolled_at.isoformat()}))
 
     def get_host(self, name: str) -> Host | None:
@@ -422,6 +429,7 @@ def _window_attrs(window: Window) -> dict[str, Any]:
         "deadline": window.deadline.isoformat(), "expected": sorted(window.expected),
         "trigger": window.trigger, "updated_at": window.updated_at.isoformat(),
         "reason": window.reason, "purpose": window.purpose, "snapshot_id": window.snapshot_id,
+        "start_grace": dict(window.start_grace) or None,
         **{f"entered_{state}": at.isoformat() for state, at in window.entered.items()},
     }
 
@@ -452,7 +460,8 @@ def _shard_from(item: Mapping[str, Any]) -> Shard:
 
 
 def _window_from(meta: Mapping[str, Any], shards: list[Shard], reports: Mapping[str, str],
-                 snaps: Mapping[str, SnapshotStatus]) -> Window:
+                 snaps: Mapping[str, SnapshotStatus],
+                 started: frozenset[str] = frozenset()) -> Window:
     return Window(
         window_id=meta["pk"][len("WINDOW#"):], state=State(meta["state"]),
         opened_at=datetime.fromisoformat(meta["opened_at"]),
@@ -461,7 +470,8 @@ def _window_from(meta: Mapping[str, Any], shards: list[Shard], reports: Mapping[
         updated_at=datetime.fromisoformat(meta["updated_at"]), reason=meta.get("reason", ""),
         shards={s.shard_id: s for s in shards}, reports=dict(reports), snapshots=dict(snaps),
         purpose=meta.get("purpose", "backup"), snapshot_id=meta.get("snapshot_id"),
-        entered=_entered(meta))
+        start_grace={h: int(m) for h, m in (meta.get("start_grace") or {}).items()},
+        started=started, entered=_entered(meta))
 
 
 def _snapshot_from(item: Mapping[str, Any]) -> SnapshotRecord:
@@ -475,4 +485,6 @@ def _snapshot_from(item: Mapping[str, Any]) -> SnapshotRecord:
 def _host_from(item: Mapping[str, Any]) -> Host:
     return Host(name=item["sk"], public_key=item["public_key"], enabled=bool(item["enabled"]),
                 enrolled_at=datetime.fromisoformat(item["enrolled_at"]),
-                size_gib=int(item.get("size_gib", 20)))
+                size_gib=int(item.get("size_gib", 20)),
+                start_grace_minutes=None if item.get("start_grace_minutes") is None
+                else int(item["start_grace_minutes"]))

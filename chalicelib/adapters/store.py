@@ -63,6 +63,10 @@ class WindowStore(Protocol):
     def find_instance(self, instance_id: str) -> tuple[str, str] | None:
         """(window id, shard id) of one of our archive instances; None for any other."""
 
+    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
+        """The host asked for a session in this window (its first time: True)."""
+        ...
+
     def put_report(self, report: Report) -> bool:
         """False when the host already reported success in that window."""
 
@@ -123,6 +127,7 @@ class InMemoryWindowStore:
         self._instances: dict[str, tuple[str, str]] = {}
         self._reports: dict[tuple[str, str], Report] = {}
         self._snapshots: dict[tuple[str, str], SnapshotRecord] = {}
+        self._starts: set[tuple[str, str]] = set()
 
     def create_window(self, window: Window) -> None:
         with self._lock:
@@ -139,7 +144,8 @@ class InMemoryWindowStore:
                 return None
             reports = {h: r.status for (w, h), r in self._reports.items() if w == window_id}
             snaps = {h: s.status for (w, h), s in self._snapshots.items() if w == window_id}
-            return replace(window, reports=reports, snapshots=snaps)
+            started = frozenset(h for w, h in self._starts if w == window_id)
+            return replace(window, reports=reports, snapshots=snaps, started=started)
 
     def active_window_id(self, guard: str = "BACKUP") -> str | None:
         return self._guards.get(guard)
@@ -198,6 +204,13 @@ class InMemoryWindowStore:
 
     def find_instance(self, instance_id: str) -> tuple[str, str] | None:
         return self._instances.get(instance_id)
+
+    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
+        with self._lock:
+            if (window_id, host) in self._starts:
+                return False
+            self._starts.add((window_id, host))
+            return True
 
     def put_report(self, report: Report) -> bool:
         with self._lock:

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--size-gib", type=int,
                      help="the size of the volume each window makes for it (default 20; at "
                           "least its newest snapshot's)")
+    add.add_argument("--start-grace-minutes", type=int, metavar="M",
+                     help="this host's own START_GRACE_MINUTES: if it has not asked for a "
+                          "session M minutes after its archive is ready, it no longer holds "
+                          "the archive up (default: the stage's, 30; kept when re-enrolled)")
     add.add_argument("--volume-id", metavar="VOL_ID",
                      help="at its first enrolment only: adopt the data of this existing volume "
                           "(vol-...): it is snapshotted once, and that snapshot is the host's "

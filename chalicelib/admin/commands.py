@@ -178,6 +178,8 @@ def cmd_host_add(ctx: Context) -> int:
     body: dict[str, Any] = {"public_key": public_key_from(args)}
     if args.size_gib is not None:
         body["size_gib"] = args.size_gib
+    if args.start_grace_minutes is not None:
+        body["start_grace_minutes"] = args.start_grace_minutes
     if args.volume_id:
         body["volume_id"] = args.volume_id
     host = ctx.api().call("PUT", f"/v1/hosts/{_segment(args.name)}", body)

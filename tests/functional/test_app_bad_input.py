@@ -173,6 +173,10 @@ def test_report_from_a_host_not_expected(app_rig: AppRig) -> None:
     ("root", {"public_key": "ssh-ed25519 AAAA"}, "bad_request"),
     ("c", {"public_key": "ssh-ed25519 AAAA", "volume_id": "disk-1"}, "bad_request"),
     ("c", {"public_key": "ssh-ed25519 AAAA", "size_gib": 0}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "start_grace_minutes": 0}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "start_grace_minutes": 1441}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "start_grace_minutes": "30"}, "bad_request"),
+    ("c", {"public_key": "ssh-ed25519 AAAA", "start_grace_minutes": True}, "bad_request"),
 ])
 def test_bad_enrolments(app_rig: AppRig, name: str, body: dict[str, Any], code: str) -> None:
     hosts = app_rig.client.http.get("/v1/hosts").json_body

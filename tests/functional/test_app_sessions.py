@@ -335,3 +335,15 @@ def test_the_private_address_and_a_port(app_rig: AppRig,
     grant = app_rig.session("c").json_body
     assert (grant["address"], grant["port"]) == (private, 2222)
     assert grant["known_hosts"] == f"[{private}]:2222 {app_rig.material.host_public_line}"
+
+
+def test_a_hosts_own_start_grace_is_kept_and_rides_with_its_windows(app_rig: AppRig) -> None:
+    key = app_rig.keys["c"]
+    answer = app_rig.enrol("c", key, start_grace_minutes=90)
+    assert answer.status_code == 200 and answer.json_body["start_grace_minutes"] == 90
+    again = app_rig.enrol("c", key)  # re-enrolled without it: kept
+    assert again.json_body["start_grace_minutes"] == 90
+    listed = {h["name"]: h for h in app_rig.client.http.get("/v1/hosts").json_body["hosts"]}
+    assert listed["c"]["start_grace_minutes"] == 90 and listed["o"]["start_grace_minutes"] is None
+    wid = open_window(app_rig)
+    assert composition.window_service().get_window(wid).start_grace == {"c": 90}

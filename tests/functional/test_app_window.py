@@ -290,3 +290,35 @@ def test_no_capacity_in_the_first_zone_moves_to_the_other(app_rig: AppRig) -> No
         "Instances"][0]
     assert instance["SubnetId"] == app_rig.subnets[1]
     assert instance["Placement"]["AvailabilityZone"] == "us-east-1b"
+
+
+def test_a_host_that_never_asks_closes_its_archive_after_the_grace(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """START_GRACE_MINUTES after the archive was ready, the reconciler closes it when every
+    host that has not reported never asked for a session: l costs its grace, not the window
+    (3.6 h); SNS names it. A host that asked and is still sending keeps it open."""
+    monkeypatch.setenv("START_GRACE_MINUTES", "0.01")  # 0.6 s
+    clear_caches()
+    first = open_window(app_rig)
+    for host in ("c", "h", "o"):
+        assert app_rig.session(host).status_code == 201
+        app_rig.report(first, host)
+    assert window(app_rig, first)["state"] == "OPEN"
+    time.sleep(0.7)
+    app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
+    closing = window(app_rig, first)
+    assert closing["state"] == "CLOSING", closing
+    reason = closing["shards"][0]["reason"]
+    assert "never asked for a session" in reason and "l: missing" in reason, reason
+    assert app_rig.session("l").status_code == 409  # too late: a later window serves it
+    app_rig.stopped(first)
+    app_rig.settle_snapshots()
+    assert window(app_rig, first)["state"] == "CLOSED"
+
+    second = open_window(app_rig)
+    for host in ("c", "h", "o"):
+        app_rig.report(second, host)
+    assert app_rig.session("l").status_code == 201  # asked, still sending
+    time.sleep(0.7)
+    app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
+    assert window(app_rig, second)["state"] == "OPEN"  # held open, to the deadline if need be

@@ -20,6 +20,7 @@ from bench.simulated_window import (
 from bench.window_overhead import (
     deadline_scenario,
     excess_ratio,
+    idle_scenario,
     main,
     parse_transfers,
     ratio,
@@ -77,6 +78,26 @@ def test_a_host_that_never_reports_keeps_only_its_own_archive_up(every: WindowRu
     same = {s.shard_id: (s.launched_s, s.stopped_s) for s in every.shards}
     assert all(same[s.shard_id] == (s.launched_s, s.stopped_s) for s in others)
     assert missing.billed_s > every.billed_s
+
+
+def test_a_host_that_never_asks_costs_its_grace_not_the_window() -> None:
+    """Four hosts on one archive, the others done in 15 minutes: the one that never asks for
+    a session holds the archive until the grace after it was ready (and the reconciler's next
+    look), not until the deadline; within issue 14's bound (1.15 x the others' longest +
+    boot + grace)."""
+    scenario = Scenario({"c": 300.0, "h": 600.0, "o": 900.0, "l": 1200.0})
+    idle = simulate(idle_scenario(scenario, "l"))
+    held = simulate(deadline_scenario(scenario, "l"))
+    (shard,) = idle.shards
+    assert shard.closing_event == "reconcile" and idle.missed == {"l"}
+    assert scenario.boot_s + scenario.start_grace_s <= shard.up_s - scenario.stop_s \
+        <= scenario.boot_s + scenario.start_grace_s + 300.0  # the reconciler's period
+    assert shard.billed_s <= 1.15 * 900.0 + scenario.boot_s + scenario.start_grace_s
+    assert held.billed_s == billed_seconds(scenario.window_s + scenario.stop_s) > shard.billed_s
+    # When the others send longer than the grace, the last report closes it at once.
+    longer = simulate(idle_scenario(Scenario({"c": 2400.0, "l": 600.0}), "l"))
+    assert longer.shards[0].closing_event == "report"
+    assert longer.shards[0].up_s == scenario.boot_s + 2400.0 + scenario.stop_s
 
 
 def test_a_launch_is_billed_at_least_a_minute() -> None:

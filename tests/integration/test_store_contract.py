@@ -320,3 +320,21 @@ def test_an_evaluation_is_claimed_only_when_the_last_is_due(store: Store) -> Non
     later = T0 + timedelta(hours=6)
     assert store.claim_evaluation(later, later - timedelta(hours=6)) is True
     assert store.claim_evaluation(later, later) is True  # a conclusion records its own
+
+
+def test_a_start_is_recorded_once_and_read_with_the_window(store: Store) -> None:
+    """A host's first session in a window (idle close: it no longer counts as idle); its own
+    start grace rides with the window it was opened with."""
+    store.create_window(replace(window(), start_grace={"o": 90}))
+    assert got(store).started == frozenset()
+    assert store.record_start(WID, "c", T0)
+    assert not store.record_start(WID, "c", T0)  # a second session: nothing new
+    assert store.record_start(WID, "o", T0)
+    read = got(store)
+    assert read.started == frozenset({"c", "o"}) and read.start_grace == {"o": 90}
+
+
+def test_a_hosts_own_start_grace_round_trips(store: Store) -> None:
+    store.put_host(Host("c", "ssh-ed25519 AAAA", True, T0, 20, 90))
+    store.put_host(Host("o", "ssh-ed25519 AAAA", True, T0))
+    assert {h.name: h.start_grace_minutes for h in store.list_hosts()} == {"c": 90, "o": None}

@@ -299,3 +299,10 @@ def test_status_prints_the_fleet_and_exits_1_when_a_host_is_stale(
         ("GET", "/v1/status"): fine}))
     assert commands.run(parse("status", "--json"), printed.append) == 0
     assert json.loads(printed[-1])["stale"] == []
+
+
+def test_host_add_sends_the_hosts_own_start_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi({("PUT", "/v1/hosts/o"): HOST})
+    run_with(monkeypatch, api, "host", "add", "o", "--public-key", KEY,
+             "--start-grace-minutes", "90")
+    assert api.calls == [("PUT", "/v1/hosts/o", {"public_key": KEY, "start_grace_minutes": 90})]

@@ -51,7 +51,8 @@ from chalicelib.windows import RELAUNCH_AFTER, WindowService
 
 T0 = datetime(2026, 11, 29, 2, 0, tzinfo=timezone.utc)
 PERIOD = timedelta(minutes=5)  # the reconciler's rate
-TIMING = Timing(boot_timeout=timedelta(minutes=15), stop_grace=timedelta(minutes=10))
+TIMING = Timing(boot_timeout=timedelta(minutes=15), stop_grace=timedelta(minutes=10),
+                start_grace=timedelta(minutes=30))
 # After the deadline, with EC2 and EBS doing their part and every event lost, the reconciler
 # alone ends every shard within this: a second stop after stop_grace, then one tick each for
 # stopped -> snapshotting, the snapshots settling, and the conclusion (plus slack for the tick
@@ -277,8 +278,18 @@ class World:
         if shard.state is not State.OPEN:
             return  # refused: WindowNotOpenError
         if self.window.reports.get(host) != "succeeded":  # a success is final
-            self.window = replace(self.window, reports={**self.window.reports, host: status})
+            self.window = replace(self.window, reports={**self.window.reports, host: status},
+                                  started=self.window.started | {host})  # it had a session
         self.deliver(shard.shard_id, HostReported(host))
+
+    def on_session(self, shard_id: str, lag: int, pick: int) -> None:
+        """SessionService.issue: a session only from an OPEN shard; the start is recorded
+        (an item of its own, not conditional on the shard: a session may race an idle
+        close, and then the host's transfer is cut as at a deadline)."""
+        host = self._host(pick)
+        shard = self.read(lag).shard_of(host)
+        if shard is not None and shard.state is State.OPEN:
+            self.window = replace(self.window, started=self.window.started | {host})
 
     def on_failed_report(self, shard_id: str, lag: int, pick: int) -> None:
         self.on_report(shard_id, lag, pick, "failed")
@@ -386,7 +397,7 @@ def new_restore_world(hours: float = 2.0) -> World:
 WAITS = (1, 1, 2, 3, 5, 5, 10, 20, 60)  # minutes, picked by a step's number
 KINDS = ["progress"] * 12 + ["wait"] * 3 + [
     "launch", "boot", "halt", "crash", "running_event", "ready_signal", "failed_signal",
-    "stopped_event", "report",
+    "stopped_event", "report", "session", "session",
     "failed_report", "deadline", "admin_close", "ebs_done", "ebs_error", "snapshot_event",
     "stop_fails"]
 LAGS = st.sampled_from([0, 0, 0, 0, 1, 2, 5])  # mostly fresh reads, some stale ones
@@ -553,3 +564,73 @@ def test_a_restore_is_never_snapshotted_and_its_volume_goes_once_it_ends(
     assert world.deleted_volumes == set(world.volumes)
     assert set(world.instances.values()) <= {"terminated"}
     assert world.retention == 0
+
+
+# idle close: a host that never asks for a session costs its grace, not the window ------------
+def idle_overdue(world: World) -> list[str]:
+    """OPEN shards whose every unreported host never asked, a reconciler period past the
+    grace since the shard became ready: they should have closed."""
+    overdue = []
+    for shard in world.window.shards.values():
+        ready_at = shard.entered.get(State.OPEN.value)
+        unreported = shard.hosts - frozenset(world.window.reports)
+        if shard.state is State.OPEN and ready_at is not None and unreported and \
+                not unreported & world.window.started and \
+                world.now >= ready_at + TIMING.start_grace + PERIOD:
+            overdue.append(shard.shard_id)
+    return overdue
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleets(), steps)
+def test_a_shard_whose_missing_hosts_never_asked_closes_after_the_grace(
+        fleet: tuple[list[int], list[bool]], script: list[tuple[str, int, int]]) -> None:
+    world = new_world(*fleet, hours=6.0)
+    for kind, pick, lag in script:
+        world.step(kind, pick, lag)
+        if world.now - world.last_tick < PERIOD:  # the reconciler has looked since
+            assert idle_overdue(world) == [], world.window
+        check_invariants(world)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fleets().filter(lambda f: all(f[1])), st.integers(0, 11))
+def test_a_host_that_asked_and_is_still_sending_keeps_its_archive_to_the_deadline(
+        fleet: tuple[list[int], list[bool]], pick: int) -> None:
+    """Every host asks for a session; all report but one, which is still sending: its shard
+    stays OPEN well past the grace, and closes at the deadline; the others close on their
+    reports. A shard whose hosts never asked closes after the grace."""
+    world = new_world(*fleet, hours=3.6)
+    for shard_id in sorted(world.window.shards):
+        for kind in ("launch", "boot", "running_event", "ready_signal"):
+            world.step(kind, sorted(world.window.shards).index(shard_id), 0)
+    sending = sorted(world.window.expected)[pick % len(world.window.expected)]
+    for index, host in enumerate(sorted(world.window.expected)):
+        world.step("session", index, 0)
+        if host != sending:
+            world.step("report", index, 0)
+    held = world.window.shard_of(sending)
+    assert held is not None
+    while world.now + timedelta(minutes=20) < world.window.deadline:
+        world.step("wait", 7, 0)  # 20 minutes at a time; the reconciler looks
+        assert world.window.shards[held.shard_id].state is State.OPEN, world.window
+    world.step("deadline", 0, 0)
+    assert world.window.shards[held.shard_id].state is State.CLOSING
+
+
+def test_a_host_that_never_asks_closes_its_archive_after_the_grace() -> None:
+    world = new_world([2, 1], [True, True], hours=3.6)
+    for index in range(2):
+        for kind in ("launch", "boot", "running_event", "ready_signal"):
+            world.step(kind, index, 0)
+    hosts = sorted(world.window.shards["s01"].hosts)  # h00 asks and reports; h01 never asks
+    world.step("session", 0, 0)
+    world.step("report", 0, 0)
+    assert world.window.shards["s01"].state is State.OPEN  # within the grace: it may come
+    world.step("wait", 7, 0)  # 20 min
+    assert world.window.shards["s01"].state is State.OPEN
+    world.step("wait", 7, 0)  # 40 min: past the grace, the reconciler closes it
+    shard = world.window.shards["s01"]
+    assert shard.state is State.CLOSING, shard
+    assert f"{hosts[1]}: missing" in shard.reason and "never asked" in shard.reason
+    assert world.window.shards["s02"].state is State.CLOSING  # its host never asked either
