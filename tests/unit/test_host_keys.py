@@ -30,19 +30,13 @@ def test_public_line_is_the_rfc4251_blob_of_the_key(key: SigningKey) -> None:
 
 def test_private_key_round_trips_and_is_padded(key: SigningKey) -> None:
     pem = keys.private_pem(key, "comment", 0xDEADBEEF)
-    assert pem.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    assert pem.startswith(f"{keys.BEGIN}\n".encode())
     assert all(len(line) <= 70 for line in pem.splitlines())
     assert bytes(keys.parse_private_pem(pem)) == bytes(key)
 
 
 def _body(pem: bytes) -> bytes:
     return base64.b64decode(b"".join(pem.strip().splitlines()[1:-1]))
-
-
-def _pem(body: bytes) -> bytes:
-    text = base64.b64encode(body).decode()
-    return ("-----BEGIN OPENSSH PRIVATE KEY-----\n" + text +
-            "\n-----END OPENSSH PRIVATE KEY-----\n").encode()
 
 
 @pytest.mark.parametrize(("mangle", "message"), [
@@ -53,7 +47,7 @@ def _pem(body: bytes) -> bytes:
 ])
 def test_unusable_keys_are_refused(mangle: object, message: str, key: SigningKey) -> None:
     assert callable(mangle)
-    pem = _pem(mangle(_body(keys.private_pem(key, "c", 7))))
+    pem = keys.armour(mangle(_body(keys.private_pem(key, "c", 7))))
     with pytest.raises(keys.KeyFormatError, match=message):
         keys.parse_private_pem(pem)
 
