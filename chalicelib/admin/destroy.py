@@ -10,7 +10,6 @@ account tags its snapshots the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +17,12 @@ from botocore.exceptions import ClientError, WaiterError
 
 from chalicelib.adapters.compute import TAG_HOST, TAG_WINDOW
 from chalicelib.admin.deploy import describe_stack
-from chalicelib.admin.initialise import Target, existing_parameters, table_exists
+from chalicelib.admin.initialise import Log, Target, existing_parameters, table_exists
 
 ENROL_WINDOW_SUFFIX = "-enrol"  # hosts.HostService._adopt: an adopted volume's snapshot
 # Host names per DescribeSnapshots filter: a bound of our own (the EC2 API Reference, "Filter",
 # sets none on Values), so that a stage of many hosts is asked in requests of a modest size.
 FILTER_VALUES = 200
-Log = Callable[[str], None]
 
 
 class DestroyError(Exception):

@@ -66,6 +66,16 @@ def snapshot_event(snapshot_id: str, volume_id: str, result: str = "succeeded") 
     return event
 
 
+def open_window(rig: AppRig, **body: Any) -> str:
+    """A backup window opened through the API (202), its archives launched, running and
+    ready (OPEN)."""
+    answer = rig.post("/v1/windows", body)
+    assert answer.status_code == 202, answer.json_body
+    window_id = str(answer.json_body["window_id"])
+    assert rig.boot(window_id)["state"] == "OPEN"
+    return window_id
+
+
 def offsite_snapshots() -> list[dict[str, Any]]:
     """Our snapshots (moto's own images come with snapshots of their own)."""
     return list(boto3.client("ec2").describe_snapshots(

@@ -21,7 +21,7 @@ from offsite_host.api import prepare
 import app as app_module
 from chalicelib.sshcert import ca_public_key_line
 
-from .app_rig import EVENTS, AppRig, app_rig
+from .app_rig import EVENTS, AppRig, app_rig, open_window
 
 __all__ = ["app_rig"]
 DEFAULT = "https://abc123defg.execute-api.us-east-1.amazonaws.com/api"
@@ -64,14 +64,6 @@ def signed_session(rig: AppRig, api_url: str, route: str = "/v1/sessions",
 def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     answer = app_module.app(event, LambdaContext("api_handler", 256))
     return int(answer["statusCode"]), dict(json.loads(answer["body"]))
-
-
-def open_window(rig: AppRig) -> str:
-    answer = rig.post("/v1/windows", {})
-    assert answer.status_code == 202, answer.json_body
-    window_id = str(answer.json_body["window_id"])
-    assert rig.boot(window_id)["state"] == "OPEN"
-    return window_id
 
 
 @pytest.mark.parametrize("base", [DEFAULT, CUSTOM], ids=["stage", "custom-domain-base-path"])

@@ -19,7 +19,15 @@ from chalicelib.instance.userdata import CONFIG_PATH, stable_uids
 from chalicelib.windows import new_window_id
 from tests.unit.test_instance_userdata import embedded
 
-from .app_rig import EVENTS, HOSTS, AppRig, app_rig, clear_caches, offsite_snapshots
+from .app_rig import (
+    EVENTS,
+    HOSTS,
+    AppRig,
+    app_rig,
+    clear_caches,
+    offsite_snapshots,
+    open_window,
+)
 from .test_app_sessions import held_launches, launch
 
 __all__ = ["app_rig"]
@@ -32,7 +40,7 @@ def today() -> str:
 def backup_window(rig: AppRig, succeeded: tuple[str, ...] = HOSTS,
                   ebs_fails: tuple[str, ...] = ()) -> str:
     """A whole window; the snapshots of `ebs_fails` end in EBS state `error`."""
-    wid = open_backup(rig)
+    wid = open_window(rig)
     for host in succeeded:
         assert rig.report(wid, host).status_code == 200
     if set(succeeded) != set(HOSTS):
@@ -41,14 +49,6 @@ def backup_window(rig: AppRig, succeeded: tuple[str, ...] = HOSTS,
     rig.settle_snapshots(window_id=wid, ebs_fails=ebs_fails)
     assert window(rig, wid)["state"] == "CLOSED"
     time.sleep(1.1)  # window ids carry the second they opened
-    return wid
-
-
-def open_backup(rig: AppRig) -> str:
-    answer = rig.post("/v1/windows", {})
-    assert answer.status_code == 202, answer.json_body
-    wid = str(answer.json_body["window_id"])
-    assert rig.boot(wid)["state"] == "OPEN"
     return wid
 
 
@@ -183,7 +183,7 @@ def test_a_restore_of_a_day_runs_its_own_archive_read_only_then_leaves_nothing(
 
 def test_a_restore_during_a_backup_window_runs_beside_it(app_rig: AppRig) -> None:
     first = backup_window(app_rig)
-    backup = open_backup(app_rig)
+    backup = open_window(app_rig)
     (backup_instance,) = app_rig.instances(backup).values()
     answer = restore(app_rig, day=today())
     assert answer.status_code == 202, answer.json_body
@@ -232,7 +232,7 @@ def test_a_backup_window_opens_while_a_restore_is_active(app_rig: AppRig) -> Non
     backup_window(app_rig)
     rid = restore(app_rig, day=today()).json_body["window_id"]
     assert app_rig.boot(rid)["state"] == "OPEN"
-    backup = open_backup(app_rig)
+    backup = open_window(app_rig)
     assert "c" in window(app_rig, backup)["expected"]
     assert window(app_rig, rid)["state"] == "OPEN"
     assert app_rig.session("c").json_body["window_id"] == backup
@@ -336,7 +336,7 @@ def test_sessions_of_the_wrong_purpose_find_no_window(app_rig: AppRig) -> None:
 
 def test_a_restore_session_during_a_backup_window_needs_a_restore(app_rig: AppRig) -> None:
     assert app_rig.session("c", purpose="restore").json_body["error"] == "no_open_window"
-    open_backup(app_rig)
+    open_window(app_rig)
     refused = app_rig.session("c", purpose="restore")
     assert refused.status_code == 409 and refused.json_body["error"] == "no_open_window"
     assert app_rig.session("c", purpose="backup").status_code == 201

@@ -23,7 +23,7 @@ from chalicelib.instance.userdata import CONFIG_PATH
 from chalicelib.launcher import InlineLauncher, launch_event
 from tests.unit.test_instance_userdata import embedded
 
-from .app_rig import API, AppRig, app_rig, clear_caches
+from .app_rig import API, AppRig, app_rig, clear_caches, open_window
 
 __all__ = ["app_rig"]
 
@@ -31,15 +31,6 @@ __all__ = ["app_rig"]
 def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
     """Every record with all its structured fields, as a log reader would see them."""
     return "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
-
-
-def open_window(rig: AppRig, **body: Any) -> str:
-    """A window whose archives are launched and running."""
-    answer = rig.post("/v1/windows", body)
-    assert answer.status_code == 202, answer.json_body
-    window_id = str(answer.json_body["window_id"])
-    assert rig.boot(window_id)["state"] == "OPEN"
-    return window_id
 
 
 def held_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:

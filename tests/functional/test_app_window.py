@@ -28,18 +28,11 @@ from .app_rig import (
     app_rig,
     clear_caches,
     offsite_snapshots,
+    open_window,
     served_app_rig,
 )
 
 __all__ = ["app_rig", "served_app_rig"]
-
-
-def open_window(rig: AppRig, **body: Any) -> str:
-    answer = rig.post("/v1/windows", body)
-    assert answer.status_code == 202, answer.json_body
-    window_id = str(answer.json_body["window_id"])
-    assert rig.boot(window_id)["state"] == "OPEN"
-    return window_id
 
 
 def wait_until(iso: str) -> None:
