@@ -32,7 +32,6 @@ import pytest
 
 from chalicelib.boot_signal import check_signal, parse_signal, parse_signal_body
 from chalicelib.instance.userdata import (
-    BOOT_SCRIPT,
     CONFIG_PATH,
     SCRIPT_PATH,
     boot_script,
@@ -134,8 +133,16 @@ class Sandbox:
     def restore_path(self, host: Host) -> Path:
         return self.root / "srv/offsite-restore" / host.name
 
+    @property
+    def script(self) -> Path:
+        """boot.sh as the instance gets it (user-data ships it without its comment lines)."""
+        shipped = self.root / "boot.sh"
+        if not shipped.exists():
+            shipped.write_bytes(boot_script())
+        return shipped
+
     def boot(self) -> subprocess.CompletedProcess[str]:
-        return run(["bash", str(BOOT_SCRIPT)], env={**os.environ, **self.env})
+        return run(["bash", str(self.script)], env={**os.environ, **self.env})
 
 
 def make_sandbox(cleanup: ExitStack, hosts: list[Host], device_wait: int = 5) -> Sandbox:
@@ -563,7 +570,7 @@ def test_a_device_that_appears_while_boot_waits_is_used() -> None:
         sandbox = make_sandbox(cleanup, [host], device_wait=60)
         attach_volume(sandbox, host, None, link=False)
         write_config(sandbox, [host])
-        boot = subprocess.Popen(["bash", str(BOOT_SCRIPT)], env={**os.environ, **sandbox.env},
+        boot = subprocess.Popen(["bash", str(sandbox.script)], env={**os.environ, **sandbox.env},
                                 stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(1.5)  # boot has looked once and found nothing
@@ -751,7 +758,7 @@ def test_a_boot_that_worked_says_ready_once_sshd_answers_with_the_host_key(
         # sshd is not up: the check waits, then says so
         nobody = {**sandbox.env, "OFFSITE_SSHD_PORT": str(free_port()),
                   "OFFSITE_SIGNAL_WAIT": "1"}
-        waited = run(["bash", str(BOOT_SCRIPT), "signal-ready"], env={**os.environ, **nobody})
+        waited = run(["bash", str(sandbox.script), "signal-ready"], env={**os.environ, **nobody})
         assert waited.returncode == 1
         assert signals(sandbox, recorder) == [
             ("failed", f"not ready 1 s after boot: sshd does not answer on 127.0.0.1 port "
@@ -761,7 +768,7 @@ def test_a_boot_that_worked_says_ready_once_sshd_answers_with_the_host_key(
         with running_sshd(sandbox) as ssh:
             port = ssh.split("-p ")[1].split()[0]
             env = {**sandbox.env, "OFFSITE_SSHD_PORT": port}
-            ready = run(["bash", str(BOOT_SCRIPT), "signal-ready"], env={**os.environ, **env})
+            ready = run(["bash", str(sandbox.script), "signal-ready"], env={**os.environ, **env})
         assert ready.returncode == 0, ready.stderr
         [(status, reason)] = signals(sandbox, recorder)
         assert status == "ready" and "sshd answers with the host key" in reason
