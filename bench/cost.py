@@ -30,6 +30,7 @@ OPTIONS = {  # Scenario field -> (type, help)
     "window_hours": (float, "the window's length (kept up)"),
     "snapshot_bytes_per_sent_byte": (float, "snapshot bytes (changed 512 KiB blocks) per "
                                             "byte sent, as bench/wire measures it"),
+    "dashboards": (int, "CloudWatch dashboards (0: deployed with init --no-dashboard)"),
 }
 
 

@@ -50,6 +50,31 @@ SNAPSHOT_SETTLE_S = 600.0  # stopped -> snapshots complete, when a window did no
 # with `--delay-updates`, which rewrites every changed file whole, 41.9. It depends on where the
 # changes fall: appended or new data costs about 1, a lone 4 KiB edit a whole 512 KiB block.
 SNAPSHOT_BYTES_PER_SENT_BYTE = 9.3
+# CloudWatch, as the template and the code use it. A custom metric is billed by the hours in
+# which it receives data ("prorated by the hour and metered only when you send metrics to
+# CloudWatch", CloudWatch pricing), so each is counted in metric-months: hours with data / 730.
+# Each window metric (EmfMetrics: WindowsOpened and CertificatesIssued while the window opens,
+# the nine of its close) has data in at most 2 hours a window; each host's
+# RecoveryPointAgeHours and the fleet's StaleHosts are evaluated after each window and by the
+# reconciler once the last evaluation is 6 h old: 4 hours a day.
+WINDOW_METRICS = ("WindowsOpened", "CertificatesIssued", "WindowSeconds",
+                  "InstanceSecondsBilled", "Archives", "HostsSucceeded", "HostsFailed",
+                  "HostsMissing", "BytesSent", "WindowsFailed", "MonthAtWindowUSD")
+WINDOW_METRIC_HOURS = 2
+AGE_EVALUATIONS_PER_DAY = 4
+DAYS_PER_MONTH = 30
+# deploy/resources.json: offsite-<stage>-no-window-opened, and an Errors alarm per function;
+# one dashboard (`init --no-dashboard` leaves it out), showing 9 window metrics, StaleHosts and
+# each host's age.
+ALARMS = 9
+DASHBOARDS = 1
+DASHBOARD_METRICS_BESIDE_HOSTS = 10
+# CloudWatch's always-free tier, a month: "10 Custom metrics and 10 Alarms", "1 Million API
+# requests", "5GB Data (ingestion, archive storage...)", "3 Dashboards for up to 50 metrics
+# each" (CloudWatch pricing, Free tier).
+FREE_METRIC_MONTHS, FREE_ALARMS, FREE_DASHBOARDS, FREE_DASHBOARD_METRICS = 10, 10, 3, 50
+FREE_REQUESTS, FREE_LOGS_GIB = 1_000_000, 5e9 / GIB
+LOG_BYTES_PER_INVOCATION = 2048  # Lambda's START/END/REPORT lines and our own, estimated
 
 
 class UnknownPriceError(KeyError):
@@ -107,6 +132,7 @@ class Usage:
     volume_gib: float = 20.0  # each host's data volume
     retention_days: int = 20
     snapshot_bytes_per_sent_byte: float = SNAPSHOT_BYTES_PER_SENT_BYTE
+    dashboards: int = DASHBOARDS
 
     @property
     def snapshot_growth_gib(self) -> float:
@@ -162,7 +188,7 @@ def fleet(usage: Usage, prices: Prices, windows: int = 30, design: str = "fleet"
         *_requests(usage, windows, len(shards) / usage.windows_seen,
                    EVENTS_PER_FLEET_INSTANCE, prices),
     )
-    return MonthlyCost(design, lines)
+    return MonthlyCost(design, (*lines, *_monitoring(usage, windows, lines, prices)))
 
 
 def kept_up(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
@@ -189,7 +215,7 @@ def persistent(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
         _snapshots(usage, prices),
         *_requests(usage, windows, 1.0, EVENTS_PER_PERSISTENT_START, prices),
     )
-    return MonthlyCost("persistent", lines)
+    return MonthlyCost("persistent", (*lines, *_monitoring(usage, windows, lines, prices)))
 
 
 def _instances(billed: Iterable[tuple[str, float]], scale: float,
@@ -253,6 +279,40 @@ def _requests(usage: Usage, windows: int, instances: float, events_per_instance:
         CostLine("EventBridge AWS events", events, "events",
                  prices.table.get("eventbridge_aws_events_per_million", 0.0) / MILLION),
     )
+
+
+def _monitoring(usage: Usage, windows: int, lines: tuple[CostLine, ...],
+                prices: Prices) -> tuple[CostLine, ...]:
+    """CloudWatch at list prices, before its always-free allowance (10 custom metrics, 10
+    alarms, 3 dashboards of up to 50 metrics, 5 GB of logs, 1 million API requests a month),
+    which an account that uses CloudWatch for nothing else would take off most of these."""
+    evaluations = AGE_EVALUATIONS_PER_DAY * DAYS_PER_MONTH
+    metric_hours = (len(WINDOW_METRICS) * WINDOW_METRIC_HOURS * windows
+                    + (usage.hosts + 1) * evaluations)  # each host's age, and StaleHosts
+    puts = evaluations * -(-(usage.hosts + 1) // 1000)  # PutMetricData takes 1,000 values
+    invocations = next(line.quantity for line in lines if line.item == "Lambda requests")
+    return (
+        CostLine("CloudWatch custom metrics", metric_hours / HOURS_PER_MONTH, "metric-month",
+                 prices["cloudwatch_metric_month"]),
+        CostLine("CloudWatch alarms", ALARMS, "alarm-month", prices["cloudwatch_alarm_month"]),
+        CostLine("CloudWatch dashboard", usage.dashboards, "dashboard-month",
+                 prices["cloudwatch_dashboard_month"]),
+        CostLine("CloudWatch PutMetricData", puts, "requests",
+                 prices["cloudwatch_per_million_requests"] / MILLION),
+        CostLine("CloudWatch Logs ingested", invocations * LOG_BYTES_PER_INVOCATION / GIB, "GiB",
+                 prices["cloudwatch_logs_ingested_gib"]),
+    )
+
+
+def cloudwatch_free_usd(cost: MonthlyCost, hosts: float) -> float:
+    """What CloudWatch's always-free tier takes off `cost`'s CloudWatch lines in an account that
+    uses none of it for anything else (the lines are at list price)."""
+    free = {"CloudWatch custom metrics": FREE_METRIC_MONTHS, "CloudWatch alarms": FREE_ALARMS,
+            "CloudWatch PutMetricData": FREE_REQUESTS, "CloudWatch Logs ingested": FREE_LOGS_GIB,
+            "CloudWatch dashboard": FREE_DASHBOARDS
+            if hosts + DASHBOARD_METRICS_BESIDE_HOSTS <= FREE_DASHBOARD_METRICS else 0}
+    return sum(min(line.quantity, free[line.item]) * line.unit_usd
+               for line in cost.lines if line.item in free)
 
 
 # Until local/demo.py calls chalicelib.cost_report.compare(): the earlier one-window API, now

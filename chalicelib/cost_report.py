@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chalicelib.cost import (
+    DASHBOARDS,
     SNAPSHOT_BYTES_PER_SENT_BYTE,
     SNAPSHOT_SETTLE_S,
     MonthlyCost,
     Prices,
     ShardRun,
     Usage,
+    cloudwatch_free_usd,
     fleet,
     kept_up,
     persistent,
@@ -44,6 +46,7 @@ class Scenario:
     stop_s: float = 45.0  # StopInstances -> stopped, still billed
     snapshot_settle_s: float = SNAPSHOT_SETTLE_S  # stopped -> snapshots complete
     snapshot_bytes_per_sent_byte: float = SNAPSHOT_BYTES_PER_SENT_BYTE  # bench/wire
+    dashboards: int = DASHBOARDS  # 0: deployed with `offsite-admin init --no-dashboard`
 
     def shard_sizes(self) -> list[int]:
         count = -(-self.hosts // self.hosts_per_archive)
@@ -61,7 +64,7 @@ class Scenario:
                                 stopped + self.snapshot_settle_s) for n in self.shard_sizes())
         return Usage(shards, self.window_hours * 3600, self.hosts * self.host_gib,
                      self.changed_gib, self.volume_gib, self.retention_days,
-                     self.snapshot_bytes_per_sent_byte)
+                     self.snapshot_bytes_per_sent_byte, self.dashboards)
 
 
 def seed_scenario() -> Scenario:
@@ -80,7 +83,11 @@ def designs(usage: Usage, prices: Prices, windows: int = 30) -> tuple[MonthlyCos
 def compare(usage: Usage, prices: Prices, windows: int = 30) -> str:
     """The three designs side by side, then the fleet's lines with quantity and unit price."""
     costs = designs(usage, prices, windows)
-    return f"{table(costs, prices)}\n\n{breakdown(costs[0])}"
+    free = cloudwatch_free_usd(costs[0], usage.hosts)
+    note = (f"CloudWatch's lines are at list price: in an account that uses CloudWatch's "
+            f"always-free tier for nothing else, it takes ${free:.2f} off each design (the "
+            f"fleet: ${costs[0].total - free:.2f})")
+    return f"{table(costs, prices)}\n{note}\n\n{breakdown(costs[0])}"
 
 
 def table(costs: Sequence[MonthlyCost], prices: Prices) -> str:

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "the window volumes (default: the account's aws/ssm and EBS keys); "
                       "init prints the statements its key policy needs")
     init.add_argument("--alert-email", help="subscribed to the window notifications")
+    init.add_argument("--dashboard", action=argparse.BooleanOptionalAction,
+                      help="the CloudWatch dashboard offsite-<stage> ($3 a month beyond "
+                      "CloudWatch's three free dashboards; `status` shows the same hosts; "
+                      "default: made on the first deploy, kept as it is on an update)")
 
     host = command(sub, "host", "enrol, revoke and list hosts").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -131,7 +131,7 @@ def _deployer(ctx: Context, target: Target) -> Deployer:
                          ssh_cidrs=tuple(args.ssh_cidr), alert_email=args.alert_email,
                          instance_types=tuple(args.instance_types),
                          ssh_address=args.ssh_address, kms_key_arn=args.kms_key,
-                         hosts_per_archive=args.hosts_per_archive)
+                         hosts_per_archive=args.hosts_per_archive, dashboard=args.dashboard)
     return Deployer(ctx.client("cloudformation"), ctx.client("s3"), target.stage,
                     target.stack_name, args.artifact_bucket, inputs,
                     lambda line: print(line, file=sys.stderr))

@@ -42,6 +42,7 @@ class StackInputs:
     ssh_address: str | None = None
     kms_key_arn: str | None = None
     hosts_per_archive: int | None = None
+    dashboard: bool | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def given(self) -> dict[str, str]:
@@ -51,7 +52,9 @@ class StackInputs:
                   "InstanceTypes": ",".join(self.instance_types) or None,
                   "SshAddress": self.ssh_address, "EbsKmsKeyArn": self.kms_key_arn,
                   "HostsPerArchive": None if self.hosts_per_archive is None
-                  else str(self.hosts_per_archive), **self.extra}
+                  else str(self.hosts_per_archive),
+                  "Dashboard": None if self.dashboard is None
+                  else ("yes" if self.dashboard else "no"), **self.extra}
         return {k: v for k, v in values.items() if v is not None}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib.admin.tables import fields, size, table
 from chalicelib.admin.usage import Observed
-from chalicelib.cost import GIB, MonthlyCost, Prices
+from chalicelib.cost import GIB, MonthlyCost, Prices, cloudwatch_free_usd
 
 ACTIVE_STATES = ("OPENING", "BOOTING", "OPEN", "CLOSING", "SNAPSHOTTING")
 
@@ -136,6 +136,8 @@ def cost_data(observed: Observed, costs: Sequence[MonthlyCost],
         "total_usd": round(costs[0].total, 4),
         "kept_up_total_usd": round(by_name["kept up"].total, 4),
         "persistent_total_usd": round(by_name["persistent"].total, 4),
+        # what CloudWatch's always-free tier would take off each design's CloudWatch lines
+        "cloudwatch_free_usd": round(cloudwatch_free_usd(costs[0], usage.hosts), 4),
         "prices": {"region": prices.region, "read_on": prices.read_on},
     }
 

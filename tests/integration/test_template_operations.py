@@ -12,6 +12,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from chalicelib import cost
 from chalicelib.adapters.metrics import EmfMetrics
 from chalicelib.watch import AGE_METRIC, STALE_METRIC
 
@@ -110,3 +111,24 @@ def test_the_dashboard_shows_what_the_code_records() -> None:
     (listed,) = [w["properties"]["alarms"] for w in body["widgets"] if w["type"] == "alarm"]
     assert sorted(a.rsplit(":", 1)[1] for a in listed) == sorted(
         sub(a["AlarmName"], Stage="prod") for a in alarms().values())
+
+
+def test_the_cost_model_counts_the_alarms_dashboard_and_metrics_the_stack_has() -> None:
+    assert len(alarms()) == cost.ALARMS
+    code = "".join(p.read_text() for p in (ROOT / "chalicelib").rglob("*.py"))
+    recorded = set(re.findall(r'metrics\.record\(\s*"(\w+)"', code))
+    assert recorded == set(cost.WINDOW_METRICS)  # a new window metric is priced, or fails here
+    body = json.loads(sub(RESOURCES["OperationsDashboard"]["Properties"]["DashboardBody"]))
+    lines = [line for w in body["widgets"] for line in w["properties"].get("metrics", [])]
+    assert len(lines) - 1 == cost.DASHBOARD_METRICS_BESIDE_HOSTS  # the SEARCH: one per host
+
+
+def test_the_dashboard_is_made_unless_the_stack_says_no() -> None:
+    parameter = TEMPLATE["Parameters"]["Dashboard"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("yes", ["yes", "no"])
+    assert TEMPLATE["Conditions"]["HasDashboard"] == {"Fn::Equals": [{"Ref": "Dashboard"},
+                                                                     "yes"]}
+    assert RESOURCES["OperationsDashboard"]["Condition"] == "HasDashboard"
+    assert TEMPLATE["Outputs"]["DashboardName"]["Condition"] == "HasDashboard"
+    conditional = {k for k, v in expanded().items() if v.get("Condition") == "HasDashboard"}
+    assert conditional == {"OperationsDashboard"}  # nothing else refers to it

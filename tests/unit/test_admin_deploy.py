@@ -61,6 +61,16 @@ def test_every_fleet_setting_given_is_a_template_parameter() -> None:
     assert set(given) <= set(DECLARED)
 
 
+@pytest.mark.parametrize(("dashboard", "given"), [(False, {"Dashboard": "no"}),
+                                                   (True, {"Dashboard": "yes"}), (None, {})])
+def test_the_dashboard_is_given_only_when_asked(dashboard: bool | None,
+                                                given: dict[str, str]) -> None:
+    inputs = StackInputs(ssh_cidrs=("203.0.113.0/24",), dashboard=dashboard)
+    assert values(stack_parameters(inputs, None, DECLARED)) == {
+        "SshCidrs": "203.0.113.0/24", **given}
+    assert "Dashboard" in DECLARED
+
+
 def test_an_update_keeps_every_value_not_given_that_the_template_still_declares() -> None:
     # A parameter left out of an update would take the template's default: the subnets and
     # instance types chosen at the first deploy would be lost by the next one.

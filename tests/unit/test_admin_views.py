@@ -110,6 +110,7 @@ def test_cost_text_and_data_agree() -> None:
     assert data["usage"]["volume_gib"] == 20  # c only: s02 never launched, its hosts had none
     assert data["total_usd"] == round(costs[0].total, 4) < data["kept_up_total_usd"]
     assert data["designs"]["persistent"]["total_usd"] == data["persistent_total_usd"]
+    assert 0 < data["cloudwatch_free_usd"] < data["total_usd"]
     text = views.cost_text(observed, compare(observed.usage, prices))
     assert "billed 600 s a shard (at least 60 s a start) of a 12960 s window" in text
     usage = observed.usage

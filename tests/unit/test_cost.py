@@ -9,7 +9,9 @@ import pytest
 
 from bench import cost as bench_cost
 from chalicelib.cost import (
+    ALARMS,
     GIB,
+    LOG_BYTES_PER_INVOCATION,
     RECONCILES_PER_MONTH,
     SNAPSHOT_BYTES_PER_SENT_BYTE,
     Prices,
@@ -17,6 +19,7 @@ from chalicelib.cost import (
     UnknownPriceError,
     Usage,
     WindowUsage,
+    cloudwatch_free_usd,
     fleet,
     kept_up,
     load_prices,
@@ -33,7 +36,10 @@ PRICES = Prices("test-region", "2026-12-07", "round numbers", {
     "ebs_gp3_gib_month": 0.73, "snapshot_gib_month": 0.1, "lambda_per_million_requests": 1.0,
     "lambda_gb_second": 1e-5, "dynamodb_per_million_writes": 2.0,
     "dynamodb_per_million_reads": 1.0, "scheduler_per_million": 1.0,
-    "api_gateway_per_million": 1.0, "eventbridge_aws_events_per_million": 0.0})
+    "api_gateway_per_million": 1.0, "eventbridge_aws_events_per_million": 0.0,
+    "cloudwatch_metric_month": 0.73, "cloudwatch_alarm_month": 1.0,
+    "cloudwatch_dashboard_month": 10.0, "cloudwatch_per_million_requests": 1e6,
+    "cloudwatch_logs_ingested_gib": 1.0})
 # One window: one shard of 2 hosts, stopped after 30 min, snapshots complete 10 min later;
 # each byte sent changes 4 bytes of snapshot blocks.
 SHARD = ShardRun("w-1", "t.x", hosts=2, stopped_s=1800, closed_s=2400)
@@ -116,7 +122,8 @@ def test_persistent_keeps_volumes_all_month_and_one_instance_per_window() -> Non
 SEED_LINES = {"EC2 t4g.small", "EBS root volumes (8 GiB gp3)", "public IPv4 addresses",
               "EBS data volumes (gp3)", "EBS snapshots", "Lambda requests", "Lambda compute",
               "API Gateway", "DynamoDB writes", "DynamoDB reads", "EventBridge Scheduler",
-              "EventBridge AWS events"}
+              "EventBridge AWS events", "CloudWatch custom metrics", "CloudWatch alarms",
+              "CloudWatch dashboard", "CloudWatch PutMetricData", "CloudWatch Logs ingested"}
 
 
 def test_the_seed_scenario_is_its_snapshots_plus_cents_as_a_fleet() -> None:
@@ -126,8 +133,46 @@ def test_the_seed_scenario_is_its_snapshots_plus_cents_as_a_fleet() -> None:
     assert all(line.usd > 0 for line in cost.lines if line.item != "EventBridge AWS events")
     snapshots = cost.line("EBS snapshots")  # 20 GiB stored + 20 nights of changed blocks
     assert snapshots.usd == pytest.approx((20 + 20 * 0.5 * SNAPSHOT_BYTES_PER_SENT_BYTE) * 0.05)
-    assert 0 < cost.total - snapshots.usd < 0.20
+    free = cloudwatch_free_usd(cost, usage.hosts)  # 4 hosts: all of CloudWatch is in it
+    assert free == pytest.approx(sum(line.usd for line in cost.lines
+                                     if line.item.startswith("CloudWatch")))
+    assert 0 < cost.total - free - snapshots.usd < 0.20
     assert cost.total < kept_up(usage, prices).total < persistent(usage, prices).total
+
+
+def test_cloudwatch_lines_by_hand() -> None:
+    cost = fleet(USAGE, PRICES, WINDOWS)
+    # 11 window metrics, 2 hours a window; 2 hosts' ages and StaleHosts 4 hours a day
+    metric_hours = 11 * 2 * WINDOWS + 3 * 4 * 30
+    assert cost.line("CloudWatch custom metrics").quantity == pytest.approx(metric_hours / 730)
+    assert cost.line("CloudWatch custom metrics").usd == pytest.approx(metric_hours / 1000)
+    assert cost.line("CloudWatch alarms").usd == ALARMS == 9
+    assert cost.line("CloudWatch dashboard").usd == 10.0
+    assert cost.line("CloudWatch PutMetricData").quantity == 4 * 30  # one call a evaluation
+    logs = cost.line("CloudWatch Logs ingested")
+    assert logs.quantity == pytest.approx(8810 * LOG_BYTES_PER_INVOCATION / GIB)
+    # the same in every design: monitoring does not depend on how the archives run
+    for other in (kept_up(USAGE, PRICES, WINDOWS), persistent(USAGE, PRICES, WINDOWS)):
+        assert other.line("CloudWatch custom metrics") == cost.line("CloudWatch custom metrics")
+        assert other.line("CloudWatch dashboard") == cost.line("CloudWatch dashboard")
+
+
+def test_cloudwatchs_free_tier_and_a_stack_without_its_dashboard() -> None:
+    cost = fleet(USAGE, PRICES, WINDOWS)  # 1.07 metric-months, 9 alarms, 1 dashboard
+    metric_usd = cost.line("CloudWatch custom metrics").usd
+    logs_usd = cost.line("CloudWatch Logs ingested").usd
+    assert cloudwatch_free_usd(cost, hosts=2) == pytest.approx(
+        metric_usd + 9 + 10 + 120 + logs_usd)
+    # a dashboard of more than 50 metrics is not one of the free ones
+    assert cloudwatch_free_usd(cost, hosts=41) == pytest.approx(metric_usd + 9 + 120 + logs_usd)
+    many = Usage((ShardRun("w", "t.x", 2000, 600, 900),), 3600, 0, 0)  # 2,001 metrics
+    big = fleet(many, PRICES, WINDOWS)
+    assert big.line("CloudWatch PutMetricData").quantity == 4 * 30 * 3  # 1,000 a call
+    assert cloudwatch_free_usd(big, 2000) == pytest.approx(  # 10 of its 329 metric-months
+        10 * 0.73 + 9 + 360 + big.line("CloudWatch Logs ingested").usd)
+    without = fleet(Usage((SHARD,), 3600, 10, 1, 5, 3, 4, dashboards=0), PRICES, WINDOWS)
+    assert without.line("CloudWatch dashboard").usd == 0
+    assert cost.total - without.total == pytest.approx(10.0)
 
 
 def test_a_scenario_is_split_into_shards_and_timed_from_its_changes() -> None:
@@ -195,10 +240,15 @@ def test_the_bench_prints_the_seed_and_refuses_an_unpriced_type(
     assert "4 hosts of 5 GiB" in out and "1 shard(s) of t4g.small" in out
     assert f"snapshots grow {SNAPSHOT_BYTES_PER_SENT_BYTE:g} x that" in out
     total = next(line for line in out.splitlines() if line.startswith("total per month"))
-    assert total.split()[4:] == ["5.81", "12.78", "9.13"]  # fleet, persistent, kept up
+    assert total.split()[4:] == ["10.24", "17.21", "13.56"]  # fleet, persistent, kept up
+    assert "takes $4.43 off each design (the fleet: $5.81)" in out  # CloudWatch's free tier
     assert bench_cost.main(["--snapshot-bytes-per-sent-byte", "1"]) == 0  # bytes sent, stored
     total = next(line for line in capsys.readouterr().out.splitlines()
                  if line.startswith("total per month"))
-    assert total.split()[4:] == ["1.66", "8.63", "4.98"]
+    assert total.split()[4:] == ["6.09", "13.06", "9.41"]  # 1.66, 8.63, 4.98 without CloudWatch
+    assert bench_cost.main(["--dashboards", "0"]) == 0  # init --no-dashboard
+    total = next(line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("total per month"))
+    assert total.split()[4:] == ["7.24", "14.21", "10.56"]
     assert bench_cost.main(["--hosts", "45", "--instance-type", "x9.huge"]) == 1
     assert "no price for x9.huge" in capsys.readouterr().err
