@@ -433,7 +433,8 @@ def _on_running(world: _World, instance_id: str) -> str:
     shard = next(s for s in window.shards.values() if s.instance_id == instance_id)
     if shard.state is State.OPEN:
         for host in sorted(shard.hosts - world.scenario.never_ask):
-            world.store.record_start(world.window_id, host, world.clock())  # its session
+            world.store.record_start(world.window_id, shard.shard_id, host,
+                                     world.clock())  # its session
             if host not in world.scenario.never_finish:
                 world.bus.post(world.scenario.transfers[host], "report", host)
     return f"EC2: {shard.shard_id}'s instance running"

@@ -118,8 +118,11 @@ class SessionService:
         if request.host != signer:
             raise WrongHostError(f"{signer} may not ask for {request.host}'s session")
         (window, shard), now = self._open_shard(request), self.clock()
-        if request.purpose == "backup":  # the host is here: it no longer counts as idle
-            self.store.record_start(window.window_id, request.host, now)
+        # The host is here: it no longer counts as idle. Refused if its archive closed since
+        # it was read (an idle close or the deadline): no certificate for a closing archive.
+        if request.purpose == "backup" and not self.store.record_start(
+                window.window_id, shard.shard_id, request.host, now):
+            raise NoOpenWindowError(self.next_window(now))
         account = self.policy.account(request.host)
         spec = CertificateSpec(
             public_key_line=request.ssh_public_key, principal=account,

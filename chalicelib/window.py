@@ -227,6 +227,8 @@ class Decision:
     target: State | None
     reason: str
     actions: tuple[Action, ...] = ()
+    # An idle close holds only while these hosts still have not asked for a session.
+    unless_started: frozenset[str] = frozenset()
 
     @property
     def changes_state(self) -> bool:
@@ -361,7 +363,7 @@ def _close_if_idle(window: Window, shard: Shard, now: datetime,
         f"{len(idle)} of {len(shard.hosts)} hosts of {shard.shard_id} never asked for a "
         f"session within their grace after the archive was ready ({_names(idle)}: missing); "
         + (f"the other {done} reported" if done else "no host of it reported"),
-        (Action.STOP_INSTANCE, Action.NOTIFY))
+        (Action.STOP_INSTANCE, Action.NOTIFY), unless_started=idle)
 
 
 def _close_at_deadline(window: Window, shard: Shard, now: datetime) -> Decision:

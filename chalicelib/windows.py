@@ -565,7 +565,7 @@ class WindowService:
         if decision.target is not None:
             won = self.ports.store.transition_shard(window.window_id, shard_id, shard.state,
                                                     decision.target, decision.reason, now,
-                                                    address, volumes)
+                                                    address, volumes, decision.unless_started)
             if not won:
                 logger.info("transition lost to a concurrent writer", extra=log)
                 return Decision(None, "another invocation made this transition")

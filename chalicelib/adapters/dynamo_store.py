@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -194,17 +194,31 @@ class DynamoWindowStore(_Table):
 
     def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
                          reason: str, now: datetime, address: str | None = None,
-                         volumes: Mapping[str, str] | None = None) -> bool:
+                         volumes: Mapping[str, str] | None = None,
+                         unless_started: Collection[str] = ()) -> bool:
         # Timeline of a duplicated "stopped" event: A reads CLOSING -> B reads CLOSING ->
         # A writes SNAPSHOTTING if state=CLOSING (ok: A snapshots) -> B's write fails (no
         # second round of snapshots).
+        # An idle close against a session (record_start): the reconciler reads OPEN with h
+        # idle -> h's session reads OPEN -> either the close's transaction (state=OPEN, no
+        # START#h) lands first and the session's (state=OPEN, START#h) fails: refused, never
+        # certified for a closing archive; or the session's lands first and the close's fails:
+        # h is no longer idle, the archive stays up for it.
         extra = {"address": address, "volumes": dict(volumes) if volumes else None}
         change = self._state_change(_window_key(window_id, f"SHARD#{shard_id}"), source, target,
                                     reason, now, extra)
         try:
-            self._db.update_item(**change)
+            if unless_started:  # at most HOSTS_PER_ARCHIVE (21) checks: within the 100 items
+                items: Any = [{"Update": change}, *(
+                    {"ConditionCheck": {"TableName": self._table,
+                                        "Key": _dump(_window_key(window_id, f"START#{host}")),
+                                        "ConditionExpression": "attribute_not_exists(pk)"}}
+                    for host in sorted(unless_started))]
+                self._db.transact_write_items(TransactItems=items)
+            else:
+                self._db.update_item(**change)
         except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
+            if _code(exc) in ("ConditionalCheckFailedException", "TransactionCanceledException"):
                 return False
             raise
         return True
@@ -255,9 +269,29 @@ class DynamoWindowStore(_Table):
         return (str(item["window_id"]), str(item["shard_id"])) if item else None
 
     # reports ---------------------------------------------------------------------------
-    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
-        return self._put_if({**_window_key(window_id, f"START#{host}"), "at": at.isoformat()},
-                            "attribute_not_exists(pk)")
+    def record_start(self, window_id: str, shard_id: str, host: str, at: datetime) -> bool:
+        # Only while the host's shard is OPEN (see transition_shard's idle close); a second
+        # session keeps the first time. A ConditionCheck is authorised as
+        # dynamodb:ConditionCheckItem ("Using IAM with DynamoDB transactions", Developer Guide).
+        try:
+            self._db.transact_write_items(TransactItems=[
+                {"ConditionCheck": {
+                    "TableName": self._table,
+                    "Key": _dump(_window_key(window_id, f"SHARD#{shard_id}")),
+                    "ConditionExpression": "#state = :open",
+                    "ExpressionAttributeNames": {"#state": "state"},
+                    "ExpressionAttributeValues": _dump({":open": State.OPEN.value})}},
+                {"Update": {
+                    "TableName": self._table,
+                    "Key": _dump(_window_key(window_id, f"START#{host}")),
+                    "UpdateExpression": "SET #at = if_not_exists(#at, :at)",
+                    "ExpressionAttributeNames": {"#at": "at"},
+                    "ExpressionAttributeValues": _dump({":at": at.isoformat()})}}])
+        except ClientError as exc:
+            if _code(exc) == "TransactionCanceledException":
+                return False
+            raise
+        return True
 
     def put_report(self, report: Report) -> bool:
         # A failed report may be replaced (the host ran again); a success is final.

@@ -8,7 +8,7 @@ records; hosts; nonces), their errors, and the in-memory implementations used by
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
@@ -52,8 +52,11 @@ class WindowStore(Protocol):
 
     def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
                          reason: str, now: datetime, address: str | None = None,
-                         volumes: Mapping[str, str] | None = None) -> bool:
-        """Move one shard from `source` to `target`; False if it was no longer in `source`."""
+                         volumes: Mapping[str, str] | None = None,
+                         unless_started: Collection[str] = ()) -> bool:
+        """Move one shard from `source` to `target`; False if it was no longer in `source`, or
+        if any host of `unless_started` has recorded a start (an idle close that a session
+        overtook: the host is no longer idle)."""
 
     def record_launch(self, window_id: str, shard_id: str, instance_id: str,
                       instance_type: str) -> bool:
@@ -63,8 +66,9 @@ class WindowStore(Protocol):
     def find_instance(self, instance_id: str) -> tuple[str, str] | None:
         """(window id, shard id) of one of our archive instances; None for any other."""
 
-    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
-        """The host asked for a session in this window (its first time: True)."""
+    def record_start(self, window_id: str, shard_id: str, host: str, at: datetime) -> bool:
+        """The host asked for a session in this window (recorded once); False, and nothing
+        recorded, when its shard is no longer OPEN (an idle close or the deadline won)."""
         ...
 
     def put_report(self, report: Report) -> bool:
@@ -174,11 +178,13 @@ class InMemoryWindowStore:
 
     def transition_shard(self, window_id: str, shard_id: str, source: State, target: State,
                          reason: str, now: datetime, address: str | None = None,
-                         volumes: Mapping[str, str] | None = None) -> bool:
+                         volumes: Mapping[str, str] | None = None,
+                         unless_started: Collection[str] = ()) -> bool:
         with self._lock:
             window = self._windows.get(window_id)
             shard = window.shards.get(shard_id) if window else None
-            if window is None or shard is None or shard.state is not source:
+            if window is None or shard is None or shard.state is not source or any(
+                    (window_id, host) in self._starts for host in unless_started):
                 return False
             changed = replace(shard, state=target, reason=reason, updated_at=now,
                               address=address or shard.address,
@@ -205,9 +211,11 @@ class InMemoryWindowStore:
     def find_instance(self, instance_id: str) -> tuple[str, str] | None:
         return self._instances.get(instance_id)
 
-    def record_start(self, window_id: str, host: str, at: datetime) -> bool:
+    def record_start(self, window_id: str, shard_id: str, host: str, at: datetime) -> bool:
         with self._lock:
-            if (window_id, host) in self._starts:
+            window = self._windows.get(window_id)
+            shard = window.shards.get(shard_id) if window else None
+            if shard is None or shard.state is not State.OPEN:
                 return False
             self._starts.add((window_id, host))
             return True

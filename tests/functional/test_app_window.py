@@ -18,7 +18,9 @@ from nacl.signing import SigningKey
 
 import app as app_module
 from chalicelib.adapters.compute import Ec2Compute
+from chalicelib.adapters.dynamo_store import DynamoWindowStore
 from chalicelib.instance.userdata import CONFIG_PATH
+from chalicelib.window import State
 from tests.unit.test_instance_userdata import embedded
 
 from .app_rig import (
@@ -315,3 +317,52 @@ def test_a_host_that_never_asks_closes_its_archive_after_the_grace(
     time.sleep(0.7)
     app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
     assert window(app_rig, second)["state"] == "OPEN"  # held open, to the deadline if need be
+
+
+def test_a_session_the_idle_close_overtook_is_refused_and_certifies_nothing(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The reconciler idle-closes l's archive after l's session read it OPEN and before the
+    session recorded l's start: the session is refused as after the close (409), no
+    certificate is issued for an archive that is being stopped, and the close stands."""
+    wid = open_window(app_rig)
+    real = DynamoWindowStore.record_start
+
+    def overtaken(self: DynamoWindowStore, window_id: str, shard_id: str, host: str,
+                  at: datetime) -> bool:
+        assert self.transition_shard(window_id, shard_id, State.OPEN, State.CLOSING,
+                                     "idle (the reconciler, meanwhile)", at,
+                                     unless_started={host})
+        return real(self, window_id, shard_id, host, at)
+
+    monkeypatch.setattr(DynamoWindowStore, "record_start", overtaken)
+    answer = app_rig.session("l")
+    assert (answer.status_code, answer.json_body["error"]) == (409, "no_open_window")
+    assert "certificate issued" not in caplog.text
+    (shard,) = window(app_rig, wid)["shards"]
+    assert shard["state"] == "CLOSING"
+
+
+def test_an_idle_close_a_session_overtook_does_not_close(
+        app_rig: AppRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler finds l idle past its grace, but l's session records its start before
+    the reconciler's close is written: the close fails, and the archive stays up for l."""
+    monkeypatch.setenv("START_GRACE_MINUTES", "0.01")  # 0.6 s
+    clear_caches()
+    wid = open_window(app_rig)
+    for host in ("c", "h", "o"):
+        app_rig.report(wid, host)
+    real = DynamoWindowStore.transition_shard
+
+    def overtaken(self: DynamoWindowStore, *args: Any, **kwargs: Any) -> bool:
+        unless = args[7] if len(args) > 7 else kwargs.get("unless_started", ())
+        if unless:  # the idle close: l's session lands first
+            (shard,) = self.get_window(wid).shards.values()  # type: ignore[union-attr]
+            assert self.record_start(wid, shard.shard_id, "l", datetime.now(timezone.utc))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoWindowStore, "transition_shard", overtaken)
+    time.sleep(0.7)
+    app_rig.client.lambda_.invoke("reconciler", aws_scheduled_event())
+    assert window(app_rig, wid)["state"] == "OPEN"  # l came: it holds the archive
+    assert app_rig.session("l").status_code == 201

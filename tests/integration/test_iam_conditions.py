@@ -265,7 +265,8 @@ def read_parameter(name: str, secure: bool) -> Requests:
 def table(*actions: str) -> Requests:
     """DynamoDB on the stage's table. A TransactWriteItems is authorised item by item as
     PutItem, UpdateItem, DeleteItem ("Using IAM policy conditions for fine-grained access
-    control", DynamoDB Developer Guide), so those cover it."""
+    control", DynamoDB Developer Guide), and a ConditionCheck item as ConditionCheckItem
+    ("Using IAM with DynamoDB transactions"), so those cover it."""
     return [Request(f"dynamodb:{a}", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/offsite-{STAGE}",
                     {}, "the window table") for a in actions]
 
@@ -305,6 +306,10 @@ FAN_OUT = [Request("lambda:InvokeFunction",
                    f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:offsite-{STAGE}-launch_shard",
                    {}, "a shard's launch")]
 ALL_ITEMS = ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query")
+# A session's start, only while its archive is OPEN, and the idle close, only while the idle
+# hosts have no start (dynamo_store.record_start, transition_shard): the API (sessions,
+# reports) and the reconciler (its look at an OPEN archive).
+CHECKED = (*ALL_ITEMS, "ConditionCheckItem")
 NO_PUT = ("GetItem", "UpdateItem", "DeleteItem", "Query")
 
 
@@ -314,7 +319,7 @@ def calls() -> dict[str, Requests]:
     ec2 = {name: ec2_call(name) for name in EC2_CALLS}
     return {
         "api_handler": [
-            *table(*ALL_ITEMS), *described("DescribeSnapshots"), *ec2["stop an archive"],
+            *table(*CHECKED), *described("DescribeSnapshots"), *ec2["stop an archive"],
             *ec2["terminate an archive"], *ec2["delete a window's volume"],
             *ec2_call("snapshot a host's volume", ADOPTED_VOLUME), *schedules(create=True),
             *FAN_OUT, *NOTIFY, *read_parameter("ca-key", secure=True),
@@ -331,7 +336,7 @@ def calls() -> dict[str, Requests]:
             *ec2["terminate an archive"], *ec2["name a volume's host"],
             *schedules(create=False), *NOTIFY],
         "reconciler": [
-            *table(*ALL_ITEMS),
+            *table(*CHECKED),
             *described("DescribeInstances", "DescribeSnapshots", "DescribeVolumes"),
             *ec2["stop an archive"], *ec2["terminate an archive"], *ec2["name a volume's host"],
             *ec2["snapshot a host's volume"], *ec2["settle a recovery point"],
@@ -551,7 +556,8 @@ CLIENTS = ("ec2", "dynamodb", "ssm", "sns", "scheduler", "lambda")
 # boto3 operation -> the IAM actions it is authorised as, where the name is not the action's
 AUTHORISED_ACTIONS = {"lambda:Invoke": {"lambda:InvokeFunction"},
                       "dynamodb:TransactWriteItems": {"dynamodb:PutItem", "dynamodb:UpdateItem",
-                                                      "dynamodb:DeleteItem"},
+                                                      "dynamodb:DeleteItem",
+                                                      "dynamodb:ConditionCheckItem"},
                       # powertools' SSMProvider.get is GetParameter
                       "ssm:Get": {"ssm:GetParameter"}}
 # dynamo_store.create_table: `offsite-admin init` on the local stack, with the admin's own

@@ -326,12 +326,35 @@ def test_a_start_is_recorded_once_and_read_with_the_window(store: Store) -> None
     """A host's first session in a window (idle close: it no longer counts as idle); its own
     start grace rides with the window it was opened with."""
     store.create_window(replace(window(), start_grace={"o": 90}))
+    assert not store.record_start(WID, "s01", "c", T0)  # its archive is not OPEN yet
+    for shard_id in ("s01", "s02"):
+        store.transition_shard(WID, shard_id, State.OPENING, State.OPEN, "ready", T0)
     assert got(store).started == frozenset()
-    assert store.record_start(WID, "c", T0)
-    assert not store.record_start(WID, "c", T0)  # a second session: nothing new
-    assert store.record_start(WID, "o", T0)
+    assert store.record_start(WID, "s01", "c", T0)
+    assert store.record_start(WID, "s01", "c", LATER)  # a second session: still one start
+    assert store.record_start(WID, "s02", "o", T0)
     read = got(store)
     assert read.started == frozenset({"c", "o"}) and read.start_grace == {"o": 90}
+
+
+def test_an_idle_close_and_a_session_exclude_each_other(store: Store) -> None:
+    """The reconciler closes s01 for idle h while h's session is being issued: whichever
+    writes first wins, and the other is refused (no certificate for a closing archive, no
+    close under a host that came)."""
+    store.create_window(window())
+    store.transition_shard(WID, "s01", State.OPENING, State.OPEN, "ready", T0)
+    store.transition_shard(WID, "s02", State.OPENING, State.OPEN, "ready", T0)
+    assert store.record_start(WID, "s01", "h", LATER)  # the session first
+    assert not store.transition_shard(WID, "s01", State.OPEN, State.CLOSING, "idle", LATER,
+                                      unless_started={"c", "h"})
+    assert got(store).shards["s01"].state is State.OPEN
+    assert store.transition_shard(WID, "s01", State.OPEN, State.CLOSING, "idle", LATER,
+                                  unless_started={"c"})  # c never came
+    # the close first: the session of l, read while s02 was OPEN, is refused
+    assert store.transition_shard(WID, "s02", State.OPEN, State.CLOSING, "idle", LATER,
+                                  unless_started={"l"})
+    assert not store.record_start(WID, "s02", "l", LATER)
+    assert got(store).started == frozenset({"h"})
 
 
 def test_a_hosts_own_start_grace_round_trips(store: Store) -> None:
