@@ -429,12 +429,18 @@ class WindowService:
             active = [s for s in window.shards.values() if s.state.active]
             views = self.ports.compute.describe([s.instance_id for s in active if s.instance_id])
             for shard in active:
-                decisions.append(self._tick(window_id, shard, views))
+                decisions.append(self._tick(window_id, shard.shard_id, views))
             self._conclude(window_id, retention=True)
         return decisions
 
-    def _tick(self, window_id: str, shard: Shard, views: dict[str, InstanceView]) -> Decision:
+    def _tick(self, window_id: str, shard_id: str, views: dict[str, InstanceView]) -> Decision:
+        # The shard as it is now, not as the reconciler read it before asking EC2: a launch may
+        # have recorded its instance (and "running" made it BOOTING) in between; that instance
+        # is then asked about on its own, never taken for one that is gone.
         window = self._window(window_id)
+        shard = window.shards[shard_id]
+        if shard.instance_id is not None and shard.instance_id not in views:
+            views = {**views, **self.ports.compute.describe([shard.instance_id])}
         if shard.instance_id is None:
             waited = self._clock() - shard.updated_at
             if shard.state is State.OPENING and self._clock() < window.deadline \

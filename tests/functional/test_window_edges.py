@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from chalicelib.adapters.compute import TAG_HOST, TAG_WINDOW, Launched, LaunchSpec
+from chalicelib.adapters.compute import TAG_HOST, TAG_WINDOW, InstanceView, Launched, LaunchSpec
 from chalicelib.window import SnapshotStatus, State, Window
 from chalicelib.windows import ActionsFailedError
 
@@ -238,3 +238,28 @@ def test_a_snapshot_event_not_ours_is_ignored(rig: Rig) -> None:
     window = rig.service.get_window(window.window_id)
     assert set(window.snapshots.values()) == {SnapshotStatus.PENDING}
     assert window.shards["s01"].state is State.SNAPSHOTTING
+
+
+def test_a_launch_recorded_while_the_reconciler_looks_does_not_fail_its_archive(
+        rig: Rig) -> None:
+    """The reconciler reads the window while s01 is still OPENING with no instance, asks EC2
+    about the instances it knows of, and meanwhile launch_shard records s01's instance and its
+    "running" event makes it BOOTING: the reconciler must judge s01 as it is now, with its
+    instance, not as it read it (it failed the archive: "the instance is none")."""
+    rig.service.ports.launcher.launch = lambda w, s: None  # type: ignore[method-assign]
+    window = rig.service.open_window("test")
+    describe = rig.compute.describe
+
+    def launched_meanwhile(instance_ids: Sequence[str]) -> dict[str, InstanceView]:
+        if not rig.compute.instances:
+            rig.service.launch_shard(window.window_id, "s01")
+            rig.compute.boot()
+            rig.service.on_instance_state(instance_of(rig.service.get_window(
+                window.window_id)), "running")
+        return describe(instance_ids)
+
+    rig.compute.describe = launched_meanwhile  # type: ignore[method-assign]
+    rig.service.reconcile()
+    shard = rig.service.get_window(window.window_id).shards["s01"]
+    assert shard.state is State.BOOTING, shard.reason
+    assert state_of(rig, str(shard.instance_id)) == "running"
