@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-backup
+SYSTEM_PACKAGES := rsync openssh-server openssh-client gocryptfs fuse3 rdiff-backup iproute2
 # bench-wire runs the peers a user would pick instead of Offsite beside it (bench/peers.py)
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=

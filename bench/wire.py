@@ -59,6 +59,7 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.exitcodes import OffsiteError  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
 
+from bench.link import Link, LinkError, shaped_link
 from bench.peers import PEERS, PeerError, PeerFigures
 from bench.volumes import EBS_BLOCK, LoopVolume, VolumeError
 from local.aws import free_port
@@ -277,16 +278,18 @@ def _must(argv: list[str]) -> str:
 
 
 class Archive:
-    """sshd on 127.0.0.1 with its own host key and CA; one account whose certificate forces
-    `rrsync -wo <volume>`, as the archive instance does."""
+    """sshd on 127.0.0.1 (or across `link`, bench/link.py) with its own host key and CA; one
+    account whose certificate forces `rrsync -wo <volume>`, as the archive instance does."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, link: Link | None = None) -> None:
         self.keys = work / "keys"
         self.keys.mkdir(mode=0o700)
         self.volume = work / "volume"
         self.principals = work / "principals"
         self.user = ACCOUNT_PREFIX + secrets.token_hex(3)
         self.work, self.port, self.uid = work, 0, -1
+        self.link = link
+        self.address = link.address if link else "127.0.0.1"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, cleanup: contextlib.ExitStack) -> None:
@@ -313,7 +316,7 @@ class Archive:
     def _spawn(self) -> None:
         config = self.work / "sshd_config"
         config.write_text(
-            f"ListenAddress 127.0.0.1:{self.port}\nHostKey {self.keys / 'host'}\n"
+            f"ListenAddress {self.address}:{self.port}\nHostKey {self.keys / 'host'}\n"
             f"PidFile none\nTrustedUserCAKeys {self.keys / 'ca.pub'}\n"
             f"AuthorizedPrincipalsFile {self.principals}/%u\nAuthorizedKeysFile none\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n"
@@ -321,14 +324,15 @@ class Archive:
             "UsePAM no\nLogLevel ERROR\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         with (self.work / "sshd.log").open("ab") as log:
-            self.process = subprocess.Popen([tool("sshd"), "-D", "-e", "-f", str(config)],
+            argv = [tool("sshd"), "-D", "-e", "-f", str(config)]
+            self.process = subprocess.Popen(self.link.enter(argv) if self.link else argv,
                                             stderr=log, start_new_session=True)
 
     def _banner(self) -> bool:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.process and self.process.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1) as sock:
+                    (self.address, self.port), timeout=1) as sock:
                 if sock.recv(4).startswith(b"SSH-"):
                     return True
             time.sleep(0.05)
@@ -345,9 +349,9 @@ class Archive:
                "-O", f"force-command={rrsync} {access} {self.volume}", f"{key}.pub"])
         kind, blob = (self.keys / "host.pub").read_text().split()[:2]
         known = self.work / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{self.port} {kind} {blob}\n")
+        known.write_text(f"[{self.address}]:{self.port} {kind} {blob}\n")
         now = time.time()
-        session = Session("bench-wire", "127.0.0.1", self.port, self.user,
+        session = Session("bench-wire", self.address, self.port, self.user,
                           Path(f"{key}-cert.pub").read_text().strip(), known.read_text().strip(),
                           "encrypted/", now + 12 * 3600, now + 12 * 3600)
         return session, transfer.SessionFiles(key, Path(f"{key}-cert.pub"), known)
@@ -484,6 +488,7 @@ class Figures:
     work: str = ""
     account: str = ""
     sshd_pid: int = 0
+    link: str = "loopback"  # what lay between the host and sshd (bench/link.py)
 
     @property
     def whole_file_bytes(self) -> int:
@@ -604,17 +609,20 @@ def _stat(stdout: str, name: str) -> int:
     return 0
 
 
-def workspace(cleanup: contextlib.ExitStack, name: str) -> tuple[Path, Archive]:
-    """A work directory `offsite-bench-<name>-*` and a started Archive in it, both removed by
-    `cleanup` (sshd stopped, the account's processes killed and the account deleted, FUSE
-    mounts under it detached, every file deleted), also after a failure or Ctrl-C."""
+def workspace(cleanup: contextlib.ExitStack, name: str,
+              link_mbit: float | None = None) -> tuple[Path, Archive]:
+    """A work directory `offsite-bench-<name>-*` and a started Archive in it (across a shaped
+    link of `link_mbit` Mbit/s, or on loopback), all removed by `cleanup` (sshd stopped, the
+    account's processes killed and the account deleted, FUSE mounts under it detached, every
+    file deleted, the link's namespace and veth pair deleted), also after a failure or
+    Ctrl-C."""
     if os.geteuid() != 0:
         raise BenchError(f"bench/{name} must run as root: it adds a Unix account for its sshd")
     work = Path(tempfile.mkdtemp(prefix=f"offsite-bench-{name}-"))
     cleanup.callback(shutil.rmtree, work, ignore_errors=True)
     work.chmod(0o711)  # sshd reads the principals file as the account
     cleanup.callback(_unmount_all, work)
-    archive = Archive(work)
+    archive = Archive(work, shaped_link(cleanup, link_mbit) if link_mbit else None)
     archive.start(cleanup)
     return work, archive
 
@@ -626,12 +634,13 @@ def volume_mib(size_mb: float) -> int:
 
 
 def measure(size_mb: float, seed: int = SEED, quiet: bool = True,
-            change_mb: float | None = None, peers: bool = True) -> Figures:
+            change_mb: float | None = None, peers: bool = True,
+            link_mbit: float | None = None) -> Figures:
     """The whole bench (`change_mb`: make the change that data set size gets, for the scaling
-    row; `peers`: also run restic and borg where installed); everything it made is gone when it
-    returns or raises."""
+    row; `peers`: also run restic and borg where installed; `link_mbit`: sshd across a shaped
+    link); everything it made is gone when it returns or raises."""
     with contextlib.ExitStack() as cleanup:
-        work, archive = workspace(cleanup, "wire")
+        work, archive = workspace(cleanup, "wire", link_mbit)
         volumes = archive.attach_volumes(cleanup, volume_mib(size_mb))
         bench = Bench(work, archive, quiet)
         log = bench.say
@@ -657,7 +666,8 @@ def measure(size_mb: float, seed: int = SEED, quiet: bool = True,
         assert archive.process is not None
         return Figures(size_mb, seed, data.files, data.bytes, initial, change, changes, *checked[0],
                        changed["encrypted"], changed["plain"], compared, change_mb or size_mb,
-                       work=str(work), account=archive.user, sshd_pid=archive.process.pid)
+                       work=str(work), account=archive.user, sshd_pid=archive.process.pid,
+                       link=archive.link.describe() if archive.link else "loopback")
     raise AssertionError("unreachable")  # for mypy: ExitStack never swallows here
 
 
@@ -693,6 +703,7 @@ def report(f: Figures) -> str:
     check = "exact" if f.formula_predicted == f.formula_shown else "MISMATCH"
     return "\n".join([
         f"Offsite on the wire, {f.when}, {f.cpus} CPUs, Python {platform.python_version()}",
+        f"between the host and sshd: {f.link}",
         f"data set: {f.files:,} files, {f.plaintext_bytes:,} bytes (--size-mb {f.size_mb:g}, "
         f"seed {f.seed}); the change:", "", changes, "",
         "Bytes sent (rsync --stats \"Total bytes sent\"), over the same ssh and rrsync -wo:", "",
@@ -823,6 +834,10 @@ def data_set_parser(prog: str, description: str | None) -> argparse.ArgumentPars
     p.add_argument("--seed", type=int, default=SEED, help=f"data seed (default {SEED})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--link-mbit", type=float, metavar="MBIT",
+                   help="reach sshd over a link of this many Mbit/s each way (a veth pair into "
+                        "a network namespace, shaped by tc), as a host's uplink; default: "
+                        "loopback, where the CPU, not the link, bounds every transfer")
     return p
 
 
@@ -851,7 +866,7 @@ def run(measure_it: Callable[[], T]) -> T | int:
     except KeyboardInterrupt:
         print("interrupted; everything the bench made is removed", file=sys.stderr)
         return 130
-    except (BenchError, OffsiteError, PeerError, VolumeError, OSError,
+    except (BenchError, LinkError, OffsiteError, PeerError, VolumeError, OSError,
             subprocess.SubprocessError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -861,9 +876,10 @@ def run(measure_it: Callable[[], T]) -> T | int:
 
 def measure_all(args: argparse.Namespace) -> tuple[Figures, list[Figures]]:
     """The bench at --size-mb, then each other --scaling size with the same change."""
-    figures = measure(args.size_mb, args.seed, quiet=args.quiet)
+    figures = measure(args.size_mb, args.seed, quiet=args.quiet, link_mbit=args.link_mbit)
     scaled = [figures if size == args.size_mb else
-              measure(size, args.seed, args.quiet, change_mb=args.size_mb, peers=False)
+              measure(size, args.seed, args.quiet, change_mb=args.size_mb, peers=False,
+                      link_mbit=args.link_mbit)
               for size in args.scaling or ()]
     return figures, sorted(scaled, key=lambda f: f.size_mb)
 

@@ -4,7 +4,8 @@
    (`POST /v1/hosts/{name}/restores`): the control plane opens a restore window;
 2. session: `POST /v1/sessions` with purpose "restore", a read-only (`rrsync -ro`) certificate;
 3. fetch: rsync the ciphertext down into `<state_dir>/restore/<snapshot>`, resumable (a cut-off
-   fetch is kept, and the next attempt fetches only what is missing), and its manifest beside it;
+   fetch is kept, and the next attempt fetches only what is missing), and its manifest beside it,
+   over a second connection at the same time;
    the copy must match the manifest before anything is decrypted (sealing.py), since gocryptfs
    cannot see a file cut at a block boundary, missing, added, swapped or rolled back; the
    ciphertext is hashed while it arrives (compare.Prehash), so the check after the fetch reads
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,11 +177,22 @@ class Restorer:
             started = time.monotonic()
             prehash = compare.Prehash(staging)  # the check's hashing, behind the fetch
             prehash.start()
+            # The manifest comes over a second connection beside the data (rrsync -ro takes
+            # no lock): its ssh handshake and round trips hide behind the fetch.
+            manifest = _Beside(lambda: self._fetch_manifest(ready_tools, rsh, session,
+                                                            _sealed(staging)))
+            manifest.start()
+            interrupted = False
             try:
                 done = self._until_stop(argv, session)
+            except KeyboardInterrupt:  # not waited for: its rsync ends at its own timeout
+                interrupted = True
+                raise
             finally:
                 self._prehashed[staging] = prehash.stop()
-            self._fetch_manifest(ready_tools, rsh, session, _sealed(staging))
+                if not interrupted:  # nothing may still write beside the staging copy
+                    manifest.join()
+            manifest.result()
         self.console.step("fetch", f"{transfer.received(done.stdout)} bytes received in "
                           f"{time.monotonic() - started:.1f} s into {staging}")
         return staging
@@ -254,6 +267,25 @@ class Restorer:
 
     def _step(self, name: str) -> Callable[[str], None]:
         return lambda message: self.console.step(name, message)
+
+
+class _Beside(threading.Thread):
+    """`work` in a thread; `result()` raises what it raised."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        super().__init__(daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:  # handed to the caller by result()
+            self.error = exc
+
+    def result(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _sealed(staging: Path) -> Path:

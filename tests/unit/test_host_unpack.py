@@ -4,21 +4,25 @@ ends a restore, its window hears of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from offsite_host import restore as restore_module
+from offsite_host import runner
 from offsite_host.config import parse_config
 from offsite_host.console import Console
-from offsite_host.exitcodes import ConfigError, RestoreError
+from offsite_host.exitcodes import ConfigError, RestoreError, TransferError
 from offsite_host.manifest import Verdict
 from offsite_host.points import Choice, RecoveryPoint, RestoreWindow
 from offsite_host.restore import Restorer
 from offsite_host.restore_plan import TargetState
 from offsite_host.run import Outcome
+from offsite_host.session import Session
 from offsite_host.unpack import place, target_state
 
 
@@ -122,3 +126,55 @@ def test_content_that_cannot_be_given_back_is_kept_and_named(
     monkeypatch.undo()
     kept_from = {p.name: p.read_text() for p in kept.iterdir()}
     assert kept_from == {"keep.txt": "mine\n"}
+
+
+class _Fetching(Restorer):
+    """A Restorer whose session and two rsyncs are stand-ins: the data pull waits (up to a
+    minute) for the manifest's pull to have started."""
+
+    manifest_started = threading.Event()
+    manifest_error: Exception | None = None
+
+    def _until_stop(self, argv: list[str], session: object) -> runner.Finished:
+        assert self.manifest_started.wait(60), "the manifest waited for the data"
+        return runner.Finished(0, "Total bytes received: 10\n", "", False)
+
+    def _fetch_manifest(self, ready_tools: object, rsh: str, session: object,
+                        sealed: Path) -> None:
+        self.manifest_started.set()
+        if self.manifest_error is not None:
+            raise self.manifest_error
+
+
+def fetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             error: Exception | None = None) -> _Fetching:
+    cfg = parse_config({"api_url": "https://api.example", "host": "web-1",
+                        "paths": ["/srv/data"], "state_dir": str(tmp_path / "state")},
+                       tmp_path, "linux", {})
+    session = Session("r-1", "192.0.2.7", 22, "web-1", "ssh-ed25519-cert-v01@openssh.com AAAA",
+                      "192.0.2.7 ssh-ed25519 AAAA", "encrypted/", 2e9, 2e9)
+    monkeypatch.setattr(restore_module, "open_session", lambda *args, **kwargs: session)
+    monkeypatch.setattr(restore_module.tools, "resolve", lambda configured, names:
+                        restore_module.tools.ResolvedTools(**{
+                            f.name: f.name for f in dataclasses.fields(
+                                restore_module.tools.ResolvedTools)}))
+    restorer = _Fetching(cfg, Console(io.StringIO()))
+    restorer.manifest_started = threading.Event()
+    restorer.manifest_error = error
+    return restorer
+
+
+def test_the_manifest_is_fetched_beside_the_data_not_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    restorer = fetching(tmp_path, monkeypatch)
+    window = RestoreWindow("r-1", "snap-1", "2030-03-01", True, 2.0)
+    staging = restorer._fetch(None, window)  # type: ignore[arg-type]
+    assert staging == tmp_path / "state" / "restore" / "snap-1" and staging.is_dir()
+
+
+def test_a_manifest_that_cannot_be_fetched_still_fails_the_fetch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    restorer = fetching(tmp_path, monkeypatch, TransferError("fetching the manifest failed"))
+    window = RestoreWindow("r-1", "snap-1", "2030-03-01", True, 2.0)
+    with pytest.raises(TransferError, match="fetching the manifest failed"):
+        restorer._fetch(None, window)  # type: ignore[arg-type]
