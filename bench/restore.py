@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,10 @@ from offsite_host import (  # type: ignore[import-not-found, unused-ignore]
     sealing,
     transfer,
     unpack,
+)
+from offsite_host.early import (  # type: ignore[import-not-found, unused-ignore]
+    Copies,
+    EarlyCopy,
 )
 from offsite_host.restore_plan import Selection  # type: ignore[import-not-found, unused-ignore]
 from offsite_host.session import Session  # type: ignore[import-not-found, unused-ignore]
@@ -193,6 +198,7 @@ class Restored:
     in_target_at_s: float
     how: str = ""  # what unpack.restore_into said it did
     rdiff_backup_s: float = 0.0  # `rdiff-backup restore --at now` of the same mount
+    early_stop_s: float = 0.0  # after the fetch: the early copy ended, its mount released
 
     @property
     def total_by_rdiff_backup_s(self) -> float:
@@ -201,13 +207,14 @@ class Restored:
 
     @property
     def total_s(self) -> float:
-        return (self.fetch.seconds + self.manifest_s + self.authenticate_s + self.mount_s
-                + self.restore_s + self.unmount_s)
+        return (self.fetch.seconds + self.early_stop_s + self.manifest_s + self.authenticate_s
+                + self.mount_s + self.restore_s + self.unmount_s)
 
     @property
     def decrypt_starts_at_s(self) -> float:
-        """When the mount starts: nothing is decrypted before."""
-        return self.fetch.seconds + self.manifest_s + self.authenticate_s
+        """When the mount of the authenticated copy starts: nothing is restored before (the
+        early copy's files, made during the fetch, are provisional until then)."""
+        return self.fetch.seconds + self.early_stop_s + self.manifest_s + self.authenticate_s
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,11 @@ class Restore:
         try:
             prehash = compare.Prehash(staging)  # as Restorer._fetch: hashing behind the fetch
             prehash.start()
+            # as Restorer._fetch: the mirror copied while the fetch runs (beside the watched
+            # area: those copies are provisional, not yet restored files)
+            early = EarlyCopy(staging, self.work / "plain-early", self.work / "early",
+                              [(self.bench.repos[0].target.name, ())], self._mount)
+            early.start()
             # as Restorer._fetch: the manifest over a second connection, beside the fetch
             with ThreadPoolExecutor(1) as beside:
                 manifest = beside.submit(_rsync, sealing.pull_argv(
@@ -290,7 +302,9 @@ class Restore:
                     fetch = self.pull(self.session, staging)
                 finally:
                     digests = prehash.stop()
-                mark = time.monotonic()
+                    mark = time.monotonic()
+                    copies = early.stop()
+                early_stop_s, mark = _lap(mark)
                 manifest.result()
             manifest_s, mark = _lap(mark)  # what the manifest kept us waiting after the fetch
             verdict = sealing.authenticate(staging, sealed, self.bench.password, HOST,
@@ -301,8 +315,8 @@ class Restore:
                                        self.bench.say) as plain:
                 mount_s, mark = _lap(mark)
                 how: list[str] = []
-                unpack.place(target, False, lambda tree: how.append(self._build(plain, tree)),
-                             None)
+                unpack.place(target, False, lambda tree: how.append(
+                    self._build(plain, tree, copies.get(0))), None)
                 restore_s, mark = _lap(mark)
                 in_target = mark - started
                 rdiff_backup_s = self._by_rdiff_backup(plain)
@@ -312,14 +326,19 @@ class Restore:
             first = watch.stop(started)
         entries = _entries(verdict.reason)
         return Restored(fetch, manifest_s, authenticate_s, entries, mount_s, restore_s,
-                        unmount_s, first, in_target, how[0], rdiff_backup_s), target
+                        unmount_s, first, in_target, how[0], rdiff_backup_s,
+                        early_stop_s), target
 
-    def _build(self, plain: Path, tree: Path) -> str:
+    def _mount(self, cipherdir: Path, mountpoint: Path) -> AbstractContextManager[Path]:
+        return encrypt.mounted_plain(tool("gocryptfs"), tool("fusermount"), self.bench.password,
+                                     cipherdir, mountpoint, self.bench.say, nice=True)
+
+    def _build(self, plain: Path, tree: Path, early: Copies | None) -> str:
         """What `Restorer._unpack` does for a restore of every path: here, one."""
         repo = self.bench.repos[0]
         sel = Selection(repo.source, repo.target.name, ())
         return unpack.restore_into(tool("rdiff_backup"), plain, "now", sel,
-                                   tree / sel.repository)
+                                   tree / sel.repository, early)
 
     def _by_rdiff_backup(self, plain: Path) -> float:
         """`rdiff-backup restore --at now` of the same mount, checked as a restore checks it;
@@ -416,18 +435,21 @@ def _ratio(a: float | None, b: float | None) -> str:
 def stages(f: Figures) -> str:
     r = f.restore
     at = [0.0]
-    for seconds in (r.fetch.seconds, r.manifest_s, r.authenticate_s, r.mount_s, r.restore_s):
+    for seconds in (r.fetch.seconds, r.early_stop_s, r.manifest_s, r.authenticate_s, r.mount_s,
+                    r.restore_s):
         at.append(at[-1] + seconds)
     rows = [["fetch: rsync pull of the ciphertext (rrsync -ro)", _s(r.fetch.seconds),
              _rate(f, r.fetch.seconds), _s(at[0])],
-            ["the manifest (beside the fetch): waited after it", _s(r.manifest_s), "-",
+            ["the copy during the fetch: its end and unmount", _s(r.early_stop_s), "-",
              _s(at[1])],
+            ["the manifest (beside the fetch): waited after it", _s(r.manifest_s), "-",
+             _s(at[2])],
             [f"authenticate: the copy against it ({r.authenticated_entries:,} entries)",
-             _s(r.authenticate_s), _rate(f, r.authenticate_s), _s(at[2])],
-            ["decrypt: gocryptfs forward mount, read-only", _s(r.mount_s), "-", _s(at[3])],
+             _s(r.authenticate_s), _rate(f, r.authenticate_s), _s(at[3])],
+            ["decrypt: gocryptfs forward mount, read-only", _s(r.mount_s), "-", _s(at[4])],
             [f"restore: {_short(r.how)}, then the rename", _s(r.restore_s),
-             _rate(f, r.restore_s), _s(at[4])],
-            ["unmount", _s(r.unmount_s), "-", _s(at[5])],
+             _rate(f, r.restore_s), _s(at[5])],
+            ["unmount", _s(r.unmount_s), "-", _s(at[6])],
             ["whole restore", _s(r.total_s), _rate(f, r.total_s), ""],
             ["before: rdiff-backup restore --at now, same mount", _s(r.rdiff_backup_s),
              _rate(f, r.rdiff_backup_s), "-"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -85,12 +86,17 @@ def mounted_view(gocryptfs: str, fusermount: str, password_file: Path, repositor
 
 @contextlib.contextmanager
 def mounted_plain(gocryptfs: str, fusermount: str, password_file: Path, cipherdir: Path,
-                  mountpoint: Path, warn: Callable[[str], None]) -> Iterator[Path]:
-    """Mounts the decrypted, read-only view of a fetched copy; always unmounts it."""
+                  mountpoint: Path, warn: Callable[[str], None],
+                  nice: bool = False) -> Iterator[Path]:
+    """Mounts the decrypted, read-only view of a fetched copy; always unmounts it. `nice`:
+    its daemon at the lowest CPU priority (nice(1), where there is one), for work that should
+    only take what others leave."""
     if not (cipherdir / FORWARD_CONF).is_file():
         raise RestoreError(f"the fetched copy in {cipherdir} has no {FORWARD_CONF}: it is not "
                            "an Offsite archive copy")
-    with _mounted(plain_mount_argv(gocryptfs, password_file, cipherdir, mountpoint),
+    argv = plain_mount_argv(gocryptfs, password_file, cipherdir, mountpoint)
+    lowest = shutil.which("nice") if nice else None
+    with _mounted([lowest, "-n", "19", *argv] if lowest else argv,
                   fusermount, mountpoint, password_file, cipherdir / FORWARD_CONF, warn,
                   "the fetched copy"):
         yield mountpoint

@@ -23,11 +23,15 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offsite_host import mirror_meta
 from offsite_host.exitcodes import ConfigError, RestoreError
 from offsite_host.mirror_meta import DATA_DIR, Entry
 from offsite_host.restore_plan import IO_DAMAGE
+
+if TYPE_CHECKING:
+    from offsite_host.early import Copies
 
 # Reading the 200 MB bench set through the gocryptfs mount (2 cores): 1 thread 4.9 s, 2 3.8 s,
 # 4 2.9 s, 8 3.1 s: the FUSE daemon answers requests in parallel, and a thread waiting on one
@@ -49,10 +53,12 @@ class Plan:
 class Copied:
     files: int
     bytes: int
+    early: int = 0  # of them, copied while the fetch ran (early.py) and still the same file
 
     def describe(self) -> str:
+        during = f" ({self.early} of them while the fetch ran)" if self.early else ""
         return (f"copied the newest mirror: {self.files} files, {self.bytes} bytes, each "
-                "checked against rdiff-backup's recorded size and SHA-1")
+                f"checked against rdiff-backup's recorded size and SHA-1{during}")
 
 
 def plan(repo: Path) -> Plan:
@@ -74,14 +80,17 @@ def plan(repo: Path) -> Plan:
         raise _unreadable(data, exc) from None
 
 
-def copy(repo: Path, metadata: Path, inner: tuple[str, ...], out: Path, label: str) -> Copied:
+def copy(repo: Path, metadata: Path, inner: tuple[str, ...], out: Path, label: str,
+         early: Copies | None = None) -> Copied:
     """Copies the entries at or below `inner` of the mirror `repo` to `out` (which must not
     exist), reading `metadata` record by record and checking each file; a path (`label`)
     absent from the newest backup is a ConfigError. Directories get their attributes last,
-    once their content is written."""
+    once their content is written. A file `early` copied while the fetch ran is taken from it
+    when that copy has the recorded size and SHA-1 and was read from the file its path still
+    is (early.py); any other is copied here."""
     chosen = tuple(os.fsencode(part) for part in inner)
     owners = _owners() if _is_root() else None
-    files = _Files(repo.joinpath(*inner), out, owners)
+    files = _Files(repo.joinpath(*inner), out, owners, early)
     directories: list[Entry] = []
     try:
         with gzip.open(metadata, "rb") as f:
@@ -110,7 +119,7 @@ def copy(repo: Path, metadata: Path, inner: tuple[str, ...], out: Path, label: s
                            "was written to the target")
     for entry in reversed(directories):  # a directory's content before the directory itself
         _set_attributes(_at(out, entry), entry, owners)
-    return Copied(files.count, files.bytes)
+    return Copied(files.count, files.bytes, files.taken)
 
 
 class _Files:
@@ -118,12 +127,13 @@ class _Files:
 
     _AHEAD = 64 * COPY_THREADS
 
-    def __init__(self, source: Path, out: Path, owners: _Owners | None) -> None:
-        self.source, self.out, self.owners = source, out, owners
+    def __init__(self, source: Path, out: Path, owners: _Owners | None,
+                 early: Copies | None = None) -> None:
+        self.source, self.out, self.owners, self.early = source, out, owners, early
         self.pool = ThreadPoolExecutor(COPY_THREADS)
         self.pending: deque[Future[str | None]] = deque()
         self.bad: list[str] = []
-        self.count = self.bytes = 0
+        self.count = self.bytes = self.taken = 0
 
     def add(self, entry: Entry) -> None:
         self.count += 1
@@ -145,7 +155,12 @@ class _Files:
             self.bad.append(problem)
 
     def _copy(self, entry: Entry) -> str | None:
-        problem = _copy_file(self.source, self.out, entry)
+        if self.early is not None and self.early.take(_at(self.source, entry),
+                                                      _at(self.out, entry), entry):
+            self.taken += 1  # (one thread a file; an int's += is done under the GIL)
+            problem = None
+        else:
+            problem = _copy_file(self.source, self.out, entry)
         if problem is None:
             _set_attributes(_at(self.out, entry), entry, self.owners)
         return problem

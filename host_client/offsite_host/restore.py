@@ -6,10 +6,12 @@
 3. fetch: rsync the ciphertext down into `<state_dir>/restore/<snapshot>`, resumable (a cut-off
    fetch is kept, and the next attempt fetches only what is missing), and its manifest beside it,
    over a second connection at the same time;
-   the copy must match the manifest before anything is decrypted (sealing.py), since gocryptfs
+   the copy must match the manifest before anything is restored (sealing.py), since gocryptfs
    cannot see a file cut at a block boundary, missing, added, swapped or rolled back; the
    ciphertext is hashed while it arrives (compare.Prehash), so the check after the fetch reads
-   only what was written since;
+   only what was written since; for the newest state, the mirror is copied while it arrives
+   too (early.py), provisionally: step 5 takes a file from that copy only if it was read from
+   the very ciphertext file the manifest then authenticated;
 4. decrypt: gocryptfs forward mode, read-only; a block that fails authentication is an I/O
    error, which fails the restore (exit 10), never wrong data;
 5. restore: into a temporary directory beside the target, renamed into place only once
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +48,7 @@ from offsite_host import (
 from offsite_host.api import ApiClient, Transport, urllib_transport
 from offsite_host.config import Config
 from offsite_host.console import Console
+from offsite_host.early import Copies, EarlyCopy
 from offsite_host.ephemeral import Ephemeral
 from offsite_host.exitcodes import (
     DeadlineError,
@@ -92,6 +97,10 @@ class Restorer:
         self.cfg, self.console, self.transport = cfg, console, transport
         self.clock, self.sleep = clock, sleep
         self._prehashed: dict[Path, compare.Digests] = {}  # hashed during each fetch
+        # A restore of the newest state copies the mirror during its fetch (early.py): where
+        # to, and what; then what it copied, for the copy after the fetch.
+        self._early: Callable[[Path], EarlyCopy] | None = None
+        self._early_copies: dict[int, Copies] = {}
 
     def client(self, ready: preflight.Ready) -> ApiClient:
         return ApiClient(self.cfg.api_url, self.cfg.host, ready.identity, self.transport,
@@ -104,8 +113,37 @@ class Restorer:
         ready = preflight.check_restore(self.cfg)
         client = self.client(ready)
         choice = request.choose(fetch_points(client))
-        return self.in_window(client, choice, lambda staging: self._unpack(
-            ready, staging, request, selections, choice))
+        with self._copying_early(ready, request, selections):
+            return self.in_window(client, choice, lambda staging: self._unpack(
+                ready, staging, request, selections, choice))
+
+    @contextlib.contextmanager
+    def _copying_early(self, ready: preflight.Ready, request: RestoreRequest,
+                       selections: list[Selection]) -> Iterator[None]:
+        """For a restore of the newest state: the mirror copied during the fetch, into a
+        directory beside the target (so that its files are renamed, not copied, into the
+        restored tree), removed afterwards whatever happens."""
+        if request.at != "now" or os.name != "posix":  # (cppcryptfs: not tried on Windows)
+            yield
+            return
+        try:
+            request.target.parent.mkdir(parents=True, exist_ok=True)
+            into = Path(tempfile.mkdtemp(prefix=f".{request.target.name}.offsite-early-",
+                                         dir=request.target.parent))
+        except OSError:  # place() says why, after the fetch; the copy then does it all
+            yield
+            return
+        self._early = lambda staging: EarlyCopy(
+            staging, self.cfg.state_dir / "plain-early", into,
+            [(s.repository, s.inner) for s in selections],
+            lambda cipherdir, mountpoint: encrypt.mounted_plain(
+                ready.tools.gocryptfs, ready.tools.fusermount, self.cfg.password_file,
+                cipherdir, mountpoint, lambda message: None, nice=True))
+        try:
+            yield
+        finally:
+            self._early, self._early_copies = None, {}
+            shutil.rmtree(into, ignore_errors=True)
 
     def in_window(self, client: ApiClient, choice: Choice,
                   work: Callable[[Path], Outcome]) -> Outcome:
@@ -182,6 +220,9 @@ class Restorer:
             manifest = _Beside(lambda: self._fetch_manifest(ready_tools, rsh, session,
                                                             _sealed(staging)))
             manifest.start()
+            early = self._early(staging) if self._early else None
+            if early is not None:
+                early.start()
             interrupted = False
             try:
                 done = self._until_stop(argv, session)
@@ -190,6 +231,8 @@ class Restorer:
                 raise
             finally:
                 self._prehashed[staging] = prehash.stop()
+                if early is not None:  # it unmounts before anything else mounts the copy
+                    self._early_copies = early.stop()
                 if not interrupted:  # nothing may still write beside the staging copy
                     manifest.join()
             manifest.result()
@@ -235,10 +278,11 @@ class Restorer:
         checked: list[str] = []
         with self.plain(ready, staging) as plain:
             def build(tree: Path) -> None:
-                for sel in selections:
+                for index, sel in enumerate(selections):
                     checked.append(restore_into(ready.tools.rdiff_backup, plain, request.at,
                                                 sel, tree if request.path else
-                                                tree / sel.repository))
+                                                tree / sel.repository,
+                                                self._early_copies.get(index)))
 
             placed = place(request.target, request.overwrite, build,
                            (request.path.name or "root") if request.path else None)

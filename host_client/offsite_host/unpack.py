@@ -9,10 +9,14 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offsite_host import mirror, restore_plan, tools
 from offsite_host.exitcodes import ConfigError, RestoreError
 from offsite_host.restore_plan import Selection, TargetState
+
+if TYPE_CHECKING:
+    from offsite_host.early import Copies
 
 RESTORE_TIMEOUT_S = 24 * 3600.0
 
@@ -43,11 +47,13 @@ def _check_creatable(target: Path) -> None:
             return
 
 
-def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path) -> str:
+def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: Path,
+                 early: Copies | None = None) -> str:
     """Restores one selection of the decrypted copy at the time `at` into `out` (which must not
     exist); a path absent at that time is an error, not an empty result. The newest state is
     copied from the mirror and checked file by file (mirror.py) when the copy can reproduce it;
-    anything else goes through `rdiff-backup restore --at`. Says which, and what was checked."""
+    anything else goes through `rdiff-backup restore --at`. Says which, and what was checked.
+    `early`: what early.py copied of this selection while the fetch ran."""
     repo = plain / sel.repository
     if not (repo / "rdiff-backup-data").is_dir():
         raise ConfigError(f"{sel.path} is not in the backup: this recovery point has no "
@@ -55,7 +61,8 @@ def restore_into(rdiff_backup: str, plain: Path, at: str, sel: Selection, out: P
     if at == "now":
         newest = mirror.plan(repo)
         if newest.metadata is not None and newest.refused is None:
-            return mirror.copy(repo, newest.metadata, sel.inner, out, str(sel.path)).describe()
+            return mirror.copy(repo, newest.metadata, sel.inner, out, str(sel.path),
+                               early).describe()
         how = f"rdiff-backup restore (not a plain copy: {newest.refused})"
     else:
         how = f"rdiff-backup restore --at {at}"
