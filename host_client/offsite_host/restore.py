@@ -126,11 +126,10 @@ class Restorer:
         if request.at != "now" or os.name != "posix":  # (cppcryptfs: not tried on Windows)
             yield
             return
-        try:
-            request.target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # (a parent still to be made: place() makes it once the restore is complete)
             into = Path(tempfile.mkdtemp(prefix=f".{request.target.name}.offsite-early-",
                                          dir=request.target.parent))
-        except OSError:  # place() says why, after the fetch; the copy then does it all
+        except OSError:  # the copy after the fetch does it all
             yield
             return
         self._early = lambda staging: EarlyCopy(

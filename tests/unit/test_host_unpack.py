@@ -19,7 +19,7 @@ from offsite_host.console import Console
 from offsite_host.exitcodes import ConfigError, RestoreError, TransferError
 from offsite_host.manifest import Verdict
 from offsite_host.points import Choice, RecoveryPoint, RestoreWindow
-from offsite_host.restore import Restorer
+from offsite_host.restore import Restorer, RestoreRequest
 from offsite_host.restore_plan import TargetState
 from offsite_host.run import Outcome
 from offsite_host.session import Session
@@ -178,3 +178,25 @@ def test_a_manifest_that_cannot_be_fetched_still_fails_the_fetch(
     window = RestoreWindow("r-1", "snap-1", "2030-03-01", True, 2.0)
     with pytest.raises(TransferError, match="fetching the manifest failed"):
         restorer._fetch(None, window)  # type: ignore[arg-type]
+
+
+def test_the_copy_during_the_fetch_makes_nothing_where_the_target_is_still_to_be_made(
+        tmp_path: Path) -> None:
+    """A target whose parent does not exist yet: nothing is made before the restore is
+    complete (place() makes it then), so no early copy; beside an existing parent, its
+    directory is there during the restore and gone after."""
+    cfg = parse_config({"api_url": "https://api.example", "host": "web-1",
+                        "paths": ["/srv/data"], "state_dir": str(tmp_path / "state")},
+                       tmp_path, "linux", {})
+    restorer = Restorer(cfg, Console(io.StringIO()))
+    ready = type("Ready", (), {"tools": None})()
+    for target, early in ((tmp_path / "new" / "deeper" / "out", False),
+                          (tmp_path / "out", True)):
+        request = RestoreRequest(None, "now", None, target, False, False)
+        with restorer._copying_early(ready, request, []):  # type: ignore[arg-type]
+            assert (restorer._early is not None) is early
+            made = sorted(p.name for p in tmp_path.iterdir() if "offsite-early" in p.name)
+            assert len(made) == int(early)
+        assert not (tmp_path / "new").exists()
+        assert restorer._early is None and not any(
+            "offsite-early" in p.name for p in tmp_path.iterdir())
