@@ -171,8 +171,14 @@ class EarlyCopy(threading.Thread):
             return
         out = _at(copies.root, path)
         try:
-            with open(source, "rb") as src:
-                before = identity(os.fstat(src.fileno()))
+            # Not blocking, not following: whatever the path has become since it was looked at
+            # (a fifo would block the open), only a regular file is read.
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as src:
+                st = os.fstat(src.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return
+                before = identity(st)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha1(usedforsecurity=False)
                 with open(out, "wb") as dst:

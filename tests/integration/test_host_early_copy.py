@@ -186,3 +186,28 @@ def test_stopped_before_anything_arrived_it_mounts_nothing(archive: Archive,
     threading.Thread(target=lambda: (copier.stop(), stopped.set()), daemon=True).start()
     assert stopped.wait(60)
     assert copier.copies[0].files == {} and not os.path.ismount(tmp_path / "plain-early")
+
+
+def test_a_fifo_in_the_copy_is_passed_over_not_waited_on(archive: Archive,
+                                                         tmp_path: Path) -> None:
+    """A fifo where the mirror has files (a hostile or damaged archive): opening it to read
+    would block for ever; the early copy passes it over and stops when asked."""
+    archive.arrive(archive.files())
+    writable = tmp_path / "rw"
+    writable.mkdir()
+    subprocess.run([str(GOCRYPTFS), "-q", "-passfile", str(archive.password),
+                    str(archive.staging), str(writable)], check=True)
+    try:
+        os.mkfifo(writable / "data" / "a-fifo")
+    finally:
+        subprocess.run([str(FUSERMOUNT), "-u", str(writable)], check=True)
+    copier = archive.early(tmp_path / "early")
+    copier.start()
+    total = regular_files(archive.source)
+    try:
+        until(lambda: len(copier.copies[0].files) == total, "every regular file")
+    finally:
+        stopped = threading.Event()
+        threading.Thread(target=lambda: (copier.stop(), stopped.set()), daemon=True).start()
+        assert stopped.wait(60), "the early copy did not stop"
+    assert (b"a-fifo",) not in copier.copies[0].files
