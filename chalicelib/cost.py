@@ -187,8 +187,10 @@ def fleet(usage: Usage, prices: Prices, windows: int = 30, design: str = "fleet"
         _snapshots(usage, prices),
         *_requests(usage, windows, len(shards) / usage.windows_seen,
                    EVENTS_PER_FLEET_INSTANCE, prices),
+        *_monitoring(usage, windows, len(shards) / usage.windows_seen,
+                     EVENTS_PER_FLEET_INSTANCE, prices),
     )
-    return MonthlyCost(design, (*lines, *_monitoring(usage, windows, lines, prices)))
+    return MonthlyCost(design, lines)
 
 
 def kept_up(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
@@ -214,8 +216,9 @@ def persistent(usage: Usage, prices: Prices, windows: int = 30) -> MonthlyCost:
         _data_volumes(usage.hosts * usage.volume_gib, prices),
         _snapshots(usage, prices),
         *_requests(usage, windows, 1.0, EVENTS_PER_PERSISTENT_START, prices),
+        *_monitoring(usage, windows, 1.0, EVENTS_PER_PERSISTENT_START, prices),
     )
-    return MonthlyCost("persistent", (*lines, *_monitoring(usage, windows, lines, prices)))
+    return MonthlyCost("persistent", lines)
 
 
 def _instances(billed: Iterable[tuple[str, float]], scale: float,
@@ -255,12 +258,7 @@ def _snapshots(usage: Usage, prices: Prices) -> CostLine:
 
 def _requests(usage: Usage, windows: int, instances: float, events_per_instance: int,
               prices: Prices) -> tuple[CostLine, ...]:
-    """Per window: the scheduled open, one launch per instance, the deadline, each instance's
-    EC2 state changes, one snapshot notification per host volume, the hosts' API calls; and the
-    reconciler every 5 minutes all month."""
-    api = windows * usage.hosts * API_CALLS_PER_HOST
-    events = windows * (instances * events_per_instance + usage.hosts)
-    handled = windows * (2 + instances) + events + api
+    api, events, handled = _handled(usage, windows, instances, events_per_instance)
     invocations = handled + RECONCILES_PER_MONTH
     return (
         CostLine("Lambda requests", invocations, "requests",
@@ -281,7 +279,18 @@ def _requests(usage: Usage, windows: int, instances: float, events_per_instance:
     )
 
 
-def _monitoring(usage: Usage, windows: int, lines: tuple[CostLine, ...],
+def _handled(usage: Usage, windows: int, instances: float,
+             events_per_instance: int) -> tuple[float, float, float]:
+    """API calls, AWS events and the invocations that handle them, a month. Per window: the
+    scheduled open, one launch per instance, the deadline, each instance's EC2 state changes,
+    one snapshot notification per host volume, the hosts' API calls (the reconciler, every 5
+    minutes all month, comes on top)."""
+    api = windows * usage.hosts * API_CALLS_PER_HOST
+    events = windows * (instances * events_per_instance + usage.hosts)
+    return api, events, windows * (2 + instances) + events + api
+
+
+def _monitoring(usage: Usage, windows: int, instances: float, events_per_instance: int,
                 prices: Prices) -> tuple[CostLine, ...]:
     """CloudWatch at list prices, before its always-free allowance (10 custom metrics, 10
     alarms, 3 dashboards of up to 50 metrics, 5 GB of logs, 1 million API requests a month),
@@ -290,7 +299,8 @@ def _monitoring(usage: Usage, windows: int, lines: tuple[CostLine, ...],
     metric_hours = (len(WINDOW_METRICS) * WINDOW_METRIC_HOURS * windows
                     + (usage.hosts + 1) * evaluations)  # each host's age, and StaleHosts
     puts = evaluations * -(-(usage.hosts + 1) // 1000)  # PutMetricData takes 1,000 values
-    invocations = next(line.quantity for line in lines if line.item == "Lambda requests")
+    invocations = _handled(usage, windows, instances, events_per_instance)[2] \
+        + RECONCILES_PER_MONTH
     return (
         CostLine("CloudWatch custom metrics", metric_hours / HOURS_PER_MONTH, "metric-month",
                  prices["cloudwatch_metric_month"]),
