@@ -131,7 +131,7 @@ class _Files:
                  early: Copies | None = None) -> None:
         self.source, self.out, self.owners, self.early = source, out, owners, early
         self.pool = ThreadPoolExecutor(COPY_THREADS)
-        self.pending: deque[Future[str | None]] = deque()
+        self.pending: deque[Future[tuple[str | None, bool]]] = deque()
         self.bad: list[str] = []
         self.count = self.bytes = self.taken = 0
 
@@ -150,20 +150,20 @@ class _Files:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _collect(self) -> None:
-        problem = self.pending.popleft().result()  # a RestoreError in a thread is raised here
+        # a RestoreError in a thread is raised here; the counts are kept by this one thread
+        problem, taken = self.pending.popleft().result()
+        self.taken += taken
         if problem:
             self.bad.append(problem)
 
-    def _copy(self, entry: Entry) -> str | None:
-        if self.early is not None and self.early.take(_at(self.source, entry),
-                                                      _at(self.out, entry), entry):
-            self.taken += 1  # (one thread a file; an int's += is done under the GIL)
-            problem = None
-        else:
-            problem = _copy_file(self.source, self.out, entry)
+    def _copy(self, entry: Entry) -> tuple[str | None, bool]:
+        """What is wrong with the file, and whether it was the early copy's."""
+        taken = self.early is not None and self.early.take(_at(self.source, entry),
+                                                           _at(self.out, entry), entry)
+        problem = None if taken else _copy_file(self.source, self.out, entry)
         if problem is None:
             _set_attributes(_at(self.out, entry), entry, self.owners)
-        return problem
+        return problem, taken
 
 
 def _unreadable(where: Path, exc: BaseException) -> RestoreError:
