@@ -66,9 +66,12 @@ class Archive:
         return encrypt.mounted_plain(str(GOCRYPTFS), str(FUSERMOUNT), self.password, cipherdir,
                                      mountpoint, print)
 
-    def early(self, into: Path) -> EarlyCopy:
-        return EarlyCopy(self.staging, self.root / "plain-early", into, [("data", ())],
-                         self.mount, pause_s=0.05)
+    def copying(self, into: Path) -> EarlyCopy:
+        """The early copy of the staging directory into `into`, started."""
+        copier = EarlyCopy(self.staging, self.root / "plain-early", into, [("data", ())],
+                           self.mount, pause_s=0.05)
+        copier.start()
+        return copier
 
     def restore(self, out: Path, early: Copies | None) -> str:
         with self.mount(self.staging, self.root / "mnt") as plain:
@@ -94,19 +97,29 @@ def regular_files(source: Path) -> int:
     return sum(1 for p in source.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def copied(copier: EarlyCopy, count: int, what: str) -> None:
+    until(lambda: len(copier.copies[0].files) == count, what)
+
+
+def stopped_within_a_minute(copier: EarlyCopy) -> None:
+    """Stopped from another thread, so that one that never stops fails the test."""
+    stopped = threading.Event()
+    threading.Thread(target=lambda: (copier.stop(), stopped.set()), daemon=True).start()
+    assert stopped.wait(60), "the early copy did not stop"
+
+
 def test_files_are_copied_as_they_arrive_and_taken_when_unchanged(
         archive: Archive, tmp_path: Path) -> None:
     files = archive.files()
     big = [p for p in files if p.stat().st_size > 1 << 20]
     assert len(big) == 1  # big.bin's ciphertext: held back, it arrives last
-    copier = archive.early(tmp_path / "early")
-    copier.start()
+    copier = archive.copying(tmp_path / "early")
     try:
         archive.arrive([p for p in files if p not in big])
         total = regular_files(archive.source)
-        until(lambda: len(copier.copies[0].files) == total - 1, "every file that has arrived")
+        copied(copier, total - 1, "every file that has arrived")
         archive.arrive(big)
-        until(lambda: len(copier.copies[0].files) == total, "the last file")
+        copied(copier, total, "the last file")
     finally:
         copies = copier.stop()
     assert copier.note == "" and not os.path.ismount(tmp_path / "plain-early")
@@ -122,11 +135,10 @@ def test_a_file_written_again_after_its_early_copy_is_copied_again(
     the copy after the fetch finds it changed, by the fetched copy's inodes (the list `stop`
     makes) or, without that list, through the mount."""
     archive.arrive(archive.files())
-    copier = archive.early(tmp_path / "early")
-    copier.start()
+    copier = archive.copying(tmp_path / "early")
     total = regular_files(archive.source)
     try:
-        until(lambda: len(copier.copies[0].files) == total, "all files")
+        copied(copier, total, "all files")
     finally:
         copier._done.set()  # its last look; the fetch goes on a moment
         copier.join()
@@ -166,11 +178,10 @@ def test_a_damaged_file_is_never_copied_early_and_still_fails_the_restore(
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
     archive.arrive(files)
-    copier = archive.early(tmp_path / "early")
-    copier.start()
+    copier = archive.copying(tmp_path / "early")
     total = regular_files(archive.source)
     try:
-        until(lambda: len(copier.copies[0].files) == total - 1, "every undamaged file")
+        copied(copier, total - 1, "every undamaged file")
     finally:
         copies = copier.stop()
     assert (b"big.bin",) not in copies[0].files
@@ -180,11 +191,8 @@ def test_a_damaged_file_is_never_copied_early_and_still_fails_the_restore(
 
 def test_stopped_before_anything_arrived_it_mounts_nothing(archive: Archive,
                                                           tmp_path: Path) -> None:
-    copier = archive.early(tmp_path / "early")
-    copier.start()
-    stopped = threading.Event()
-    threading.Thread(target=lambda: (copier.stop(), stopped.set()), daemon=True).start()
-    assert stopped.wait(60)
+    copier = archive.copying(tmp_path / "early")
+    stopped_within_a_minute(copier)
     assert copier.copies[0].files == {} and not os.path.ismount(tmp_path / "plain-early")
 
 
@@ -201,13 +209,10 @@ def test_a_fifo_in_the_copy_is_passed_over_not_waited_on(archive: Archive,
         os.mkfifo(writable / "data" / "a-fifo")
     finally:
         subprocess.run([str(FUSERMOUNT), "-u", str(writable)], check=True)
-    copier = archive.early(tmp_path / "early")
-    copier.start()
+    copier = archive.copying(tmp_path / "early")
     total = regular_files(archive.source)
     try:
-        until(lambda: len(copier.copies[0].files) == total, "every regular file")
+        copied(copier, total, "every regular file")
     finally:
-        stopped = threading.Event()
-        threading.Thread(target=lambda: (copier.stop(), stopped.set()), daemon=True).start()
-        assert stopped.wait(60), "the early copy did not stop"
+        stopped_within_a_minute(copier)
     assert (b"a-fifo",) not in copier.copies[0].files
